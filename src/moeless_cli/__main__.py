@@ -1,0 +1,3 @@
+from moeless_cli.cli.app import main
+
+main()

@@ -1,0 +1,1 @@
+"""Command-line interface: one thin file per command, each a shell over library code."""

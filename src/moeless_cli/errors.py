@@ -1,0 +1,12 @@
+"""The one exception type that reaches users as a one-line message (no traceback)."""
+
+
+class MoelessError(Exception):
+    """A problem with the user's input or environment, phrased so the user can act on it.
+
+    The CLI prints `error: <message>` on one line and exits with `exit_code`.
+    """
+
+    def __init__(self, message: str, exit_code: int = 2):
+        super().__init__(message)
+        self.exit_code = exit_code
