@@ -1,15 +1,95 @@
-"""`moeless train-predictor`: not built yet."""
+"""`moeless train-predictor`: fit layer-aware expert-load predictors from a profile and score them."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
 
 import typer
 
-from moeless_cli.cli.common import not_available
+from moeless_cli.cli.common import JSON_OPTION_HELP, console, emit_json, guarded, make_progress
 
-HELP = "Train layer-aware expert-load predictors (issue: train-predictor)"
+HELP = "Train layer-aware expert-load predictors from a profile and compare them with the baselines."
+METRIC_COLUMNS = (("topk_recall", "recall"), ("load_tvd", "TVD"), ("pearson", "r"), ("straggler_recall", "strag"))
+TABLE_METHODS = ("moeless", "moeless-paper", "reused-gate", "ema", "last")
+
+
+@guarded
+def train_predictor(
+    profile: Path = typer.Option(..., "--profile", help="Profile directory recorded with --router-samples."),
+    eval_profile: Optional[Path] = typer.Option(
+        None, "--eval-profile", help="Evaluate on this profile (same model) instead of held-out requests."
+    ),
+    distance: list[int] = typer.Option([1], "--distance", help="Layers ahead to predict (repeatable)."),
+    accuracy_threshold: float = typer.Option(
+        0.8, "--accuracy-threshold", help="Paper method: fine-tune only layers whose top-k recall is below this."
+    ),
+    epochs: int = typer.Option(30, "--epochs", help="Most training epochs per predictor."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Predictor file (default <profile>/predictor.safetensors)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model checkpoint, if not where the profile recorded it."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the request split and training."),
+    json_output: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP),
+) -> None:
+    """Train predictors and print per-layer accuracy for moeless and the baselines."""
+    from moeless_cli.predictor.run import TrainRequest, run_training
+
+    if epochs < 1:
+        from moeless_cli.errors import MoelessError
+
+        raise MoelessError(f"--epochs must be at least 1, got {epochs}")
+    request = TrainRequest(profile, eval_profile, sorted(set(distance)), accuracy_threshold, epochs, out, model, seed)
+    started = time.perf_counter()
+    with make_progress(disable=json_output) as progress:
+        task = progress.add_task("training predictors", total=None)
+
+        def on_epoch(total: int) -> None:
+            progress.update(task, total=total, advance=1)
+
+        result = run_training(request, on_epoch)
+    result["train_seconds"] = round(time.perf_counter() - started, 3)
+    if json_output:
+        emit_json(result)
+    else:
+        _print_table(result)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _print_table(result: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"predictors for {result['model_id']} -> {result['out']}")
+    table.add_column("layer", justify="right")
+    table.add_column("d", justify="right")
+    for method in TABLE_METHODS:
+        for _, short in METRIC_COLUMNS:
+            if method in ("ema", "last") and short == "recall":
+                continue
+            table.add_column(f"{method}\n{short}", justify="right")
+    rows = [(str(e["layer"]), str(e["distance"]), e["methods"]) for e in result["layers"]]
+    rows.append(("mean", "", result["summary"]))
+    for layer, d, methods in rows:
+        cells = [layer, d]
+        for method in TABLE_METHODS:
+            for metric, short in METRIC_COLUMNS:
+                if method in ("ema", "last") and short == "recall":
+                    continue
+                cells.append(_fmt(methods[method][metric]))
+        table.add_row(*cells)
+    console.print(table)
+    console.print(
+        "recall: token top-k recall (higher is better); TVD: load error, total variation distance of per-expert "
+        "load fractions per batch (lower); r: Pearson of loads; strag: straggler recall (top 10% experts)."
+    )
+    split = result["split"]
+    console.print(
+        f"held out: {split['held_out']} ({split['test_requests']} requests, {split['test_tokens']} sampled tokens); "
+        f"trained in {result['train_seconds']} s"
+    )
 
 
 def register(app: typer.Typer) -> None:
-    app.command(
-        name="train-predictor",
-        help=f"[not available yet] {HELP}",
-        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-    )(not_available("train-predictor", HELP))
+    app.command(name="train-predictor", help=HELP)(train_predictor)

@@ -1,0 +1,173 @@
+"""Train every (target layer, distance) predictor and score it against the baselines."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from moeless_cli.errors import MoelessError
+from moeless_cli.predictor.evaluate import (
+    Blend,
+    batch_counts,
+    batch_sums,
+    blended_loads,
+    choose_alpha,
+    choose_blend_weight,
+    score_layer,
+    summarise,
+)
+from moeless_cli.predictor.gates import GateBank, select_topk
+from moeless_cli.predictor.history import ema_prior
+from moeless_cli.predictor.samples import RoutingSamples, iteration_batches, split_by_request
+from moeless_cli.predictor.train import GateCopy, LayerPair, TrainConfig, fit_moeless, fit_paper
+
+TRAIN_SHARE = 0.7  # the paper's 7:3 train/test split, by request
+FIT_SHARE = 0.8  # of the training requests, the rest validates (early stopping, blend, EMA smoothing)
+
+
+@dataclass(frozen=True)
+class RoutingProfile:
+    """What training needs from one profile, as plain arrays."""
+
+    samples: RoutingSamples  # the router-sampled tokens
+    load: np.ndarray  # [iterations, layers, experts] every iteration's full token counts
+
+
+@dataclass
+class LayerPredictors:
+    """The trained predictors of one target layer at one distance, plus how moeless blends."""
+
+    layer: int  # target MoE layer (l + d) whose load is predicted
+    distance: int  # d: the input is the router input of MoE layer `layer - distance`
+    moeless: GateCopy
+    paper: GateCopy
+    blend: Blend
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+
+
+def _logits(x: torch.Tensor, weight: np.ndarray, bias: np.ndarray | None) -> torch.Tensor:
+    """x: [tokens, hidden], weight: [experts, hidden] -> [tokens, experts]."""
+    out = x @ _tensor(weight).T
+    return out if bias is None else out + _tensor(bias)
+
+
+def _check_distances(distances: list[int], num_layers: int) -> None:
+    for d in distances:
+        if d < 1:
+            raise MoelessError(f"--distance must be at least 1, got {d}")
+        if d >= num_layers:
+            raise MoelessError(
+                f"--distance {d} is not below the model's {num_layers} MoE layers: "
+                f"no layer has an input {d} layers earlier (use 1..{num_layers - 1})"
+            )
+
+
+def _split(train: RoutingProfile, eval_profile: RoutingProfile | None, seed: int):
+    """(fit samples, val samples, test samples, test-side load) by request."""
+    samples = train.samples
+    if eval_profile is None:
+        train_mask, test_mask = split_by_request(samples.request_ids, TRAIN_SHARE, seed)
+        test, test_load = samples.subset(test_mask), train.load
+        samples = samples.subset(train_mask)
+    else:
+        test, test_load = eval_profile.samples, eval_profile.load
+    if np.unique(samples.request_ids).size < 2:  # too few to hold any out: validate on what we fit
+        return samples, samples, test, test_load
+    fit_mask, val_mask = split_by_request(samples.request_ids, FIT_SHARE, seed + 1)
+    return samples.subset(fit_mask), samples.subset(val_mask), test, test_load
+
+
+def train_and_evaluate(
+    train: RoutingProfile,
+    eval_profile: RoutingProfile | None,
+    gates: GateBank,
+    distances: list[int],
+    config: TrainConfig,
+    on_epoch: Callable[[], None] | None = None,
+) -> tuple[dict, list[LayerPredictors]]:
+    """Fit the moeless and published predictors for every target layer and distance; score all methods.
+
+    Returns (report with the fixed JSON core {"layers": [...], "summary": {...}}, predictors).
+    """
+    num_layers, num_experts, top_k = gates.num_layers, gates.num_experts, gates.top_k
+    _check_distances(distances, num_layers)
+    fit, val, test, test_load = _split(train, eval_profile, config.seed)
+    val_iters, val_batches = iteration_batches(val.iteration_ids)
+    test_iters, test_batches = iteration_batches(test.iteration_ids)
+    entries, predictors = [], []
+    for distance in distances:
+        for target in range(distance, num_layers):
+            source = target - distance
+            w, b, corr = gates.weight[target], gates.layer_bias(target), gates.layer_correction(target)
+            corr_t = None if corr is None else _tensor(corr)
+            pair = LayerPair(
+                x_train=_tensor(fit.router_inputs[:, source]),
+                topk_train=torch.from_numpy(fit.true_topk[:, target].astype(np.int64)),
+                teacher_train=_logits(_tensor(fit.router_inputs[:, target]), w, b),
+                x_val=_tensor(val.router_inputs[:, source]),
+                topk_val=val.true_topk[:, target],
+                val_batches=val_batches,
+            )
+            paper = fit_paper(pair, w, b, corr, gates.score, top_k, config, on_epoch)
+            moeless = fit_moeless(pair, w, b, top_k, config, on_epoch)
+
+            # history prior and blend, chosen on validation requests of the training profile
+            val_true = batch_counts(val.true_topk[:, target], val_batches, num_experts)
+            alpha = choose_alpha(train.load[:, target], val_iters, val_true)
+            val_soft = batch_sums(torch.sigmoid(_logits(pair.x_val, moeless.weight, moeless.bias)).numpy(), val_batches)
+            val_prior = ema_prior(train.load[:, target], alpha)[val_iters]
+            blend = Blend(choose_blend_weight(val_soft, val_prior, val_true), alpha)
+
+            # every method on the same held-out tokens and batches
+            x_test = _tensor(test.router_inputs[:, source])
+            moeless_logits = _logits(x_test, moeless.weight, moeless.bias)
+            token_topk = {
+                "moeless": torch.topk(moeless_logits, top_k, dim=-1).indices.numpy(),
+                "moeless-paper": select_topk(_logits(x_test, paper.weight, paper.bias), top_k, gates.score, corr_t).numpy(),
+                "reused-gate": select_topk(_logits(x_test, w, b), top_k, gates.score, corr_t).numpy(),
+            }
+            soft = batch_sums(torch.sigmoid(moeless_logits).numpy(), test_batches)
+            layer_load = test_load[:, target]
+            batch_loads = {
+                "moeless": blended_loads(soft, ema_prior(layer_load, alpha)[test_iters], blend.weight),
+                "moeless-paper": batch_counts(token_topk["moeless-paper"], test_batches, num_experts),
+                "reused-gate": batch_counts(token_topk["reused-gate"], test_batches, num_experts),
+                "ema": ema_prior(layer_load, alpha)[test_iters],
+                "last": ema_prior(layer_load, 1.0)[test_iters],
+                "moeless-tokens": soft,  # ablation: moeless without the history blend
+            }
+            token_topk["moeless-tokens"] = token_topk["moeless"]
+            true_topk = test.true_topk[:, target]
+            entries.append(
+                {
+                    "layer": target,
+                    "distance": distance,
+                    "input_layer": source,
+                    "eval_tokens": int(test.num_samples),
+                    "eval_batches": len(test_batches),
+                    "paper_fine_tuned": paper.fine_tuned,
+                    "paper_epochs": paper.epochs_run,
+                    "blend_weight": blend.weight,
+                    "ema_alpha": blend.alpha,
+                    "methods": score_layer(true_topk, token_topk, batch_loads, batch_counts(true_topk, test_batches, num_experts)),
+                }
+            )
+            predictors.append(LayerPredictors(target, distance, moeless, paper, blend))
+    report = {
+        "layers": entries,
+        "summary": summarise(entries),
+        "split": {
+            "fit_requests": int(np.unique(fit.request_ids).size),
+            "val_requests": int(np.unique(val.request_ids).size),
+            "test_requests": int(np.unique(test.request_ids).size),
+            "test_tokens": int(test.num_samples),
+            "held_out": "eval-profile" if eval_profile is not None else "requests",
+        },
+    }
+    return report, predictors

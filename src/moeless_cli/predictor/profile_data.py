@@ -1,0 +1,57 @@
+"""From `moeless profile` output to the plain arrays predictor training works on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from moeless_cli.errors import MoelessError
+from moeless_cli.predictor.pipeline import RoutingProfile
+from moeless_cli.predictor.samples import RoutingSamples
+
+ROUTER_SAMPLES_HINT = "record them with `moeless profile --router-samples K`"
+
+
+def routing_profile(profile) -> RoutingProfile:
+    """Router-sampled tokens and the load matrix of a loaded profile (moeless_cli.profiling.Profile)."""
+    if profile.router_inputs is None or profile.router_input_tokens is None or profile.router_inputs.shape[0] == 0:
+        kind = "an imported load-only profile" if profile.imported else "profiled without router inputs"
+        raise MoelessError(
+            f"profile {profile.path} has no router input samples ({kind}); predictors train on them: {ROUTER_SAMPLES_HINT}"
+        )
+    if profile.topk_ids is None or profile.token_request is None or profile.token_iteration is None:
+        raise MoelessError(f"profile {profile.path} has no per-token routing arrays; re-run `moeless profile` on it")
+    tokens = profile.router_input_tokens.astype(np.int64)
+    samples = RoutingSamples(
+        router_inputs=profile.router_inputs,
+        true_topk=profile.topk_ids[tokens].astype(np.int64),
+        request_ids=profile.token_request[tokens].astype(np.int64),
+        iteration_ids=profile.token_iteration[tokens].astype(np.int64),
+    )
+    return RoutingProfile(samples=samples, load=profile.load.astype(np.float64))
+
+
+def check_same_model(train, other, option: str) -> None:
+    """Refuse an eval profile recorded on a different model than the training profile."""
+    if (train.config_hash, train.num_layers, train.num_experts) != (other.config_hash, other.num_layers, other.num_experts):
+        raise MoelessError(
+            f"{option} {other.path} was profiled on model {other.model_id} (config hash {other.config_hash}), "
+            f"but --profile {train.path} on {train.model_id} (config hash {train.config_hash}); "
+            "predictors only transfer within one model"
+        )
+
+
+def model_location(profile) -> str:
+    """Where the profiled model lives: the recorded checkpoint path if it still exists, else its id."""
+    model = profile.manifest.get("model") or {}
+    for key in ("path", "checkpoint", "source"):
+        value = model.get(key)
+        if isinstance(value, str) and Path(value).is_dir():
+            return value
+    return str(model["id"])
+
+
+def default_out(profile_path: str | Path) -> Path:
+    """The predictor file's default place: inside the training profile's directory."""
+    return Path(profile_path) / "predictor.safetensors"

@@ -1,0 +1,218 @@
+"""The predictor file: every trained predictor in one safetensors file, its manifest in the metadata.
+
+Tensor names: `moeless.d{d}.l{t}.weight` [experts, hidden] / `.bias` [experts] and
+`paper.d{d}.l{t}.weight` (+ `.bias` when the model's gate has one) predict MoE layer t from the
+router input of layer t - d; `correction.l{t}` [experts] is layer t's top-k selection bias, when
+the model has one (DeepSeek-V3), which the paper's gate copies keep using.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from moeless_cli.errors import MoelessError
+from moeless_cli.fileio import write_bytes_atomic
+from moeless_cli.predictor.metrics import load_fractions
+
+FORMAT = "moeless-predictor"
+FORMAT_VERSION = 1
+METADATA_KEY = "moeless_predictor"  # safetensors metadata entry holding the JSON manifest
+METHODS = ("moeless", "paper")  # the predictor kinds stored per (layer, distance)
+
+
+def tensor_name(method: str, layer: int, distance: int, part: str) -> str:
+    return f"{method}.d{distance}.l{layer}.{part}"
+
+
+def save_predictor(path: str | Path, manifest: dict[str, Any], tensors: dict[str, np.ndarray]) -> Path:
+    """Write tensors (name -> float32 array) with the manifest (JSON) in the metadata, atomically."""
+    from safetensors.numpy import save
+
+    data = save(
+        {name: np.ascontiguousarray(array, dtype=np.float32) for name, array in tensors.items()},
+        metadata={METADATA_KEY: orjson.dumps(manifest, option=orjson.OPT_SERIALIZE_NUMPY).decode()},
+    )
+    return write_bytes_atomic(path, data)
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """The manifest of a predictor file, without loading its tensors."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise MoelessError(f"predictor file not found: {path}")
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            metadata = f.metadata() or {}
+    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+        raise MoelessError(f"{path} is not a readable safetensors predictor file ({exc})") from None
+    if METADATA_KEY not in metadata:
+        raise MoelessError(f"{path} is not a moeless predictor file (no `{METADATA_KEY}` manifest)")
+    manifest = orjson.loads(metadata[METADATA_KEY])
+    if manifest.get("format") != FORMAT or manifest.get("version") != FORMAT_VERSION:
+        raise MoelessError(f"{path}: unsupported predictor format {manifest.get('format')} v{manifest.get('version')}")
+    return manifest
+
+
+class LoadPredictor:
+    """Predicts a layer's per-expert load from an earlier layer's router input, for serve and bench.
+
+    moeless estimates blend the token-level soft counts with an EMA of the loads observed so far
+    (`observe_load`), exactly as they were validated in training; before anything is observed the
+    prior is uniform.
+    """
+
+    def __init__(self, manifest: dict[str, Any], tensors: dict[str, np.ndarray]):
+        import torch
+
+        self.manifest = manifest
+        self.num_experts = int(manifest["num_experts"])
+        self.top_k = int(manifest["top_k"])
+        self.score = manifest["score"]
+        self._entries = {(int(e["layer"]), int(e["distance"])): e for e in manifest["entries"]}
+        self._tensors = {name: torch.from_numpy(array.astype(np.float32)) for name, array in tensors.items()}
+        self.reset_history()
+
+    @property
+    def distances(self) -> list[int]:
+        return sorted({d for _, d in self._entries})
+
+    def layers(self, distance: int = 1) -> list[int]:
+        """Target layers that have a predictor at this distance."""
+        return sorted(t for t, d in self._entries if d == distance)
+
+    def reset_history(self) -> None:
+        """Forget observed loads (the blend's prior restarts uniform)."""
+        uniform = np.full(self.num_experts, 1.0 / self.num_experts)
+        self._prior = {key: uniform.copy() for key in self._entries}
+        self._seen = {key: False for key in self._entries}
+
+    def observe_load(self, layer: int, counts) -> None:
+        """Feed the actual per-expert counts [experts] of MoE layer `layer` in the batch just run."""
+        counts = np.asarray(counts, dtype=np.float64).reshape(-1)
+        if counts.sum() <= 0:
+            return
+        fractions = load_fractions(counts[None])[0]
+        for key, entry in self._entries.items():
+            if key[0] == layer:
+                alpha = float(entry["ema_alpha"])
+                self._prior[key] = fractions if not self._seen[key] else (1 - alpha) * self._prior[key] + alpha * fractions
+                self._seen[key] = True
+
+    def _entry(self, layer: int, distance: int) -> dict[str, Any]:
+        if (layer, distance) not in self._entries:
+            raise MoelessError(
+                f"the predictor has no model for layer {layer} at distance {distance} "
+                f"(distances {self.distances}; layers {self.layers(distance) or self.layers(self.distances[0])})"
+            )
+        return self._entries[(layer, distance)]
+
+    def logits(self, hidden, layer: int, distance: int = 1, method: str = "moeless"):
+        """Predicted router logits of MoE layer `layer`.
+
+        hidden: [tokens, hidden] router input of MoE layer `layer - distance` (torch or numpy)
+        -> torch [tokens, experts].
+        """
+        import torch
+
+        self._entry(layer, distance)
+        if method not in METHODS:
+            raise MoelessError(f"unknown predictor method {method!r}; choose from {', '.join(METHODS)}")
+        x = hidden if isinstance(hidden, torch.Tensor) else torch.from_numpy(np.asarray(hidden))
+        x = x.detach().to(device="cpu", dtype=torch.float32)
+        weight = self._tensors[tensor_name(method, layer, distance, "weight")]
+        bias = self._tensors.get(tensor_name(method, layer, distance, "bias"))
+        out = x @ weight.T  # [tokens, experts]
+        return out if bias is None else out + bias
+
+    def predict_topk(self, hidden, layer: int, distance: int = 1, method: str = "moeless") -> np.ndarray:
+        """Predicted expert ids of each token at MoE layer `layer`: [tokens, top_k]."""
+        import torch
+
+        from moeless_cli.predictor.gates import select_topk
+
+        logits = self.logits(hidden, layer, distance, method)
+        correction = self._tensors.get(f"correction.l{layer}") if method == "paper" else None
+        with torch.no_grad():
+            return select_topk(logits, self.top_k, self.score, correction).numpy()
+
+    def predict_layer_load(self, hidden, layer: int, distance: int = 1, method: str = "moeless") -> np.ndarray:
+        """Predicted token count per expert of MoE layer `layer` for this batch.
+
+        hidden: [tokens, hidden] router input of MoE layer `layer - distance` -> counts [experts]
+        (float64, summing to tokens * top_k). `paper` counts its top-k; `moeless` blends its
+        soft counts with the observed-load prior.
+        """
+        import torch
+
+        entry = self._entry(layer, distance)
+        tokens = int(np.asarray(hidden.shape)[0])
+        if method == "paper":
+            ids = self.predict_topk(hidden, layer, distance, "paper")
+            return np.bincount(ids.reshape(-1), minlength=self.num_experts).astype(np.float64)
+        with torch.no_grad():
+            soft = torch.sigmoid(self.logits(hidden, layer, distance, method)).sum(dim=0).numpy()  # [experts]
+        weight = float(entry["blend_weight"])
+        fractions = weight * load_fractions(soft[None].astype(np.float64))[0] + (1 - weight) * self._prior[(layer, distance)]
+        return fractions * tokens * self.top_k
+
+
+def load_predictor(path: str | Path, expected_config_hash: str | None = None) -> LoadPredictor:
+    """Open a predictor file; refuse one trained for another model (different config hash)."""
+    from safetensors.numpy import load_file
+
+    manifest = read_manifest(path)
+    if expected_config_hash is not None and manifest.get("config_hash") != expected_config_hash:
+        raise MoelessError(
+            f"predictor {path} was trained for model {manifest.get('model_id')} (config hash "
+            f"{manifest.get('config_hash')}), not for this model (config hash {expected_config_hash}); "
+            "train one with `moeless train-predictor --profile <a profile of this model>`"
+        )
+    return LoadPredictor(manifest, load_file(str(path)))
+
+
+def pack_predictors(predictors, gates, header: dict[str, Any], report: dict[str, Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Manifest and tensors for `save_predictor`.
+
+    predictors: list of pipeline.LayerPredictors; gates: the model's GateBank; header: model_id,
+    config_hash and run settings to record; report: the evaluation (layers + summary).
+    """
+    tensors: dict[str, np.ndarray] = {}
+    entries = []
+    for p in predictors:
+        for method, fit in (("moeless", p.moeless), ("paper", p.paper)):
+            tensors[tensor_name(method, p.layer, p.distance, "weight")] = fit.weight
+            if fit.bias is not None:
+                tensors[tensor_name(method, p.layer, p.distance, "bias")] = fit.bias
+        if gates.correction is not None:
+            tensors[f"correction.l{p.layer}"] = gates.correction[p.layer]
+        entries.append(
+            {
+                "layer": p.layer,
+                "distance": p.distance,
+                "input_layer": p.layer - p.distance,
+                "blend_weight": p.blend.weight,
+                "ema_alpha": p.blend.alpha,
+                "paper_fine_tuned": p.paper.fine_tuned,
+                "moeless_parameters": p.moeless.num_parameters,
+            }
+        )
+    manifest = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        **header,
+        "num_layers": gates.num_layers,
+        "num_experts": gates.num_experts,
+        "hidden_size": gates.hidden_size,
+        "top_k": gates.top_k,
+        "score": gates.score,
+        "gate_parameters": int(gates.weight[0].size + (0 if gates.bias is None else gates.bias[0].size)),
+        "entries": entries,
+        "metrics": {"layers": report["layers"], "summary": report["summary"]},
+    }
+    return manifest, tensors
