@@ -1,15 +1,104 @@
-"""`moeless profile`: not built yet."""
+"""`moeless profile`: record expert routing of an MoE model over a workload; `profile import` CSVs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
 
 import typer
 
-from moeless_cli.cli.common import not_available
+from moeless_cli.cli.common import JSON_OPTION_HELP, console, emit_json, guarded, make_progress
 
-HELP = "Record expert activations of an MoE model over a workload (issue: foundation)"
+HELP = "Record expert activations of an MoE model over a workload (or import load counts from a CSV)."
+DEFAULT_MODEL = "tiny-mixtral"
+
+
+def _print_summary(out: Path, summary: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"expert load per MoE layer ({summary['tokens'] or 'imported'} tokens)")
+    for column in ("layer", "max", "mean", "max/mean", "hottest experts"):
+        table.add_column(column, justify="right" if column != "hottest experts" else "left")
+    for row in summary["per_layer"]:
+        table.add_row(str(row["layer"]), f"{row['max']:.0f}", f"{row['mean']:.1f}", f"{row['imbalance']:.2f}",
+                      ", ".join(map(str, row["hottest"])))
+    console.print(table)
+    console.print(
+        f"profile written to {out}: {summary['layers']} MoE layers x {summary['experts']} experts "
+        f"(top-{summary['top_k']}), {summary['iterations']} iterations, {summary['tokens']} tokens"
+    )
+
+
+def run_profile(
+    ctx: typer.Context,
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Built-in model name or local HF checkpoint dir."),
+    dataset: str = typer.Option("mix", "--dataset", "-d",
+                                help="Built-in dataset (mix, gsm8k, humaneval, wikitext2, tinyshakespeare), "
+                                     "a local .json/.jsonl/.parquet/.csv/.txt file, or a hub dataset name."),
+    text_field: Optional[str] = typer.Option(None, "--text-field",
+                                             help="Field holding the prompt (default: text, prompt, question, "
+                                                  "conversations.0.value)."),
+    num_prompts: int = typer.Option(32, "--num-prompts", "-n", help="Prompts to run (seeded random subset)."),
+    batch_size: int = typer.Option(8, "--batch-size", "-b", help="Prompts per batch."),
+    max_new_tokens: int = typer.Option(8, "--max-new-tokens", "-t", help="Greedy decode steps after prefill."),
+    max_prompt_tokens: int = typer.Option(128, "--max-prompt-tokens", help="Keep at most this many prompt tokens."),
+    router_samples: int = typer.Option(4096, "--router-samples",
+                                       help="Tokens whose router inputs are kept (fp16, all MoE layers; "
+                                            "samples x layers x hidden x 2 bytes)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for the prompt subset and the router-input sample."),
+    device: str = typer.Option("cpu", "--device", help="torch device, e.g. cpu or cuda."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, bfloat16, float16 or auto "
+                                                             "(default: float32 on CPU, the checkpoint's elsewhere)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Profile directory (default profiles/<model>-<dataset>/)."),
+    json_out: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP),
+) -> None:
+    """Run prefill + greedy decode over a workload and record per-iteration expert load,
+    per-token top-k expert ids, sampled router inputs and timings into a profile directory."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from moeless_cli.profiling.record import record_profile
+    from moeless_cli.profiling.runner import ProfileOptions
+
+    options = ProfileOptions(num_prompts=num_prompts, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                             max_prompt_tokens=max_prompt_tokens, router_samples=router_samples, seed=seed)
+    with make_progress(disable=json_out) as progress:
+        task = progress.add_task("profiling forward passes", total=None)
+        result_out, summary = record_profile(
+            model, dataset, options, out=out, text_field=text_field, device=device, dtype=dtype,
+            progress=lambda total: progress.update(task, total=total),
+            on_pass=lambda: progress.advance(task),
+        )
+    if json_out:
+        emit_json({"out": str(result_out), **summary})
+    else:
+        _print_summary(result_out, summary)
+
+
+def import_csv(
+    csv_file: Path = typer.Argument(..., help="CSV with columns layer,expert,count (extra columns allowed)."),
+    where: Optional[list[str]] = typer.Option(None, "--where", help="Keep rows where COLUMN=VALUE (repeatable)."),
+    num_experts: Optional[int] = typer.Option(None, "--num-experts", help="Experts per layer, if above the CSV's max id + 1."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Experts per token of the model the loads came from."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Profile directory (default profiles/<csv name>/)."),
+    json_out: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP),
+) -> None:
+    """Turn load counts recorded elsewhere into a load-only profile (one iteration)."""
+    from moeless_cli.loads_csv import parse_where
+    from moeless_cli.profiling.importer import import_loads_csv
+    from moeless_cli.profiling.record import summarize
+
+    result_out, manifest = import_loads_csv(csv_file, parse_where(where), num_experts=num_experts, top_k=top_k, out=out)
+    from moeless_cli.profiling.format import load_profile
+
+    summary = summarize(manifest, load_profile(result_out).load)
+    if json_out:
+        emit_json({"out": str(result_out), "kind": "imported", **summary})
+    else:
+        _print_summary(result_out, summary)
 
 
 def register(app: typer.Typer) -> None:
-    app.command(
-        name="profile",
-        help=f"[not available yet] {HELP}",
-        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-    )(not_available("profile", HELP))
+    group = typer.Typer(help=HELP, invoke_without_command=True, no_args_is_help=False)
+    group.callback(invoke_without_command=True)(guarded(run_profile))
+    group.command(name="import")(guarded(import_csv))
+    app.add_typer(group, name="profile")
