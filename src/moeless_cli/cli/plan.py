@@ -32,13 +32,12 @@ def _read_loads(profile: Optional[Path], loads: Optional[Path], where: list[str]
         return load, {"loads": str(loads), "where": filters}, name
     if where:
         raise MoelessError("--where filters apply to --loads CSV files only")
-    try:
-        from moeless_cli.profiling import load_profile
-    except ImportError:
-        from moeless_cli.profiling.format import load_profile
+    from moeless_cli.profiling import load_profile
+
     prof = load_profile(profile)
     load = np.asarray(prof.load, dtype=np.float64).sum(axis=0)  # [layers, experts]
-    meta = {"profile": str(profile), "model_id": prof.model_id, "config_hash": prof.config_hash}
+    meta = {"profile": str(profile), "model_id": prof.model_id, "config_hash": prof.config_hash,
+            "expert_bytes": prof.manifest.get("expert_bytes")}
     return load, meta, profile.name
 
 
@@ -110,6 +109,8 @@ def plan(
     if gpus < 1 or nodes < 1 or gpus % nodes:
         raise MoelessError(f"--gpus ({gpus}) must be a positive multiple of --nodes ({nodes})")
     load, source, source_name = _read_loads(profile, loads, where)
+    if expert_mb is None and source.get("expert_bytes"):
+        expert_mb = float(source["expert_bytes"]) / 2**20  # the profiled model's expert size
     num_layers, num_experts = load.shape
     per_layer, total_slots = _slots(num_layers, num_experts, gpus, gpu_memory_gb, expert_mb, slots_per_gpu, joint)
     previous = read_plan(previous_plan)[0] if previous_plan is not None else None
@@ -152,7 +153,7 @@ def plan(
         "model_id": source.get("model_id"),
         "config_hash": source.get("config_hash"),
         "loads_hash": hashlib.sha256(np.ascontiguousarray(load).tobytes()).hexdigest()[:16],
-        "source": {k: v for k, v in source.items() if k not in ("model_id", "config_hash")},
+        "source": {k: v for k, v in source.items() if k not in ("model_id", "config_hash", "expert_bytes")},
         "solve_seconds": seconds,
         "metrics": [{k: r[k] for k in ("imbalance_after", "replicas", "gap", "lower_bound", "status", "moved")}
                     for r in rows],

@@ -46,15 +46,12 @@ def _water_fill(load: np.ndarray, num_gpus: int, slots: int, quota: Callable[[in
     for g in range(num_gpus):
         last = g == num_gpus - 1
         cap, used = (float("inf") if last else target), 0
-        if hi <= lo and left[order[hi]] < load[order[hi]]:  # carried-over split expert
-            e = order[hi]
-            take = min(left[e], cap)
-            pieces.append((e, g, take))
-            cap, used, left[e] = cap - take, used + 1, left[e] - take
-            if left[e] <= eps:
-                hi += 1
+        carried = hi <= lo and left[order[hi]] < load[order[hi]]  # previous GPU split this expert
         lights = quota(lo - hi + 1, num_gpus - g)
-        while lights > 0 and hi < lo and used < slots - 1 and left[order[lo]] <= cap:
+        # Keep a slot for the heavy split, unless a carried part will fill the rest by itself.
+        while lights > 0 and hi < lo and left[order[lo]] <= cap and (
+            used < slots - 1 - carried or (carried and used < slots - 1 and left[order[hi]] >= cap - left[order[lo]])
+        ):
             e = order[lo]
             pieces.append((e, g, left[e]))
             cap, used, lights, lo = cap - left[e], used + 1, lights - 1, lo - 1
@@ -72,20 +69,104 @@ def _water_fill(load: np.ndarray, num_gpus: int, slots: int, quota: Callable[[in
     return pieces
 
 
+def _pick_near(pool: list[int], load: np.ndarray, count: int, target: float) -> list[int]:
+    """Up to `count` experts from `pool` (heaviest first) whose sum comes close to `target` from
+    below, each pick leaving room for the lightest experts still to be picked."""
+    chosen: list[int] = []
+    total = 0.0
+    for j in range(count):
+        rest = sorted(load[e] for e in pool if e not in chosen)[: count - j - 1]
+        room = target - total - float(sum(rest))
+        pick = next((e for e in pool if e not in chosen and load[e] <= room), None)
+        if pick is None:
+            pick = next((e for e in reversed(pool) if e not in chosen), None)
+            if pick is None or total + load[pick] > target:
+                break
+        chosen.append(pick)
+        total += float(load[pick])
+    return chosen
+
+
+def _bridge_fill(load: np.ndarray, num_gpus: int, slots: int) -> Pieces | None:
+    """For tight slots (about E + G - 1 of them): the G - 1 heaviest experts become bridges, each
+    split between neighbouring GPUs of a chain. GPU by GPU, whole experts are picked to fill what
+    the carried bridge part and the expected next bridge part leave, and the bridge whose split
+    covers the rest exactly is chosen. load: [experts]. Returns None when caps are exceeded."""
+    G = num_gpus
+    if G < 2 or slots < 2 or load.size < G:
+        return None
+    target = float(load.sum()) / G
+    order = [int(e) for e in np.argsort(-load, kind="stable")]
+    bridges, pool = order[: G - 1], order[G - 1 :]
+    pieces: Pieces = []
+    carry_expert, carry = -1, 0.0
+    for pos in range(G):
+        cap = slots - (carry_expert >= 0)
+        if carry_expert >= 0:
+            pieces.append((carry_expert, pos, carry))
+        if pos == G - 1:
+            if len(pool) > cap:
+                return None
+            pieces.extend((e, pos, float(load[e])) for e in pool)
+            break
+        cap -= 1  # one slot for this GPU's bridge
+        bridge_per_gpu = (carry + sum(float(load[b]) for b in bridges)) / (G - pos)
+        part = max(bridge_per_gpu - carry, 0.0)
+        # leave enough whole experts for the GPUs after this one
+        must = max(0, len(pool) - ((slots - 2) * (G - pos - 2) + slots - 1))
+        chosen = _pick_near(pool, load, min(cap, len(pool)), target - carry - part)
+        if len(chosen) < must:
+            chosen += [e for e in reversed(pool) if e not in chosen][: must - len(chosen)]
+        if len(chosen) > cap:
+            return None
+        for e in chosen:
+            pool.remove(e)
+            pieces.append((e, pos, float(load[e])))
+        need = target - carry - float(sum(load[e] for e in chosen))
+        covering = [b for b in bridges if load[b] >= need]
+        b = min(covering, key=lambda k: load[k]) if covering else max(bridges, key=lambda k: load[k])
+        bridges.remove(b)
+        take = float(np.clip(need, 0.0, load[b]))
+        pieces.append((b, pos, take))
+        carry_expert, carry = b, float(load[b]) - take
+    return pieces
+
+
+def _dedicate_hot(load: np.ndarray, num_gpus: int) -> tuple[Pieces, np.ndarray, int]:
+    """Give each expert heavier than total/G whole GPUs of its own: ceil(load/T) - 1 of them, so
+    its remainder (at most T) joins the others. load: [experts]. Returns (pieces on GPUs
+    0..D-1, residual load [experts], D). The residual total is exactly T per remaining GPU."""
+    target = float(load.sum()) / num_gpus
+    pieces: Pieces = []
+    residual = load.astype(np.float64).copy()
+    if target <= 0:
+        return pieces, residual, 0
+    for e in np.argsort(-load, kind="stable").tolist():
+        whole = int(np.ceil(load[e] / target)) - 1
+        for _ in range(max(whole, 0)):
+            pieces.append((e, len(pieces), target))
+            residual[e] -= target
+    return pieces, residual, len(pieces)
+
+
 def water_fill_candidates(load: np.ndarray, num_gpus: int, slots: int) -> list[Pieces]:
-    """Water-filling under a few light-expert quotas; each candidate uses <= E + G - 1 replicas."""
+    """Water-filling under a few orderings; each candidate uses <= E + G - 1 replicas.
+
+    Also tried: experts heavier than a GPU's fair share first get whole GPUs (one slot each) and
+    the rest is filled on the remaining GPUs, whose fair share is unchanged."""
+    hot, residual, dedicated = _dedicate_hot(load, num_gpus)
+    rest = num_gpus - dedicated
     quotas = (
-        lambda items, gpus: slots - 2,
+        lambda items, gpus: slots,
         lambda items, gpus: -(-items // gpus) - 1,
         lambda items, gpus: items // gpus - 1,
         lambda items, gpus: 0,
     )
-    out = []
-    for quota in quotas:
-        pieces = _water_fill(load, num_gpus, slots, quota)
-        if pieces is not None:
-            out.append(pieces)
-    return out
+    out = [_bridge_fill(load, num_gpus, slots)] + [_water_fill(load, num_gpus, slots, q) for q in quotas]
+    if dedicated:
+        fills = [_bridge_fill(residual, rest, slots)] + [_water_fill(residual, rest, slots, q) for q in quotas]
+        out += [hot + [(e, g + dedicated, t) for e, g, t in fill] for fill in fills if fill is not None]
+    return [pieces for pieces in out if pieces is not None]
 
 
 def pack_and_split(load: np.ndarray, num_gpus: int, slots: int, max_replicas: int) -> Pieces:
@@ -109,22 +190,18 @@ def pack_and_split(load: np.ndarray, num_gpus: int, slots: int, max_replicas: in
         on_hot = [(t, e) for (e, g), t in tokens.items() if g == hot and t > 0]
         if not on_hot:
             break
-        # Prefer moving work to a GPU already holding the expert (no new replica).
-        best = None
-        for t, e in on_hot:
-            for (e2, g2), _ in tokens.items():
-                if e2 == e and g2 != hot and (best is None or gpu_load[g2] < gpu_load[best[1]]):
-                    best = (e, g2, t)
-        if best is None or gpu_load[best[1]] >= gpu_load[hot] - 1e-9:
-            free = np.flatnonzero((used < slots) & (np.arange(num_gpus) != hot))
-            if replicas >= max_replicas or free.size == 0:
-                if best is None:
-                    break
-            else:
-                cold = int(free[np.argmin(gpu_load[free])])
-                t, e = max(on_hot)
-                if best is None or gpu_load[cold] < gpu_load[best[1]]:
-                    best = (e, cold, t)
+        # Move work to the least-loaded GPU that already holds one of these experts (no new
+        # replica) or, while replicas and slots last, to the least-loaded GPU with a free slot.
+        options = [(gpu_load[g2], e, g2, t) for t, e in on_hot for (e2, g2) in tokens if e2 == e and g2 != hot]
+        free = np.flatnonzero((used < slots) & (np.arange(num_gpus) != hot))
+        if replicas < max_replicas and free.size:
+            cold = int(free[np.argmin(gpu_load[free])])
+            t, e = max(on_hot)
+            options.append((gpu_load[cold], e, cold, t))
+        if not options:
+            break
+        _, e, dst, t = min(options)
+        best = (e, dst, t)
         e, dst, t = best
         delta = min(t, (gpu_load[hot] - gpu_load[dst]) / 2)
         if delta <= 1e-9 * max(gpu_load[hot], 1.0):

@@ -22,6 +22,9 @@ from moeless_cli.planning.solvers.static import static_layer
 from moeless_cli.planning.topology import move_price
 
 MIN_MILP_SECONDS = 0.5  # below this per-layer budget the greedy answer stands
+# Above this many placement binaries CBC rarely improves a near-perfect greedy within seconds
+# (measured: 256 experts x 64 GPUs, 1.8 s a layer, no improvement), so the greedy answer stands.
+MAX_MILP_BINARIES = 8192
 
 
 def _score(layer: LayerPlan, load: np.ndarray, num_gpus: int, price: np.ndarray) -> tuple[float, int, float]:
@@ -63,7 +66,8 @@ def ilp_layer_with_info(
     bound = max_load_lower_bound(load, num_gpus, max_replicas)
     method, status = "greedy", "heuristic"
     settled = is_optimal(peak, bound, problem.balance_tolerance) and previous is None
-    if not settled and seconds - (time.perf_counter() - start) >= MIN_MILP_SECONDS:
+    small = num_experts * num_gpus <= MAX_MILP_BINARIES
+    if not settled and small and seconds - (time.perf_counter() - start) >= MIN_MILP_SECONDS:
         budget = seconds - (time.perf_counter() - start)
         outcome = solve_milp(load, num_gpus, slots, max_replicas, price, best, budget, problem.backend)
         if outcome.proven:

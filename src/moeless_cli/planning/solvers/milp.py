@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -31,6 +32,15 @@ class MilpOutcome:
     layer: LayerPlan | None  # None when the solver found no incumbent
     proven: bool  # sol_status 1: optimal for the weighted objective
     z_bound: float  # proven lower bound on max GPU tokens (0 if not proven)
+
+
+def _variable(prob, name: str, **kwargs):
+    """PuLP 3.3 prefers prob.add_variable; older versions only have LpVariable."""
+    import pulp
+
+    if hasattr(prob, "add_variable"):
+        return prob.add_variable(name, **kwargs)
+    return pulp.LpVariable(name, **kwargs)
 
 
 @contextlib.contextmanager
@@ -69,9 +79,9 @@ def solve_milp(
     mu = SECONDARY_WEIGHT / (2 * max_replicas * max(float(price.max()), 1e-12))
     prob = pulp.LpProblem("moeless_layer", pulp.LpMinimize)
     E, G = range(num_experts), range(num_gpus)
-    x = {(e, g): pulp.LpVariable(f"x_{e}_{g}", cat="Binary") for e in E for g in G}
-    y = {(e, g): pulp.LpVariable(f"y_{e}_{g}", lowBound=0) for e in E for g in G}
-    z = pulp.LpVariable("z", lowBound=0)
+    x = {(e, g): _variable(prob, f"x_{e}_{g}", cat="Binary") for e in E for g in G}
+    y = {(e, g): _variable(prob, f"y_{e}_{g}", lowBound=0) for e in E for g in G}
+    z = _variable(prob, "z", lowBound=0)
     prob += z + lam * pulp.lpSum(x.values()) + mu * pulp.lpSum(
         float(price[e, g]) * x[e, g] for e in E for g in G if price[e, g] > 0
     )
@@ -97,8 +107,11 @@ def solve_milp(
     if backend == "highs":
         solver = pulp.HiGHS(msg=False, timeLimit=limit)
     else:
-        solver = pulp.PULP_CBC_CMD(msg=False, warmStart=True, timeLimit=limit, threads=1)
-    with _stdout_to_stderr():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            solver = pulp.PULP_CBC_CMD(msg=False, warmStart=True, timeLimit=limit, threads=1)
+    with _stdout_to_stderr(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # PULP_CBC_CMD is the bundled CBC in PuLP 3
         prob.solve(solver)
     if prob.sol_status not in (1, 2):
         return MilpOutcome(None, False, 0.0)
