@@ -43,7 +43,7 @@ def synthetic_profile(seed: int = 0) -> tuple[RoutingProfile, GateBank]:
 @pytest.fixture(scope="module")
 def trained():
     profile, gates = synthetic_profile()
-    report, predictors = train_and_evaluate(profile, None, gates, [1, 2], TrainConfig(epochs=3, accuracy_threshold=1.0))
+    report, predictors = train_and_evaluate(profile, None, gates, [1, 2], TrainConfig(epochs=3, accuracy_threshold=1.0, calibration_steps=20))
     return profile, gates, report, predictors
 
 
@@ -67,7 +67,7 @@ def test_report_core_and_metric_ranges(trained):
 
 def test_layer_aware_paper_skips_layers_that_pass():
     profile, gates = synthetic_profile()
-    report, predictors = train_and_evaluate(profile, None, gates, [1], TrainConfig(epochs=2, accuracy_threshold=0.0))
+    report, predictors = train_and_evaluate(profile, None, gates, [1], TrainConfig(epochs=2, accuracy_threshold=0.0, calibration_steps=5))
     assert not any(e["paper_fine_tuned"] for e in report["layers"])
     for p in predictors:  # untouched copies of the target gates
         assert np.allclose(p.paper.weight, gates.weight[p.layer])
@@ -100,4 +100,4 @@ def test_predictor_file_round_trip_and_refusal(trained, tmp_path):
 def test_distance_out_of_range():
     profile, gates = synthetic_profile()
     with pytest.raises(MoelessError, match="distance 4"):
-        train_and_evaluate(profile, None, gates, [4], TrainConfig(epochs=1))
+        train_and_evaluate(profile, None, gates, [4], TrainConfig(epochs=1, calibration_steps=5))

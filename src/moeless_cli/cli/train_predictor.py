@@ -62,32 +62,27 @@ def _print_table(result: dict) -> None:
     from rich.table import Table
 
     table = Table(title=f"predictors for {result['model_id']} -> {result['out']}")
-    table.add_column("layer", justify="right")
-    table.add_column("d", justify="right")
-    for method in TABLE_METHODS:
-        for _, short in METRIC_COLUMNS:
-            if method in ("ema", "last") and short == "recall":
-                continue
-            table.add_column(f"{method}\n{short}", justify="right")
-    rows = [(str(e["layer"]), str(e["distance"]), e["methods"]) for e in result["layers"]]
-    rows.append(("mean", "", result["summary"]))
-    for layer, d, methods in rows:
-        cells = [layer, d]
-        for method in TABLE_METHODS:
-            for metric, short in METRIC_COLUMNS:
-                if method in ("ema", "last") and short == "recall":
-                    continue
-                cells.append(_fmt(methods[method][metric]))
-        table.add_row(*cells)
+    for name in ("layer", "d", "method"):
+        table.add_column(name, justify="right" if name != "method" else "left")
+    for _, short in METRIC_COLUMNS:
+        table.add_column(short, justify="right")
+    groups = [(str(e["layer"]), str(e["distance"]), e["methods"]) for e in result["layers"]]
+    groups.append(("mean", "", result["summary"]))
+    for layer, d, methods in groups:
+        for i, method in enumerate(TABLE_METHODS):
+            cells = [layer if i == 0 else "", d if i == 0 else "", method]
+            cells += [_fmt(methods[method][metric]) for metric, _ in METRIC_COLUMNS]
+            table.add_row(*cells, end_section=i == len(TABLE_METHODS) - 1)
     console.print(table)
     console.print(
         "recall: token top-k recall (higher is better); TVD: load error, total variation distance of per-expert "
-        "load fractions per batch (lower); r: Pearson of loads; strag: straggler recall (top 10% experts)."
+        "load fractions per batch (lower is better); r: Pearson correlation of loads; strag: straggler recall "
+        "(the truly top 10% experts predicted in the top 10%)."
     )
     split = result["split"]
     console.print(
-        f"held out: {split['held_out']} ({split['test_requests']} requests, {split['test_tokens']} sampled tokens); "
-        f"trained in {result['train_seconds']} s"
+        f"held out: {split['held_out']} ({split['test_requests']} requests, {split['test_tokens']} sampled tokens, "
+        f"{split['test_batches']} batches); trained and scored in {result['train_seconds']} s"
     )
 
 

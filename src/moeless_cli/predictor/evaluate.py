@@ -24,8 +24,9 @@ TOKEN_METHODS = ("moeless", "moeless-paper", "reused-gate")  # predict each toke
 class Blend:
     """How moeless turns token predictions into a batch load estimate for one layer."""
 
-    weight: float  # share of the token-level soft-count fractions; the rest is the EMA prior
+    weight: float  # share of the token-level count fractions; the rest is the EMA prior
     alpha: float  # EMA smoothing of the history prior (also the ema baseline's, chosen the same way)
+    mode: str = "soft"  # token counts: "soft" (calibrated selection probabilities) or "hard" (top-k)
 
 
 def batch_counts(topk: np.ndarray, batches: list[np.ndarray], num_experts: int) -> np.ndarray:
@@ -49,22 +50,29 @@ def choose_alpha(layer_load: np.ndarray, iterations: np.ndarray, true_loads: np.
     return min(EMA_ALPHAS, key=error) if len(iterations) else EMA_ALPHAS[2]
 
 
-def choose_blend_weight(soft_loads: np.ndarray, prior: np.ndarray, true_loads: np.ndarray) -> float:
-    """The mix of token estimate and history prior with the lowest mean TVD on validation batches.
+def choose_blend(token_loads: dict[str, np.ndarray], prior: np.ndarray, true_loads: np.ndarray) -> tuple[str, float]:
+    """The token count mode and its mix with the history prior with the lowest validation TVD.
 
-    soft_loads, prior, true_loads: [batches, experts]. Ties go to the larger token share.
+    token_loads: mode ("soft" calibrated probabilities, "hard" top-k counts) -> [batches, experts];
+    prior, true_loads: [batches, experts]. Ties go to the larger token share, then to "soft".
     """
-    if soft_loads.shape[0] == 0:
-        return 1.0
-    token_frac = load_fractions(soft_loads)
-    errors = [load_metrics(w * token_frac + (1 - w) * prior, true_loads)["load_tvd"] for w in BLEND_WEIGHTS]
-    best = min(errors)
-    return float(max(w for w, e in zip(BLEND_WEIGHTS, errors) if e <= best + 1e-12))
+    if true_loads.shape[0] == 0:
+        return "soft", 1.0
+    best: tuple[float, float, str] | None = None
+    for mode, loads in token_loads.items():
+        token_frac = load_fractions(loads)
+        for w in BLEND_WEIGHTS:
+            error = load_metrics(w * token_frac + (1 - w) * prior, true_loads)["load_tvd"]
+            key = (round(error, 12), -float(w), mode)
+            if best is None or key < best:
+                best = key
+    assert best is not None
+    return best[2], -best[1]
 
 
-def blended_loads(soft_loads: np.ndarray, prior: np.ndarray, blend_weight: float) -> np.ndarray:
-    """moeless batch load estimate. soft_loads, prior: [batches, experts] -> fractions [batches, experts]."""
-    return blend_weight * load_fractions(soft_loads) + (1 - blend_weight) * prior
+def blended_loads(token_loads: np.ndarray, prior: np.ndarray, blend_weight: float) -> np.ndarray:
+    """moeless batch load estimate. token_loads, prior: [batches, experts] -> fractions [batches, experts]."""
+    return blend_weight * load_fractions(token_loads) + (1 - blend_weight) * prior
 
 
 def score_layer(

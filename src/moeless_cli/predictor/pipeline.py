@@ -15,13 +15,13 @@ from moeless_cli.predictor.evaluate import (
     batch_sums,
     blended_loads,
     choose_alpha,
-    choose_blend_weight,
+    choose_blend,
     score_layer,
     summarise,
 )
 from moeless_cli.predictor.gates import GateBank, select_topk
 from moeless_cli.predictor.history import ema_prior
-from moeless_cli.predictor.samples import RoutingSamples, iteration_batches, split_by_request
+from moeless_cli.predictor.samples import MIN_BATCH_TOKENS, RoutingSamples, iteration_batches, split_by_request
 from moeless_cli.predictor.train import GateCopy, LayerPair, TrainConfig, fit_moeless, fit_paper
 
 TRAIN_SHARE = 0.7  # the paper's 7:3 train/test split, by request
@@ -57,14 +57,22 @@ def _logits(x: torch.Tensor, weight: np.ndarray, bias: np.ndarray | None) -> tor
     return out if bias is None else out + _tensor(bias)
 
 
-def _check_distances(distances: list[int], num_layers: int) -> None:
+def _token_loads(fit: GateCopy, x: torch.Tensor, top_k: int, batches: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """Per-batch token-level count estimates of a moeless predictor: {"soft", "hard"} -> [batches, experts]."""
+    with torch.no_grad():
+        probs = fit.soft_probs(x)  # [tokens, experts]
+        ids = torch.topk(_logits(x, fit.weight, fit.bias), top_k, dim=-1).indices.numpy()
+    return {"soft": batch_sums(probs.numpy(), batches), "hard": batch_counts(ids, batches, probs.shape[1])}
+
+
+def check_distances(distances: list[int], num_layers: int) -> None:
     for d in distances:
         if d < 1:
             raise MoelessError(f"--distance must be at least 1, got {d}")
         if d >= num_layers:
             raise MoelessError(
-                f"--distance {d} is not below the model's {num_layers} MoE layers: "
-                f"no layer has an input {d} layers earlier (use 1..{num_layers - 1})"
+                f"--distance {d} is out of range: the model has {num_layers} MoE layers, "
+                f"so a distance must be within 1..{num_layers - 1}"
             )
 
 
@@ -96,10 +104,10 @@ def train_and_evaluate(
     Returns (report with the fixed JSON core {"layers": [...], "summary": {...}}, predictors).
     """
     num_layers, num_experts, top_k = gates.num_layers, gates.num_experts, gates.top_k
-    _check_distances(distances, num_layers)
+    check_distances(distances, num_layers)
     fit, val, test, test_load = _split(train, eval_profile, config.seed)
-    val_iters, val_batches = iteration_batches(val.iteration_ids)
-    test_iters, test_batches = iteration_batches(test.iteration_ids)
+    val_iters, val_batches = iteration_batches(val.iteration_ids, MIN_BATCH_TOKENS)
+    test_iters, test_batches = iteration_batches(test.iteration_ids, MIN_BATCH_TOKENS)
     entries, predictors = [], []
     for distance in distances:
         for target in range(distance, num_layers):
@@ -112,7 +120,7 @@ def train_and_evaluate(
                 teacher_train=_logits(_tensor(fit.router_inputs[:, target]), w, b),
                 x_val=_tensor(val.router_inputs[:, source]),
                 topk_val=val.true_topk[:, target],
-                val_batches=val_batches,
+                train_batches=iteration_batches(fit.iteration_ids, MIN_BATCH_TOKENS)[1],
             )
             paper = fit_paper(pair, w, b, corr, gates.score, top_k, config, on_epoch)
             moeless = fit_moeless(pair, w, b, top_k, config, on_epoch)
@@ -120,27 +128,26 @@ def train_and_evaluate(
             # history prior and blend, chosen on validation requests of the training profile
             val_true = batch_counts(val.true_topk[:, target], val_batches, num_experts)
             alpha = choose_alpha(train.load[:, target], val_iters, val_true)
-            val_soft = batch_sums(torch.sigmoid(_logits(pair.x_val, moeless.weight, moeless.bias)).numpy(), val_batches)
             val_prior = ema_prior(train.load[:, target], alpha)[val_iters]
-            blend = Blend(choose_blend_weight(val_soft, val_prior, val_true), alpha)
+            mode, weight = choose_blend(_token_loads(moeless, pair.x_val, top_k, val_batches), val_prior, val_true)
+            blend = Blend(weight, alpha, mode)
 
             # every method on the same held-out tokens and batches
             x_test = _tensor(test.router_inputs[:, source])
-            moeless_logits = _logits(x_test, moeless.weight, moeless.bias)
+            moeless_counts = _token_loads(moeless, x_test, top_k, test_batches)
             token_topk = {
-                "moeless": torch.topk(moeless_logits, top_k, dim=-1).indices.numpy(),
+                "moeless": torch.topk(_logits(x_test, moeless.weight, moeless.bias), top_k, dim=-1).indices.numpy(),
                 "moeless-paper": select_topk(_logits(x_test, paper.weight, paper.bias), top_k, gates.score, corr_t).numpy(),
                 "reused-gate": select_topk(_logits(x_test, w, b), top_k, gates.score, corr_t).numpy(),
             }
-            soft = batch_sums(torch.sigmoid(moeless_logits).numpy(), test_batches)
             layer_load = test_load[:, target]
             batch_loads = {
-                "moeless": blended_loads(soft, ema_prior(layer_load, alpha)[test_iters], blend.weight),
+                "moeless": blended_loads(moeless_counts[blend.mode], ema_prior(layer_load, alpha)[test_iters], blend.weight),
                 "moeless-paper": batch_counts(token_topk["moeless-paper"], test_batches, num_experts),
                 "reused-gate": batch_counts(token_topk["reused-gate"], test_batches, num_experts),
                 "ema": ema_prior(layer_load, alpha)[test_iters],
                 "last": ema_prior(layer_load, 1.0)[test_iters],
-                "moeless-tokens": soft,  # ablation: moeless without the history blend
+                "moeless-tokens": moeless_counts["soft"],  # ablation: calibrated soft counts, no history blend
             }
             token_topk["moeless-tokens"] = token_topk["moeless"]
             true_topk = test.true_topk[:, target]
@@ -154,6 +161,7 @@ def train_and_evaluate(
                     "paper_fine_tuned": paper.fine_tuned,
                     "paper_epochs": paper.epochs_run,
                     "blend_weight": blend.weight,
+                    "count_mode": blend.mode,
                     "ema_alpha": blend.alpha,
                     "methods": score_layer(true_topk, token_topk, batch_loads, batch_counts(true_topk, test_batches, num_experts)),
                 }
@@ -167,6 +175,8 @@ def train_and_evaluate(
             "val_requests": int(np.unique(val.request_ids).size),
             "test_requests": int(np.unique(test.request_ids).size),
             "test_tokens": int(test.num_samples),
+            "test_batches": len(test_batches),
+            "min_batch_tokens": MIN_BATCH_TOKENS,
             "held_out": "eval-profile" if eval_profile is not None else "requests",
         },
     }

@@ -28,7 +28,7 @@ def run_training(request: TrainRequest, on_epoch: Callable[[int], None] | None =
     """
     from moeless_cli.models import load_moe_model
     from moeless_cli.predictor.gates import gates_from_model
-    from moeless_cli.predictor.pipeline import train_and_evaluate
+    from moeless_cli.predictor.pipeline import check_distances, train_and_evaluate
     from moeless_cli.predictor.profile_data import check_same_model, default_out, model_location, routing_profile
     from moeless_cli.predictor.store import pack_predictors, save_predictor
     from moeless_cli.predictor.train import TrainConfig
@@ -38,12 +38,7 @@ def run_training(request: TrainRequest, on_epoch: Callable[[int], None] | None =
         raise MoelessError(f"--accuracy-threshold must be within [0, 1], got {request.accuracy_threshold}")
     profile = load_profile(request.profile)
     train = routing_profile(profile)
-    for d in request.distances:  # fail before loading anything heavy
-        if d < 1 or d >= profile.num_layers:
-            raise MoelessError(
-                f"--distance {d} is out of range: the model has {profile.num_layers} MoE layers, "
-                f"so a distance must be within 1..{profile.num_layers - 1}"
-            )
+    check_distances(request.distances, profile.num_layers)  # fail before loading anything heavy
     evaluation = None
     if request.eval_profile is not None:
         other = load_profile(request.eval_profile)

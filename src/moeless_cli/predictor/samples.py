@@ -58,11 +58,17 @@ def split_by_request(request_ids: np.ndarray, train_share: float, seed: int) -> 
     return train_mask, ~train_mask
 
 
-def iteration_batches(iteration_ids: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Group sample indices by iteration, in iteration order.
+MIN_BATCH_TOKENS = 16  # batches with fewer sampled tokens are too noisy to score a load against
 
-    iteration_ids: [samples] -> (iterations [batches], index arrays, one per batch).
+
+def iteration_batches(iteration_ids: np.ndarray, min_tokens: int = 1) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Group sample indices by iteration, in iteration order, keeping batches of >= min_tokens.
+
+    iteration_ids: [samples] -> (iterations [batches], index arrays, one per batch). When no
+    batch reaches min_tokens, every non-empty batch is kept (a small profile still gets scored).
     """
     order = np.argsort(iteration_ids, kind="stable")
     iterations, starts = np.unique(iteration_ids[order], return_index=True)
-    return iterations, np.split(order, starts[1:])
+    batches = np.split(order, starts[1:]) if order.size else []
+    keep = [i for i, b in enumerate(batches) if b.size >= min_tokens] or list(range(len(batches)))
+    return iterations[keep], [batches[i] for i in keep]

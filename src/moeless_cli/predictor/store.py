@@ -1,6 +1,8 @@
 """The predictor file: every trained predictor in one safetensors file, its manifest in the metadata.
 
-Tensor names: `moeless.d{d}.l{t}.weight` [experts, hidden] / `.bias` [experts] and
+Tensor names: `moeless.d{d}.l{t}.weight` [experts, hidden] / `.bias` [experts] (when the gate
+has one) / `.calib_scale` [1] / `.calib_offset` [experts] (soft counts: P(selected) =
+sigmoid(scale * logit + offset)) and
 `paper.d{d}.l{t}.weight` (+ `.bias` when the model's gate has one) predict MoE layer t from the
 router input of layer t - d; `correction.l{t}` [experts] is layer t's top-k selection bias, when
 the model has one (DeepSeek-V3), which the paper's gate copies keep using.
@@ -146,7 +148,7 @@ class LoadPredictor:
 
         hidden: [tokens, hidden] router input of MoE layer `layer - distance` -> counts [experts]
         (float64, summing to tokens * top_k). `paper` counts its top-k; `moeless` blends its
-        soft counts with the observed-load prior.
+        token counts (calibrated soft or top-k, as validated per layer) with the observed-load prior.
         """
         import torch
 
@@ -155,10 +157,17 @@ class LoadPredictor:
         if method == "paper":
             ids = self.predict_topk(hidden, layer, distance, "paper")
             return np.bincount(ids.reshape(-1), minlength=self.num_experts).astype(np.float64)
-        with torch.no_grad():
-            soft = torch.sigmoid(self.logits(hidden, layer, distance, method)).sum(dim=0).numpy()  # [experts]
+        if entry.get("count_mode") == "hard":
+            ids = self.predict_topk(hidden, layer, distance, method)
+            token_counts = np.bincount(ids.reshape(-1), minlength=self.num_experts).astype(np.float64)
+        else:
+            scale = self._tensors[tensor_name(method, layer, distance, "calib_scale")]
+            offset = self._tensors[tensor_name(method, layer, distance, "calib_offset")]
+            with torch.no_grad():
+                logits = self.logits(hidden, layer, distance, method)  # [tokens, experts]
+                token_counts = torch.sigmoid(scale * logits + offset).sum(dim=0).double().numpy()
         weight = float(entry["blend_weight"])
-        fractions = weight * load_fractions(soft[None].astype(np.float64))[0] + (1 - weight) * self._prior[(layer, distance)]
+        fractions = weight * load_fractions(token_counts[None])[0] + (1 - weight) * self._prior[(layer, distance)]
         return fractions * tokens * self.top_k
 
 
@@ -189,6 +198,9 @@ def pack_predictors(predictors, gates, header: dict[str, Any], report: dict[str,
             tensors[tensor_name(method, p.layer, p.distance, "weight")] = fit.weight
             if fit.bias is not None:
                 tensors[tensor_name(method, p.layer, p.distance, "bias")] = fit.bias
+            if fit.calib_offset is not None:
+                tensors[tensor_name(method, p.layer, p.distance, "calib_offset")] = fit.calib_offset
+                tensors[tensor_name(method, p.layer, p.distance, "calib_scale")] = np.array([fit.calib_scale])
         if gates.correction is not None:
             tensors[f"correction.l{p.layer}"] = gates.correction[p.layer]
         entries.append(
@@ -197,6 +209,7 @@ def pack_predictors(predictors, gates, header: dict[str, Any], report: dict[str,
                 "distance": p.distance,
                 "input_layer": p.layer - p.distance,
                 "blend_weight": p.blend.weight,
+                "count_mode": p.blend.mode,
                 "ema_alpha": p.blend.alpha,
                 "paper_fine_tuned": p.paper.fine_tuned,
                 "moeless_parameters": p.moeless.num_parameters,

@@ -4,9 +4,9 @@ Two recipes, both starting from a copy of the target layer's gate:
 - `fit_paper`, the published layer-aware method: fine-tune the copy to reproduce the target gate's
   output (its score distribution) only when its top-k recall is below the threshold, and stop as
   soon as it passes;
-- `fit_moeless`: always fine-tune, with a loss on the token's true top-k set (per-expert binary
-  cross-entropy, so sigmoid(logit) is a calibrated probability of being selected) plus a loss on the
-  batch's load distribution; keep the epoch that scores best on validation requests.
+- `fit_moeless`: always fine-tune, on the token's true top-k set, anchored to the gate copy,
+  keeping the epoch with the best validation recall; then calibrate soft selection probabilities
+  (a temperature and per-expert offsets) on per-expert BCE plus the batches' load distribution.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from moeless_cli.predictor.gates import select_topk
 from moeless_cli.predictor.metrics import topk_recall
 
 
+
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 30  # upper bound on passes over the training tokens, per predictor
@@ -29,7 +30,9 @@ class TrainConfig:
     lr: float = 3e-3  # AdamW learning rate
     weight_decay: float = 0.0  # AdamW weight decay (the gate init is the prior; no extra pull)
     accuracy_threshold: float = 0.8  # paper: fine-tune a layer only while its top-k recall is below this
-    load_loss_weight: float = 2.0  # moeless: weight of the batch load-distribution TVD next to the BCE
+    load_loss_weight: float = 2.0  # moeless calibration: weight of the batch load-distribution TVD next to the BCE
+    anchor_weight: float = 1.0  # moeless: pull toward the gate copy, per unit of relative squared change
+    calibration_steps: int = 200  # moeless: full-batch Adam steps fitting the soft-count calibration
     seed: int = 0  # shuffling and initialisation
 
 
@@ -42,7 +45,7 @@ class LayerPair:
     teacher_train: torch.Tensor  # [n_train, experts] layer l+d's own gate logits (its "output")
     x_val: torch.Tensor  # [n_val, hidden]
     topk_val: np.ndarray  # [n_val, k]
-    val_batches: list[np.ndarray] = field(default_factory=list)  # indices into the val set, one per iteration
+    train_batches: list[np.ndarray] = field(default_factory=list)  # indices into the train set, one per iteration
 
 
 @dataclass
@@ -55,10 +58,21 @@ class GateCopy:
     epochs_run: int = 0  # epochs actually run
     val_recall_before: float = float("nan")  # top-k recall on validation requests before training
     val_recall_after: float = float("nan")  # ... and after
+    calib_scale: float = 1.0  # soft counts: P(selected) = sigmoid(calib_scale * logit + calib_offset)
+    calib_offset: np.ndarray | None = None  # [experts]; None: not calibrated (the paper's copies)
 
     @property
     def num_parameters(self) -> int:
-        return int(self.weight.size + (0 if self.bias is None else self.bias.size))
+        return int(self.weight.size + (0 if self.bias is None else self.bias.size)
+               + (0 if self.calib_offset is None else self.calib_offset.size + 1))
+
+    def soft_probs(self, x: torch.Tensor) -> torch.Tensor:
+        """Calibrated P(expert selected) per token. x: [tokens, hidden] -> [tokens, experts]."""
+        logits = x @ torch.from_numpy(self.weight).T
+        if self.bias is not None:
+            logits = logits + torch.from_numpy(self.bias)
+        offset = 0.0 if self.calib_offset is None else torch.from_numpy(self.calib_offset)
+        return torch.sigmoid(self.calib_scale * logits + offset)
 
 
 def _linear(weight: np.ndarray, bias: np.ndarray | None, requires_bias: bool) -> torch.nn.Linear:
@@ -135,18 +149,41 @@ def soft_counts(logits: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(logits).sum(dim=0)
 
 
-def _val_score(layer: torch.nn.Linear, pair: LayerPair, top_k: int, num_experts: int) -> tuple[float, float]:
-    """(top-k recall, mean batch TVD of soft loads) on the validation requests."""
+def _val_recall(layer: torch.nn.Linear, pair: LayerPair, top_k: int) -> float:
     with torch.no_grad():
-        logits = layer(pair.x_val)  # [n_val, experts]
-    recall = topk_recall(torch.topk(logits, top_k, dim=-1).indices.numpy(), pair.topk_val)
-    probs = torch.sigmoid(logits).numpy()
-    tvds = []
-    for idx in pair.val_batches:
-        pred = probs[idx].sum(axis=0)
-        true = np.bincount(pair.topk_val[idx].reshape(-1), minlength=num_experts).astype(np.float64)
-        tvds.append(0.5 * np.abs(pred / max(pred.sum(), 1e-12) - true / max(true.sum(), 1e-12)).sum())
-    return recall, float(np.mean(tvds)) if tvds else 0.0
+        ids = torch.topk(layer(pair.x_val), top_k, dim=-1).indices
+    return topk_recall(ids.numpy(), pair.topk_val)
+
+
+def calibrate(
+    logits: torch.Tensor, multi_hot: torch.Tensor, batches: list[np.ndarray], load_loss_weight: float, steps: int
+) -> tuple[float, np.ndarray]:
+    """Fit sigmoid(scale * logits + offset) to the top-k selection, for soft load counts.
+
+    logits: [tokens, experts] of a trained predictor; multi_hot: [tokens, experts] the true top-k
+    sets; batches: token indices of each iteration. Minimises per-expert BCE plus the mean TVD of
+    each batch's soft load fractions. Returns (scale, offset [experts]). E + 1 numbers, full batch.
+    """
+    num_experts = logits.shape[1]
+    rate = multi_hot.mean().clamp(1e-4, 1 - 1e-4)
+    log_scale = torch.zeros((), requires_grad=True)
+    offset = torch.full((num_experts,), float(torch.log(rate / (1 - rate)) - logits.mean()), requires_grad=True)
+    membership = torch.zeros(len(batches), logits.shape[0])  # [batches, tokens] which batch each token ran in
+    for b, idx in enumerate(batches):
+        membership[b, torch.from_numpy(idx)] = 1.0
+    true_counts = membership @ multi_hot  # [batches, experts]
+    true_frac = true_counts / true_counts.sum(dim=1, keepdim=True).clamp_min(1e-9)
+    optimiser = torch.optim.Adam([log_scale, offset], lr=0.05)
+    for _ in range(steps):
+        z = torch.exp(log_scale) * logits + offset  # [tokens, experts]
+        bce = F.binary_cross_entropy_with_logits(z, multi_hot)
+        soft = membership @ torch.sigmoid(z)  # [batches, experts]
+        tvd = 0.5 * (soft / soft.sum(dim=1, keepdim=True).clamp_min(1e-9) - true_frac).abs().sum(dim=1).mean()
+        loss = bce + (load_loss_weight * tvd if len(batches) else 0.0)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    return float(torch.exp(log_scale.detach())), offset.detach().numpy().copy()
 
 
 def fit_moeless(
@@ -157,41 +194,44 @@ def fit_moeless(
     config: TrainConfig,
     on_epoch: Callable[[], None] | None = None,
 ) -> GateCopy:
-    """The moeless predictor for one target layer: gate copy + bias, top-k BCE + batch-load loss.
+    """The moeless predictor for one target layer: every layer trained, then calibrated.
 
-    gate_weight: [experts, hidden], gate_bias: [experts] or None, of the target layer. Keeps the
-    epoch with the best validation (recall - load TVD), the untouched copy included.
+    gate_weight: [experts, hidden], gate_bias: [experts] or None, of the target layer.
+    1. Ranking: fine-tune the gate copy on the true top-k set (softmax cross-entropy of the set,
+       as routers are trained) with a pull toward the target gate's weights, keeping the epoch
+       with the best validation recall (the untouched copy included).
+    2. Calibration: sigmoid(scale * logits + offset) fitted to selection and batch load shares,
+       which turns the ranking into soft per-expert counts for load prediction.
     """
     num_experts = gate_weight.shape[0]
-    layer = _linear(gate_weight, gate_bias, True)
+    layer = _linear(gate_weight, gate_bias, gate_bias is not None)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     multi_hot = torch.zeros(pair.x_train.shape[0], num_experts)
     multi_hot.scatter_(1, pair.topk_train, 1.0)  # [n_train, experts] the true top-k sets
-    with torch.no_grad():  # start the bias at the experts' log-odds of selection so BCE starts calibrated
-        rate = multi_hot.mean(dim=0).clamp(1e-3, 1 - 1e-3)
-        raw = pair.x_train @ layer.weight.T  # [n_train, experts]
-        layer.bias.copy_(torch.log(rate / (1 - rate)) - raw.mean(dim=0))
+    anchor = layer.weight.detach().clone()  # [experts, hidden] the target gate: the prior
+    anchor_norm = float((anchor * anchor).sum()) + 1e-12
     optimiser = torch.optim.AdamW(layer.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    recall, tvd = _val_score(layer, pair, top_k, num_experts)
-    best = (recall - tvd, *_copy_out(layer), recall)
-    recall_before = recall
+    recall_before = _val_recall(layer, pair, top_k)
+    best = (recall_before, *_copy_out(layer))
     epochs_run = 0
     for epoch in range(config.epochs):
         for idx in _minibatches(pair.x_train.shape[0], config.batch_size, generator):
-            logits = layer(pair.x_train[idx])  # [batch, experts]
-            target = multi_hot[idx]
-            bce = F.binary_cross_entropy_with_logits(logits, target, reduction="sum") / idx.numel()
-            pred_frac = torch.sigmoid(logits).sum(0) / torch.sigmoid(logits).sum()
-            true_frac = target.sum(0) / target.sum()
-            loss = bce + config.load_loss_weight * 0.5 * (pred_frac - true_frac).abs().sum()
+            log_probs = torch.log_softmax(layer(pair.x_train[idx]), dim=-1)  # [batch, experts]
+            ranking = -(log_probs * multi_hot[idx]).sum(dim=-1).mean() / top_k
+            drift = ((layer.weight - anchor) ** 2).sum() / anchor_norm
+            loss = ranking + config.anchor_weight * drift
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
         epochs_run = epoch + 1
         if on_epoch is not None:
             on_epoch()
-        recall, tvd = _val_score(layer, pair, top_k, num_experts)
-        if recall - tvd > best[0]:
-            best = (recall - tvd, *_copy_out(layer), recall)
-    return GateCopy(best[1], best[2], epochs_run > 0, epochs_run, recall_before, best[3])
+        recall = _val_recall(layer, pair, top_k)
+        if recall > best[0]:
+            best = (recall, *_copy_out(layer))
+    recall, weight, bias = best
+    with torch.no_grad():
+        logits = pair.x_train @ torch.from_numpy(weight).T + (0.0 if bias is None else torch.from_numpy(bias))
+    scale, offset = calibrate(logits, multi_hot, pair.train_batches, config.load_loss_weight, config.calibration_steps)
+    return GateCopy(weight, bias, epochs_run > 0, epochs_run, recall_before, recall, scale, offset)
