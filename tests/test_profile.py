@@ -127,3 +127,13 @@ def test_default_out_dir_and_human_summary(cli, tmp_path, monkeypatch):
     profile = load_profile(tmp_path / "profiles" / "mixtral-0-gsm8k")
     assert profile.domains == ["math"] and profile.manifest["dataset"]["name"] == "gsm8k"
     assert "hottest" in result.stdout
+
+
+@pytest.mark.skipif("tiny-mixtral" not in __import__("moeless_cli.models", fromlist=["x"]).builtin_names(),
+                    reason="built-in tiny-mixtral not shipped in this checkout yet")
+def test_default_model_is_the_builtin_tiny_mixtral(cli, tmp_path):
+    doc = _run(cli, *SMALL, "--out", tmp_path / "p")
+    profile = load_profile(tmp_path / "p")
+    assert profile.model_id == "tiny-mixtral" and doc["model"] == "tiny-mixtral"
+    assert profile.domains == ["code", "math", "prose"]  # the default `mix` dataset
+    _check_consistent(profile)

@@ -11,7 +11,7 @@ This module imports nothing heavy, so `moeless models` can list families without
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from moeless_cli.errors import MoelessError
@@ -34,7 +34,7 @@ class FamilyAdapter:
     rule_notes: str = "every decoder layer is MoE"
     extra_notes: str = ""
     indices_position: int = -1  # index of the top-k expert ids in the router's output tuple
-    shared_expert: bool = field(default=False)  # family has always-on shared experts (not routed)
+    shared_expert: bool = False  # family also has always-on shared experts (not routed, not profiled)
 
     def num_experts(self, config: Any) -> int:
         """Routed experts per layer, from a transformers config object (aliases resolved)."""
