@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from tiny_models import FAMILIES, cached_tiny_checkpoint, single_thread_torch
 
+from moeless_cli.models import builtin_names
 from moeless_cli.profiling import load_profile
 
 SMALL = ("--num-prompts", "4", "--batch-size", "2", "--max-new-tokens", "2", "--max-prompt-tokens", "24",
@@ -129,8 +130,7 @@ def test_default_out_dir_and_human_summary(cli, tmp_path, monkeypatch):
     assert "hottest" in result.stdout
 
 
-@pytest.mark.skipif("tiny-mixtral" not in __import__("moeless_cli.models", fromlist=["x"]).builtin_names(),
-                    reason="built-in tiny-mixtral not shipped in this checkout yet")
+@pytest.mark.skipif("tiny-mixtral" not in builtin_names(), reason="built-in tiny-mixtral not shipped in this checkout yet")
 def test_default_model_is_the_builtin_tiny_mixtral(cli, tmp_path):
     doc = _run(cli, *SMALL, "--out", tmp_path / "p")
     profile = load_profile(tmp_path / "p")
