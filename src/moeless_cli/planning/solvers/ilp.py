@@ -18,6 +18,7 @@ from moeless_cli.planning.solvers.eplb import eplb_layer
 from moeless_cli.planning.solvers.greedy import pack_and_split, pieces_to_layer, water_fill_candidates
 from moeless_cli.planning.solvers.milp import solve_milp
 from moeless_cli.planning.solvers.moeless_paper import moeless_paper_layer
+from moeless_cli.planning.solvers.shares import rebalance_shares
 from moeless_cli.planning.solvers.static import static_layer
 from moeless_cli.planning.topology import move_price
 
@@ -25,6 +26,7 @@ MIN_MILP_SECONDS = 0.5  # below this per-layer budget the greedy answer stands
 # Above this many placement binaries CBC rarely improves a near-perfect greedy within seconds
 # (measured: 256 experts x 64 GPUs, 1.8 s a layer, no improvement), so the greedy answer stands.
 MAX_MILP_BINARIES = 8192
+POLISHED_CANDIDATES = 2  # greedy placements whose token shares are re-optimised by max-flow
 
 
 def _score(layer: LayerPlan, load: np.ndarray, num_gpus: int, price: np.ndarray) -> tuple[float, int, float]:
@@ -61,9 +63,15 @@ def ilp_layer_with_info(
     num_experts, num_gpus = load.size, problem.num_gpus
     slots, max_replicas = problem.slots_for(num_experts), problem.max_replicas(num_experts)
     price = move_price(previous, pair_cost, num_experts)  # [experts, G]
-    best = min(greedy_candidates(load, problem, previous), key=lambda p: _score(p, load, num_gpus, price))
-    peak = float(best.gpu_loads(load, num_gpus).max())
     bound = max_load_lower_bound(load, num_gpus, max_replicas)
+    candidates = sorted(greedy_candidates(load, problem, previous), key=lambda p: _score(p, load, num_gpus, price))
+    best = candidates[0]
+    peak = float(best.gpu_loads(load, num_gpus).max())
+    if not is_optimal(peak, bound, problem.balance_tolerance):
+        # Re-split tokens over the placements of the best few candidates (a max-flow each).
+        polished = [rebalance_shares(p, load, num_gpus, bound) for p in candidates[:POLISHED_CANDIDATES]]
+        best = min([best, *polished], key=lambda p: _score(p, load, num_gpus, price))
+        peak = float(best.gpu_loads(load, num_gpus).max())
     method, status = "greedy", "heuristic"
     settled = is_optimal(peak, bound, problem.balance_tolerance) and previous is None
     small = num_experts * num_gpus <= MAX_MILP_BINARIES
