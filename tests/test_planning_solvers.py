@@ -143,3 +143,19 @@ def test_topology_prices_cross_node_moves_higher():
     far = LayerPlan.from_lists([0, 0, 1], [0, 3, 2], [0.5, 0.5, 1])
     assert move_cost(near, old, cost, 1.0) == (1, pytest.approx(0.01))
     assert move_cost(far, old, cost, 1.0) == (1, pytest.approx(0.1))
+
+
+@pytest.mark.parametrize("gpus", [4, 20])
+def test_gpu_relabelling_keeps_replicas_where_the_previous_plan_loaded_them(gpus):
+    from moeless_cli.planning.locality import align_gpus
+    from moeless_cli.planning.topology import move_price
+
+    load = skewed_loads(1, 2 * gpus, seed=4)
+    first = solve("ilp", load, PlanningProblem(num_gpus=gpus, time_limit_s=2)).plan.layers[0]
+    perm = np.random.default_rng(0).permutation(gpus)
+    shuffled = LayerPlan(first.expert, perm[first.gpu], first.share)  # same plan, GPUs renamed
+    price = move_price(first, np.ones((gpus, gpus)) - np.eye(gpus), 2 * gpus)
+    aligned = align_gpus(shuffled, price)
+    assert move_cost(aligned, first, np.ones((gpus, gpus)), 1.0)[0] == 0
+    assert move_cost(shuffled, first, np.ones((gpus, gpus)), 1.0)[0] > 0
+    assert np.allclose(np.sort(aligned.gpu_loads(load[0], gpus)), np.sort(first.gpu_loads(load[0], gpus)))

@@ -13,6 +13,7 @@ import numpy as np
 
 from moeless_cli.errors import MoelessError
 from moeless_cli.planning.bounds import is_optimal, max_load_lower_bound
+from moeless_cli.planning.locality import align_gpus
 from moeless_cli.planning.plan import LayerInfo, LayerPlan, PlanningProblem
 from moeless_cli.planning.solvers.eplb import eplb_layer
 from moeless_cli.planning.solvers.greedy import pack_and_split, pieces_to_layer, water_fill_candidates
@@ -64,12 +65,17 @@ def ilp_layer_with_info(
     slots, max_replicas = problem.slots_for(num_experts), problem.max_replicas(num_experts)
     price = move_price(previous, pair_cost, num_experts)  # [experts, G]
     bound = max_load_lower_bound(load, num_gpus, max_replicas)
-    candidates = sorted(greedy_candidates(load, problem, previous), key=lambda p: _score(p, load, num_gpus, price))
+    candidates = greedy_candidates(load, problem, previous)
+    if previous is not None:  # keep loaded replicas where they are (GPU relabelling is free)
+        candidates = [align_gpus(p, price) for p in candidates]
+    candidates.sort(key=lambda p: _score(p, load, num_gpus, price))
     best = candidates[0]
     peak = float(best.gpu_loads(load, num_gpus).max())
     if not is_optimal(peak, bound, problem.balance_tolerance):
         # Re-split tokens over the placements of the best few candidates (a max-flow each).
         polished = [rebalance_shares(p, load, num_gpus, bound) for p in candidates[:POLISHED_CANDIDATES]]
+        if previous is not None:
+            polished = [align_gpus(p, price) for p in polished]
         best = min([best, *polished], key=lambda p: _score(p, load, num_gpus, price))
         peak = float(best.gpu_loads(load, num_gpus).max())
     method, status = "greedy", "heuristic"
