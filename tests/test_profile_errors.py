@@ -162,3 +162,13 @@ def test_load_profile_imports_no_torch(good_profile):
             f"load_profile({str(path)!r}); print('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
 
+
+
+def test_thread_choice(cli, tmp_path):
+    from moeless_cli.profiling.record import choose_threads
+
+    model = str(cached_tiny_checkpoint("mixtral"))
+    assert choose_threads(model, "cpu", None) == 1  # hidden 32: one thread
+    assert choose_threads(model, "cuda", None) is None and choose_threads(model, "cpu", 0) is None
+    assert choose_threads(model, "cpu", 3) == 3
+    _fails(cli, "--model", model, "--threads", "-1", "--out", tmp_path / "o", match="--threads must be 0")

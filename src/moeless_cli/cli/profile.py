@@ -8,6 +8,7 @@ from typing import Any, Optional
 import typer
 
 from moeless_cli.cli.common import JSON_OPTION_HELP, console, emit_json, guarded, make_progress
+from moeless_cli.errors import MoelessError
 
 HELP = "Record expert activations of an MoE model over a workload (or import load counts from a CSV)."
 DEFAULT_MODEL = "tiny-mixtral"
@@ -49,6 +50,9 @@ def run_profile(
     device: str = typer.Option("cpu", "--device", help="torch device, e.g. cpu or cuda."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, bfloat16, float16 or auto "
                                                              "(default: float32 on CPU, the checkpoint's elsewhere)."),
+    threads: Optional[int] = typer.Option(None, "--threads",
+                                          help="torch CPU threads (default: 1 for models narrower than 1024 "
+                                               "on CPU, else torch's choice; 0 = torch's choice)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Profile directory (default profiles/<model>-<dataset>/)."),
     json_out: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP),
 ) -> None:
@@ -56,6 +60,8 @@ def run_profile(
     per-token top-k expert ids, sampled router inputs and timings into a profile directory."""
     if ctx.invoked_subcommand is not None:
         return
+    if threads is not None and threads < 0:
+        raise MoelessError(f"--threads must be 0 (torch's choice) or more (got {threads})")
     from moeless_cli.profiling.record import record_profile
     from moeless_cli.profiling.runner import ProfileOptions
 
@@ -64,7 +70,7 @@ def run_profile(
     with make_progress(disable=json_out) as progress:
         task = progress.add_task("profiling forward passes", total=None)
         result_out, summary = record_profile(
-            model, dataset, options, out=out, text_field=text_field, device=device, dtype=dtype,
+            model, dataset, options, out=out, text_field=text_field, device=device, dtype=dtype, threads=threads,
             progress=lambda total: progress.update(task, total=total),
             on_pass=lambda: progress.advance(task),
         )
