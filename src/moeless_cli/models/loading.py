@@ -34,6 +34,7 @@ class LoadedModel:
     top_k: int  # experts chosen per token
     hidden_size: int  # width of each router's input
     expert_bytes: int  # bytes of one expert's weights (one layer) in the loaded dtype
+    builtin_metadata: dict[str, Any] | None = None  # moeless-builtin.json of a shipped model, else None
 
     @property
     def family(self) -> str:
@@ -179,6 +180,8 @@ def load_moe_model(name_or_path: str | os.PathLike[str], device: str = "cpu", dt
         top_k=adapter.top_k(model.config),
         hidden_size=int(config["hidden_size"]),
         expert_bytes=_expert_bytes(experts, num_experts),
+        builtin_metadata=read_json(path / BUILTIN_METADATA, what="built-in model metadata")
+        if (path / BUILTIN_METADATA).is_file() else None,
     )
 
 
