@@ -20,12 +20,12 @@ from pathlib import Path
 import torch
 
 
-def build_fallback_model(root: Path) -> Path:
+def build_fallback_model(root: Path, hidden: int = 128, layers: int = 4, experts: int = 8, top_k: int = 2) -> Path:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.for_model(
-        "mixtral", hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
-        num_key_value_heads=2, num_local_experts=8, num_experts_per_tok=2, vocab_size=4096,
+        "mixtral", hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers, num_attention_heads=4,
+        num_key_value_heads=2, num_local_experts=experts, num_experts_per_tok=top_k, vocab_size=4096,
         max_position_embeddings=1024, bos_token_id=1, eos_token_id=2, pad_token_id=0,
     )
     torch.manual_seed(0)
@@ -64,16 +64,28 @@ def main() -> None:
                         help="torch threads (default 1: tiny models gain nothing from more, and one thread "
                              "lets the loop's CPU time be measured undisturbed); 0 = torch's choice")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--hidden", type=int, default=None,
+                        help="build a Mixtral-shaped model of this width instead (with --layers/--experts/--top-k)")
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--experts", type=int, default=8)
+    parser.add_argument("--top-k", type=int, default=2)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     from moeless_cli.models import builtin_names, load_moe_model
     from moeless_cli.profiling.recorder import RoutingRecorder
     from moeless_cli.profiling.runner import generate
 
     with tempfile.TemporaryDirectory() as tmp:
-        model = args.model or ("tiny-mixtral" if "tiny-mixtral" in builtin_names() else str(build_fallback_model(Path(tmp))))
+        if args.hidden:
+            model = str(build_fallback_model(Path(tmp), args.hidden, args.layers, args.experts, args.top_k))
+        else:
+            model = args.model or ("tiny-mixtral" if "tiny-mixtral" in builtin_names()
+                                   else str(build_fallback_model(Path(tmp))))
         loaded = load_moe_model(model, device=args.device)
         vocab = loaded.model.config.vocab_size
         batches = random_batches(vocab, args.batches, args.batch_size, args.prompt_tokens, seed=0)

@@ -172,3 +172,14 @@ def test_thread_choice(cli, tmp_path):
     assert choose_threads(model, "cuda", None) is None and choose_threads(model, "cpu", 0) is None
     assert choose_threads(model, "cpu", 3) == 3
     _fails(cli, "--model", model, "--threads", "-1", "--out", tmp_path / "o", match="--threads must be 0")
+
+
+def test_model_failure_mid_run_is_one_line(cli, tmp_path, monkeypatch):
+    """A forward pass that fails (here: a simulated out-of-memory) exits cleanly with no output."""
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("simulated: not enough memory")
+
+    monkeypatch.setattr("moeless_cli.profiling.runner.generate", out_of_memory)
+    _fails(cli, "--model", cached_tiny_checkpoint("mixtral"), *SMALL, "--out", tmp_path / "o",
+           match="failed during profiling: RuntimeError: simulated")
+    assert list(tmp_path.iterdir()) == []

@@ -9,6 +9,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from moeless_cli.errors import MoelessError
 from moeless_cli.profiling.format import save_profile
 
 
@@ -79,8 +80,13 @@ def _run(model: str, prompts: Any, options: Any, device: str, dtype: str | None,
     if progress is not None:
         progress(count_passes(batches, options.max_new_tokens))
     started = time.perf_counter()
-    with RoutingRecorder(loaded, options.router_samples, seed=options.seed) as recorder:
-        trace = generate(loaded, batches, options.max_new_tokens, recorder, on_pass=on_pass)
+    try:
+        with RoutingRecorder(loaded, options.router_samples, seed=options.seed) as recorder:
+            trace = generate(loaded, batches, options.max_new_tokens, recorder, on_pass=on_pass)
+    except (RuntimeError, IndexError) as exc:  # out of memory, prompt longer than the model allows, ...
+        message = " ".join(str(exc).split())[:200]
+        raise MoelessError(f"model {loaded.model_id} failed during profiling: {type(exc).__name__}: {message} "
+                           "(try a smaller --batch-size or --max-prompt-tokens)") from None
     wall = time.perf_counter() - started
 
     domain_index = {d: i for i, d in enumerate(prompts.domains)}
