@@ -43,10 +43,17 @@ def _feasible(layer: LayerPlan, num_gpus: int, slots: int, max_replicas: int) ->
 
 
 def greedy_candidates(load: np.ndarray, problem: PlanningProblem, previous: LayerPlan | None) -> list[LayerPlan]:
-    """Every feasible heuristic plan for one layer. load: [experts]."""
+    """Every feasible heuristic plan for one layer, or only the water-filling ones when one of
+    them already meets the lower bound (and no previous plan asks for locality). load: [experts]."""
     num_experts, num_gpus = load.size, problem.num_gpus
     slots, max_replicas = problem.slots_for(num_experts), problem.max_replicas(num_experts)
     plans = [pieces_to_layer(p, load) for p in water_fill_candidates(load, num_gpus, slots)]
+    plans = [p for p in plans if _feasible(p, num_gpus, slots, max_replicas)]
+    bound = max_load_lower_bound(load, num_gpus, max_replicas)
+    if previous is None and any(
+        is_optimal(float(p.gpu_loads(load, num_gpus).max()), bound, problem.balance_tolerance) for p in plans
+    ):
+        return plans
     plans.append(pieces_to_layer(pack_and_split(load, num_gpus, slots, max_replicas), load))
     for layer_fn in (eplb_layer, moeless_paper_layer, static_layer):
         try:
