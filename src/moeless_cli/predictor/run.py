@@ -21,6 +21,19 @@ class TrainRequest:
     seed: int  # request split and training seed
 
 
+def _single_threaded(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run fn on one torch thread: predictor matrices are tiny ([tokens, hidden] x [hidden, experts]),
+    so extra threads only add synchronisation, which on a busy machine costs more than the math."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return fn(*args)
+    finally:
+        torch.set_num_threads(before)
+
+
 def run_training(request: TrainRequest, on_epoch: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Train, evaluate, write the predictor file; returns the JSON-ready result.
 
@@ -66,7 +79,7 @@ def run_training(request: TrainRequest, on_epoch: Callable[[int], None] | None =
         if on_epoch is not None:
             on_epoch(planned)
 
-    report, predictors = train_and_evaluate(train, evaluation, gates, request.distances, config, tick)
+    report, predictors = _single_threaded(train_and_evaluate, train, evaluation, gates, request.distances, config, tick)
     header = {
         "model_id": profile.model_id,
         "config_hash": profile.config_hash,

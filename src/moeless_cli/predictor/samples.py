@@ -58,7 +58,7 @@ def split_by_request(request_ids: np.ndarray, train_share: float, seed: int) -> 
     return train_mask, ~train_mask
 
 
-MIN_BATCH_TOKENS = 16  # batches with fewer sampled tokens are too noisy to score a load against
+MIN_BATCH_TOKENS = 8  # batches with fewer sampled tokens are too noisy to score a load against
 
 
 def iteration_batches(iteration_ids: np.ndarray, min_tokens: int = 1) -> tuple[np.ndarray, list[np.ndarray]]:

@@ -31,7 +31,9 @@ class TrainConfig:
     weight_decay: float = 0.0  # AdamW weight decay (the gate init is the prior; no extra pull)
     accuracy_threshold: float = 0.8  # paper: fine-tune a layer only while its top-k recall is below this
     load_loss_weight: float = 2.0  # moeless calibration: weight of the batch load-distribution TVD next to the BCE
-    anchor_weight: float = 1.0  # moeless: pull toward the gate copy, per unit of relative squared change
+    anchor_weight: float = 0.0  # moeless: pull toward the gate copy, per unit of relative squared change
+    distill_weight: float = 1.0  # moeless: weight of matching the target gate's own score distribution
+    topk_weight: float = 0.0  # moeless: weight of the true top-k set's cross-entropy
     calibration_steps: int = 200  # moeless: full-batch Adam steps fitting the soft-count calibration
     seed: int = 0  # shuffling and initialisation
 
@@ -211,6 +213,7 @@ def fit_moeless(
     multi_hot.scatter_(1, pair.topk_train, 1.0)  # [n_train, experts] the true top-k sets
     anchor = layer.weight.detach().clone()  # [experts, hidden] the target gate: the prior
     anchor_norm = float((anchor * anchor).sum()) + 1e-12
+    teacher = torch.softmax(pair.teacher_train, dim=-1)  # [n_train, experts] what the target gate itself scores
     optimiser = torch.optim.AdamW(layer.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     recall_before = _val_recall(layer, pair, top_k)
     best = (recall_before, *_copy_out(layer))
@@ -218,7 +221,9 @@ def fit_moeless(
     for epoch in range(config.epochs):
         for idx in _minibatches(pair.x_train.shape[0], config.batch_size, generator):
             log_probs = torch.log_softmax(layer(pair.x_train[idx]), dim=-1)  # [batch, experts]
-            ranking = -(log_probs * multi_hot[idx]).sum(dim=-1).mean() / top_k
+            ranking = -config.topk_weight * (log_probs * multi_hot[idx]).sum(dim=-1).mean() / top_k
+            if config.distill_weight:
+                ranking = ranking - config.distill_weight * (log_probs * teacher[idx]).sum(dim=-1).mean()
             drift = ((layer.weight - anchor) ** 2).sum() / anchor_norm
             loss = ranking + config.anchor_weight * drift
             optimiser.zero_grad()
