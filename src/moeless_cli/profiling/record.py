@@ -14,11 +14,11 @@ from moeless_cli.profiling.format import save_profile
 
 
 def default_out_dir(model: str, dataset: str) -> Path:
-    """profiles/<model>-<dataset>/ with path-like names reduced to their last component's stem."""
-    def short(name: str) -> str:
-        return Path(name.rstrip("/")).stem or "model"
-
-    return Path("profiles") / f"{short(model)}-{short(dataset)}"
+    """profiles/<model>-<dataset>/: a checkpoint directory's name, a data file's name without suffix."""
+    model_name = Path(str(model).rstrip("/")).name or "model"
+    data = Path(str(dataset).rstrip("/"))
+    data_name = data.stem if data.suffix.lower() in {".json", ".jsonl", ".parquet", ".csv", ".txt"} else data.name
+    return Path("profiles") / f"{model_name}-{data_name or 'dataset'}"
 
 
 SMALL_MODEL_HIDDEN = 1024  # below this width a CPU forward is many tiny matmuls: one thread is fastest
