@@ -137,3 +137,26 @@ def test_default_model_is_the_builtin_tiny_mixtral(cli, tmp_path):
     assert profile.model_id == "tiny-mixtral" and doc["model"] == "tiny-mixtral"
     assert profile.domains == ["code", "math", "prose"]  # the default `mix` dataset
     _check_consistent(profile)
+
+
+def test_requests_stop_at_eos_and_prefill_only_runs(cli, tmp_path):
+    import torch
+
+    from moeless_cli.models import load_moe_model
+    from moeless_cli.profiling.recorder import RoutingRecorder
+    from moeless_cli.profiling.runner import ProfileOptions, generate, tokenize_batches
+    from moeless_cli.workloads.prompts import load_prompts
+
+    loaded = load_moe_model(cached_tiny_checkpoint("olmoe"))
+    batches = tokenize_batches(loaded, load_prompts("gsm8k", num_prompts=4), ProfileOptions(batch_size=2, max_prompt_tokens=16))
+    with torch.no_grad():
+        loaded.model.lm_head.weight.zero_()  # every logit 0: greedy picks id 0 ...
+    loaded.tokenizer.eos_token_id = 0  # ... which is now EOS, so every request stops after prefill
+    with RoutingRecorder(loaded, router_samples=0) as recorder:
+        trace = generate(loaded, batches, max_new_tokens=5, recorder=recorder)
+    assert trace.iteration_phase == [0, 0] and recorder.load().shape[0] == 2
+
+    doc = _run(cli, "--model", cached_tiny_checkpoint("olmoe"), *SMALL[:4], "--max-new-tokens", "0",
+               "--out", tmp_path / "p")
+    profile = load_profile(tmp_path / "p")
+    assert doc["iterations"] == 2 and not profile.token_phase.any()
