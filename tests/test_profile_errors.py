@@ -183,3 +183,19 @@ def test_model_failure_mid_run_is_one_line(cli, tmp_path, monkeypatch):
     _fails(cli, "--model", cached_tiny_checkpoint("mixtral"), *SMALL, "--out", tmp_path / "o",
            match="failed during profiling: RuntimeError: simulated")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_router_without_topk_ids_is_refused():
+    """A router returning bare logits (older transformers) must not be recorded as routing."""
+    import torch
+
+    from moeless_cli.models import load_moe_model
+    from moeless_cli.profiling.recorder import RoutingRecorder
+
+    recorder = RoutingRecorder(load_moe_model(cached_tiny_checkpoint("mixtral")), router_samples=0)
+    with pytest.raises(MoelessError, match="does not return its top-2 expert ids"):
+        recorder._check_router_output(torch.randn(3, 8))  # logits, not ids
+    with pytest.raises(MoelessError, match="transformers 5 router API"):
+        recorder._check_router_output(None)  # the hook saw a bare tensor, not a tuple
+    recorder._check_router_output(torch.zeros(3, 2, dtype=torch.long))
+    assert recorder._checked

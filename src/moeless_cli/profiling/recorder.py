@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from moeless_cli.errors import MoelessError
 from moeless_cli.models import LoadedModel
 
 
@@ -46,6 +47,7 @@ class RoutingRecorder:
         self._state: _ForwardState | None = None
         self._handles: list[Any] = []
         self._layer_offsets: torch.Tensor | None = None
+        self._checked = False  # router output format verified on the first pass
 
     # ---- hooks -------------------------------------------------------------------------------
     def attach(self) -> "RoutingRecorder":
@@ -72,7 +74,7 @@ class RoutingRecorder:
             state = self._state
             if state is None:  # a forward pass we were not asked to record
                 return
-            state.indices.append(output[position])
+            state.indices.append(output[position] if isinstance(output, tuple) else None)
             if state.capture_inputs:
                 state.inputs.append(args[0])
 
@@ -96,6 +98,8 @@ class RoutingRecorder:
         state = self._state
         self._state = None
         assert state is not None and len(state.indices) == self.num_layers, "a router did not run"
+        if not self._checked:
+            self._check_router_output(state.indices[0])
         indices = torch.stack([ix.reshape(-1, ix.shape[-1]) for ix in state.indices])  # [layers, batch*seq, k]
         assert indices.shape[1] == state.valid.shape[0], "router saw a different token count than the mask"
         indices = indices[:, state.valid]  # [layers, valid, k]
@@ -110,6 +114,19 @@ class RoutingRecorder:
             self._store_samples(state)
         self.tokens_seen += int(indices.shape[1])
         return load_np
+
+    def _check_router_output(self, indices: Any) -> None:
+        """Older transformers routers return bare logits: refuse rather than record garbage."""
+        ok = (isinstance(indices, torch.Tensor) and not indices.dtype.is_floating_point
+              and indices.shape[-1] == self.top_k)
+        if not ok:
+            import transformers
+
+            raise MoelessError(
+                f"the {self.loaded.family} router in transformers {transformers.__version__} does not return "
+                f"its top-{self.top_k} expert ids; moeless needs the transformers 5 router API (tested with 5.24)"
+            )
+        self._checked = True
 
     # ---- router-input reservoir (Algorithm R, vectorised per pass) -----------------------------
     def _reservoir_picks(self, num_valid: int) -> tuple[np.ndarray, np.ndarray]:
