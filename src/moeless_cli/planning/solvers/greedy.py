@@ -132,40 +132,59 @@ def _bridge_fill(load: np.ndarray, num_gpus: int, slots: int) -> Pieces | None:
     return pieces
 
 
-def _dedicate_hot(load: np.ndarray, num_gpus: int) -> tuple[Pieces, np.ndarray, int]:
-    """Give each expert heavier than total/G whole GPUs of its own: ceil(load/T) - 1 of them, so
-    its remainder (at most T) joins the others. load: [experts]. Returns (pieces on GPUs
-    0..D-1, residual load [experts], D). The residual total is exactly T per remaining GPU."""
+def _dedicate_hot(load: np.ndarray, num_gpus: int, companions: int) -> tuple[Pieces, np.ndarray, int]:
+    """Give each expert heavier than T = total/G GPUs of its own until its remainder is at most T.
+
+    Each such GPU also takes up to `companions` of the lightest other experts whole (so a tight
+    slot budget is not wasted) and the hot expert fills it to exactly T. load: [experts].
+    Returns (pieces on GPUs 0..D-1, residual load [experts] with NaN for experts fully placed, D).
+    The residual total is exactly T per remaining GPU."""
     target = float(load.sum()) / num_gpus
     pieces: Pieces = []
     residual = load.astype(np.float64).copy()
     if target <= 0:
         return pieces, residual, 0
+    lights = [e for e in np.argsort(load, kind="stable").tolist() if load[e] < target]
     for e in np.argsort(-load, kind="stable").tolist():
-        whole = int(np.ceil(load[e] / target)) - 1
-        for _ in range(max(whole, 0)):
-            pieces.append((e, len(pieces), target))
-            residual[e] -= target
-    return pieces, residual, len(pieces)
+        while residual[e] > target * (1 + 1e-12):
+            gpu = len({g for _, g, _ in pieces})
+            room = target
+            for _ in range(companions):
+                if not lights or load[lights[0]] > room / 2:
+                    break
+                light = lights.pop(0)
+                pieces.append((light, gpu, float(load[light])))
+                residual[light] = np.nan
+                room -= float(load[light])
+            pieces.append((e, gpu, room))
+            residual[e] -= room
+    return pieces, residual, len({g for _, g, _ in pieces})
 
 
 def water_fill_candidates(load: np.ndarray, num_gpus: int, slots: int) -> list[Pieces]:
     """Water-filling under a few orderings; each candidate uses <= E + G - 1 replicas.
 
-    Also tried: experts heavier than a GPU's fair share first get whole GPUs (one slot each) and
-    the rest is filled on the remaining GPUs, whose fair share is unchanged."""
-    hot, residual, dedicated = _dedicate_hot(load, num_gpus)
-    rest = num_gpus - dedicated
+    Also tried: experts heavier than a GPU's fair share first get GPUs of their own (alone, or
+    with light companions in the other slots) and the rest is filled on the remaining GPUs."""
     quotas = (
         lambda items, gpus: slots,
         lambda items, gpus: -(-items // gpus) - 1,
         lambda items, gpus: items // gpus - 1,
         lambda items, gpus: 0,
     )
-    out = [_bridge_fill(load, num_gpus, slots)] + [_water_fill(load, num_gpus, slots, q) for q in quotas]
-    if dedicated:
-        fills = [_bridge_fill(residual, rest, slots)] + [_water_fill(residual, rest, slots, q) for q in quotas]
-        out += [hot + [(e, g + dedicated, t) for e, g, t in fill] for fill in fills if fill is not None]
+
+    def fills(part: np.ndarray, gpus: int) -> list[Pieces | None]:
+        return [_bridge_fill(part, gpus, slots)] + [_water_fill(part, gpus, slots, q) for q in quotas]
+
+    out = fills(load, num_gpus)
+    for companions in (0, slots - 1):
+        hot, residual, dedicated = _dedicate_hot(load, num_gpus, companions)
+        if not dedicated or dedicated >= num_gpus:
+            continue
+        active = np.flatnonzero(~np.isnan(residual))  # experts still to place
+        for fill in fills(residual[active], num_gpus - dedicated):
+            if fill is not None:
+                out.append(hot + [(int(active[e]), g + dedicated, t) for e, g, t in fill])
     return [pieces for pieces in out if pieces is not None]
 
 
