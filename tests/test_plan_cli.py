@@ -119,3 +119,10 @@ def test_plan_from_profile_directory(cli, small_csv, tmp_path):
     plan = orjson.loads((tmp_path / "p.json").read_bytes())
     assert plan["model_id"] == "loads" and plan["num_layers"] == 2
     assert max(r["imbalance_after"] for r in orjson.loads(result.stdout)["layers"]) <= 1.0 + 1e-6
+
+
+def test_unwritable_out_is_one_line_error(cli, small_csv, tmp_path):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    result = cli("plan", "--loads", small_csv, "--gpus", "2", "--out", blocker / "plan.json", "--json")
+    assert result.exit_code != 0 and result.stderr.startswith("error:") and result.stdout == ""
