@@ -18,6 +18,8 @@ class GateBank:
     correction: np.ndarray | None  # [layers, experts] added to the scores for top-k selection only (DeepSeek-V3)
     score: str  # "softmax" or "sigmoid": how logits become routing scores
     top_k: int  # experts selected per token
+    num_groups: int = 1  # DeepSeek-V3 style group-limited routing: expert groups per layer (1: none)
+    top_groups: int = 1  # ... and how many groups a token may choose from
 
     def __post_init__(self) -> None:
         assert self.weight.ndim == 3, "gate weight must be [layers, experts, hidden]"
@@ -42,25 +44,35 @@ class GateBank:
         return None if self.correction is None else self.correction[layer]
 
 
-def select_topk(logits, top_k: int, score: str, correction=None):
+def select_topk(logits, top_k: int, score: str, correction=None, num_groups: int = 1, top_groups: int = 1):
     """The router's top-k choice. logits: [tokens, experts] torch -> ids [tokens, top_k] (int64).
 
-    Softmax is monotonic, so it only matters where a correction bias shifts the scores.
+    Softmax is monotonic, so scores only matter where a correction bias shifts them. Group-limited
+    routing (DeepSeek-V3) keeps the `top_groups` groups whose two best scores sum highest.
     """
     import torch
 
-    if correction is None:
+    if correction is None and num_groups <= 1:
         return torch.topk(logits, top_k, dim=-1).indices
     scores = torch.sigmoid(logits) if score == "sigmoid" else torch.softmax(logits, dim=-1)
-    return torch.topk(scores + correction, top_k, dim=-1).indices
+    if correction is not None:
+        scores = scores + correction
+    if num_groups > 1:
+        tokens, experts = scores.shape
+        grouped = scores.view(tokens, num_groups, experts // num_groups)  # [tokens, groups, experts/group]
+        group_scores = grouped.topk(min(2, grouped.shape[-1]), dim=-1).values.sum(dim=-1)  # [tokens, groups]
+        keep = torch.zeros_like(group_scores, dtype=torch.bool)
+        keep.scatter_(1, torch.topk(group_scores, top_groups, dim=-1).indices, True)
+        scores = scores.masked_fill(~keep.repeat_interleave(experts // num_groups, dim=1), float("-inf"))
+    return torch.topk(scores, top_k, dim=-1).indices
 
 
 def gates_from_model(loaded) -> GateBank:
     """Copy every MoE layer's router weights out of a loaded model (moeless_cli.models.LoadedModel).
 
     The router's linear map is the one parameter of shape [experts, hidden] in the router module
-    (its `weight` in most families, a wrapped Linear in Granite); a bias beside it and a DeepSeek
-    style `e_score_correction_bias` buffer come along.
+    (its `weight` in most families, a wrapped Linear in Granite); a bias beside it, a DeepSeek /
+    ERNIE style `e_score_correction_bias` and DeepSeek-V3's expert groups come along.
     """
     from moeless_cli.errors import MoelessError
 
@@ -76,14 +88,19 @@ def gates_from_model(loaded) -> GateBank:
                 f"({type(router).__name__}); predictors need a linear router"
             )
         bias = named.get(weight_name[: -len("weight")] + "bias") if weight_name.endswith("weight") else None
-        correction = getattr(router, "e_score_correction_bias", None)
+        extras = {**dict(router.named_buffers()), **named}
+        correction = next((t for n, t in extras.items() if n.endswith("e_score_correction_bias")), None)
         weights.append(named[weight_name].detach().float().cpu().numpy())
         biases.append(None if bias is None else bias.detach().float().cpu().numpy())
-        corrections.append(None if correction is None else correction.detach().float().cpu().numpy())
+        corrections.append(None if correction is None else correction.detach().float().cpu().numpy().reshape(-1))
+    groups = int(getattr(router, "num_group", None) or getattr(router, "n_group", None) or 1)
+    top_groups = int(getattr(router, "topk_group", None) or 1)
     return GateBank(
         weight=np.stack(weights),
         bias=None if any(b is None for b in biases) else np.stack(biases),
         correction=None if any(c is None for c in corrections) else np.stack(corrections),
         score="sigmoid" if "sigmoid" in loaded.adapter.scoring else "softmax",
         top_k=loaded.top_k,
+        num_groups=groups if loaded.num_experts % groups == 0 else 1,
+        top_groups=min(top_groups, groups),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -113,7 +114,10 @@ def train_and_evaluate(
         for target in range(distance, num_layers):
             source = target - distance
             w, b, corr = gates.weight[target], gates.layer_bias(target), gates.layer_correction(target)
-            corr_t = None if corr is None else _tensor(corr)
+            route = functools.partial(
+                select_topk, top_k=top_k, score=gates.score, correction=None if corr is None else _tensor(corr),
+                num_groups=gates.num_groups, top_groups=gates.top_groups,
+            )
             pair = LayerPair(
                 x_train=_tensor(fit.router_inputs[:, source]),
                 topk_train=torch.from_numpy(fit.true_topk[:, target].astype(np.int64)),
@@ -122,7 +126,7 @@ def train_and_evaluate(
                 topk_val=val.true_topk[:, target],
                 train_batches=iteration_batches(fit.iteration_ids, MIN_BATCH_TOKENS)[1],
             )
-            paper = fit_paper(pair, w, b, corr, gates.score, top_k, config, on_epoch)
+            paper = fit_paper(pair, w, b, route, config, on_epoch)
             moeless = fit_moeless(pair, w, b, top_k, config, on_epoch)
 
             # history prior and blend, chosen on validation requests of the training profile
@@ -137,8 +141,8 @@ def train_and_evaluate(
             moeless_counts = _token_loads(moeless, x_test, top_k, test_batches)
             token_topk = {
                 "moeless": torch.topk(_logits(x_test, moeless.weight, moeless.bias), top_k, dim=-1).indices.numpy(),
-                "moeless-paper": select_topk(_logits(x_test, paper.weight, paper.bias), top_k, gates.score, corr_t).numpy(),
-                "reused-gate": select_topk(_logits(x_test, w, b), top_k, gates.score, corr_t).numpy(),
+                "moeless-paper": route(_logits(x_test, paper.weight, paper.bias)).numpy(),
+                "reused-gate": route(_logits(x_test, w, b)).numpy(),
             }
             layer_load = test_load[:, target]
             batch_loads = {

@@ -76,6 +76,8 @@ class LoadPredictor:
         self.num_experts = int(manifest["num_experts"])
         self.top_k = int(manifest["top_k"])
         self.score = manifest["score"]
+        self.num_groups = int(manifest.get("num_groups", 1))
+        self.top_groups = int(manifest.get("top_groups", 1))
         self._entries = {(int(e["layer"]), int(e["distance"])): e for e in manifest["entries"]}
         self._tensors = {name: torch.from_numpy(array.astype(np.float32)) for name, array in tensors.items()}
         self.reset_history()
@@ -141,7 +143,7 @@ class LoadPredictor:
         logits = self.logits(hidden, layer, distance, method)
         correction = self._tensors.get(f"correction.l{layer}") if method == "paper" else None
         with torch.no_grad():
-            return select_topk(logits, self.top_k, self.score, correction).numpy()
+            return select_topk(logits, self.top_k, self.score, correction, self.num_groups, self.top_groups).numpy()
 
     def predict_layer_load(self, hidden, layer: int, distance: int = 1, method: str = "moeless") -> np.ndarray:
         """Predicted token count per expert of MoE layer `layer` for this batch.
@@ -224,6 +226,8 @@ def pack_predictors(predictors, gates, header: dict[str, Any], report: dict[str,
         "hidden_size": gates.hidden_size,
         "top_k": gates.top_k,
         "score": gates.score,
+        "num_groups": gates.num_groups,
+        "top_groups": gates.top_groups,
         "gate_parameters": int(gates.weight[0].size + (0 if gates.bias is None else gates.bias[0].size)),
         "entries": entries,
         "metrics": {"layers": report["layers"], "summary": report["summary"]},

@@ -18,7 +18,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from moeless_cli.predictor.gates import select_topk
 from moeless_cli.predictor.metrics import topk_recall
 
 
@@ -103,22 +102,20 @@ def fit_paper(
     pair: LayerPair,
     gate_weight: np.ndarray,
     gate_bias: np.ndarray | None,
-    correction: np.ndarray | None,
-    score: str,
-    top_k: int,
+    route: Callable[[torch.Tensor], torch.Tensor],
     config: TrainConfig,
     on_epoch: Callable[[], None] | None = None,
 ) -> GateCopy:
     """The published predictor for one target layer (layer-aware gate-copy fine-tuning).
 
-    gate_weight: [experts, hidden], gate_bias / correction: [experts] or None, of the target layer.
+    gate_weight: [experts, hidden], gate_bias: [experts] or None, of the target layer; route:
+    the target router's top-k rule, logits [tokens, experts] -> ids [tokens, k].
     """
     layer = _linear(gate_weight, gate_bias, gate_bias is not None)
-    corr = None if correction is None else torch.from_numpy(np.asarray(correction, dtype=np.float32))
 
     def val_recall() -> float:
         with torch.no_grad():
-            ids = select_topk(layer(pair.x_val), top_k, score, corr)
+            ids = route(layer(pair.x_val))
         return topk_recall(ids.numpy(), pair.topk_val)
 
     before = val_recall()
