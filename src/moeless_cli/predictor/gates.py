@@ -67,6 +67,21 @@ def select_topk(logits, top_k: int, score: str, correction=None, num_groups: int
     return torch.topk(scores, top_k, dim=-1).indices
 
 
+def selection_margin(logits, top_k: int):
+    """How far each logit sits above the token's top-k boundary (midway between the k-th and the
+    (k+1)-th largest logit): positive means selected. logits: [tokens, experts] torch -> same shape.
+
+    Whether an expert is chosen depends on the token's other logits, not on its own logit alone;
+    the margin is what a per-expert selection probability should be a function of.
+    """
+    import torch
+
+    if top_k >= logits.shape[-1]:
+        return torch.ones_like(logits)
+    ranked = torch.topk(logits, top_k + 1, dim=-1).values  # [tokens, k+1]
+    return logits - 0.5 * (ranked[:, -2:-1] + ranked[:, -1:])
+
+
 def gates_from_model(loaded) -> GateBank:
     """Copy every MoE layer's router weights out of a loaded model (moeless_cli.models.LoadedModel).
 

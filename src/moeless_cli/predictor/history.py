@@ -6,7 +6,7 @@ import numpy as np
 
 from moeless_cli.predictor.metrics import load_fractions
 
-EMA_ALPHAS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7)  # grid the EMA baseline's smoothing is chosen from
+EMA_ALPHAS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)  # grid the EMA baseline's smoothing is chosen from
 
 
 def ema_prior(load: np.ndarray, alpha: float) -> np.ndarray:

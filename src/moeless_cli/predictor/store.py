@@ -2,7 +2,7 @@
 
 Tensor names: `moeless.d{d}.l{t}.weight` [experts, hidden] / `.bias` [experts] (when the gate
 has one) / `.calib_scale` [1] / `.calib_offset` [experts] (soft counts: P(selected) =
-sigmoid(scale * logit + offset)) and
+sigmoid(scale * margin + offset), margin = logit minus the token's top-k boundary) and
 `paper.d{d}.l{t}.weight` (+ `.bias` when the model's gate has one) predict MoE layer t from the
 router input of layer t - d; `correction.l{t}` [experts] is layer t's top-k selection bias, when
 the model has one (DeepSeek-V3), which the paper's gate copies keep using.
@@ -159,6 +159,8 @@ class LoadPredictor:
         if method == "paper":
             ids = self.predict_topk(hidden, layer, distance, "paper")
             return np.bincount(ids.reshape(-1), minlength=self.num_experts).astype(np.float64)
+        from moeless_cli.predictor.gates import selection_margin
+
         if entry.get("count_mode") == "hard":
             ids = self.predict_topk(hidden, layer, distance, method)
             token_counts = np.bincount(ids.reshape(-1), minlength=self.num_experts).astype(np.float64)
@@ -167,7 +169,8 @@ class LoadPredictor:
             offset = self._tensors[tensor_name(method, layer, distance, "calib_offset")]
             with torch.no_grad():
                 logits = self.logits(hidden, layer, distance, method)  # [tokens, experts]
-                token_counts = torch.sigmoid(scale * logits + offset).sum(dim=0).double().numpy()
+                margins = selection_margin(logits, self.top_k)
+                token_counts = torch.sigmoid(scale * margins + offset).sum(dim=0).double().numpy()
         weight = float(entry["blend_weight"])
         fractions = weight * load_fractions(token_counts[None])[0] + (1 - weight) * self._prior[(layer, distance)]
         return fractions * tokens * self.top_k

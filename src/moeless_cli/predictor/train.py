@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from moeless_cli.predictor.gates import selection_margin
 from moeless_cli.predictor.metrics import topk_recall
 
 
@@ -59,8 +60,10 @@ class GateCopy:
     epochs_run: int = 0  # epochs actually run
     val_recall_before: float = float("nan")  # top-k recall on validation requests before training
     val_recall_after: float = float("nan")  # ... and after
-    calib_scale: float = 1.0  # soft counts: P(selected) = sigmoid(calib_scale * logit + calib_offset)
+    calib_scale: float = 1.0  # soft counts: P(selected) = sigmoid(calib_scale * margin + calib_offset),
+    # margin = logit minus the token's top-k boundary (gates.selection_margin)
     calib_offset: np.ndarray | None = None  # [experts]; None: not calibrated (the paper's copies)
+    top_k: int = 1  # experts per token (the margin's boundary)
 
     @property
     def num_parameters(self) -> int:
@@ -73,7 +76,7 @@ class GateCopy:
         if self.bias is not None:
             logits = logits + torch.from_numpy(self.bias)
         offset = 0.0 if self.calib_offset is None else torch.from_numpy(self.calib_offset)
-        return torch.sigmoid(self.calib_scale * logits + offset)
+        return torch.sigmoid(self.calib_scale * selection_margin(logits, self.top_k) + offset)
 
 
 def _linear(weight: np.ndarray, bias: np.ndarray | None, requires_bias: bool) -> torch.nn.Linear:
@@ -155,26 +158,26 @@ def _val_recall(layer: torch.nn.Linear, pair: LayerPair, top_k: int) -> float:
 
 
 def calibrate(
-    logits: torch.Tensor, multi_hot: torch.Tensor, batches: list[np.ndarray], load_loss_weight: float, steps: int
+    margins: torch.Tensor, multi_hot: torch.Tensor, batches: list[np.ndarray], load_loss_weight: float, steps: int
 ) -> tuple[float, np.ndarray]:
-    """Fit sigmoid(scale * logits + offset) to the top-k selection, for soft load counts.
+    """Fit sigmoid(scale * margin + offset) to the top-k selection, for soft load counts.
 
-    logits: [tokens, experts] of a trained predictor; multi_hot: [tokens, experts] the true top-k
+    margins: [tokens, experts] a trained predictor's logits minus each token's top-k boundary
+    (gates.selection_margin); multi_hot: [tokens, experts] the true top-k
     sets; batches: token indices of each iteration. Minimises per-expert BCE plus the mean TVD of
     each batch's soft load fractions. Returns (scale, offset [experts]). E + 1 numbers, full batch.
     """
-    num_experts = logits.shape[1]
-    rate = multi_hot.mean().clamp(1e-4, 1 - 1e-4)
+    num_experts = margins.shape[1]
     log_scale = torch.zeros((), requires_grad=True)
-    offset = torch.full((num_experts,), float(torch.log(rate / (1 - rate)) - logits.mean()), requires_grad=True)
-    membership = torch.zeros(len(batches), logits.shape[0])  # [batches, tokens] which batch each token ran in
+    offset = torch.zeros(num_experts, requires_grad=True)  # margin 0 is the boundary: p = 0.5
+    membership = torch.zeros(len(batches), margins.shape[0])  # [batches, tokens] which batch each token ran in
     for b, idx in enumerate(batches):
         membership[b, torch.from_numpy(idx)] = 1.0
     true_counts = membership @ multi_hot  # [batches, experts]
     true_frac = true_counts / true_counts.sum(dim=1, keepdim=True).clamp_min(1e-9)
     optimiser = torch.optim.Adam([log_scale, offset], lr=0.05)
     for _ in range(steps):
-        z = torch.exp(log_scale) * logits + offset  # [tokens, experts]
+        z = torch.exp(log_scale) * margins + offset  # [tokens, experts]
         bce = F.binary_cross_entropy_with_logits(z, multi_hot)
         soft = membership @ torch.sigmoid(z)  # [batches, experts]
         tvd = 0.5 * (soft / soft.sum(dim=1, keepdim=True).clamp_min(1e-9) - true_frac).abs().sum(dim=1).mean()
@@ -235,5 +238,6 @@ def fit_moeless(
     recall, weight, bias = best
     with torch.no_grad():
         logits = pair.x_train @ torch.from_numpy(weight).T + (0.0 if bias is None else torch.from_numpy(bias))
-    scale, offset = calibrate(logits, multi_hot, pair.train_batches, config.load_loss_weight, config.calibration_steps)
-    return GateCopy(weight, bias, epochs_run > 0, epochs_run, recall_before, recall, scale, offset)
+    margins = selection_margin(logits, top_k)  # [n_train, experts]
+    scale, offset = calibrate(margins, multi_hot, pair.train_batches, config.load_loss_weight, config.calibration_steps)
+    return GateCopy(weight, bias, epochs_run > 0, epochs_run, recall_before, recall, scale, offset, top_k)
