@@ -47,10 +47,10 @@ def report(label: str, rows: dict[str, dict]) -> None:
               f"{r['optimal']:>5}/{r['layers']:<3}{r['cbc_layers']:>5}{r['replicas']:>10.1f}")
 
 
-def zipf_loads(layers: int, experts: int, seed: int = 0) -> np.ndarray:
+def zipf_loads(layers: int, experts: int, seed: int = 0, low: float = 0.6, high: float = 1.2) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return np.stack([
-        np.round(rng.permutation(1.0 / np.arange(1, experts + 1) ** rng.uniform(0.6, 1.2)) * 1e5)
+        np.round(rng.permutation(1.0 / np.arange(1, experts + 1) ** rng.uniform(low, high)) * 1e5)
         for _ in range(layers)
     ])
 
@@ -86,13 +86,13 @@ def main() -> None:
                f"(ilp worst {worst:.2f} s; target < 10 s: {'met' if worst < 10 else 'MISSED'})", totals)
     if args.skip_deepseek:
         return
-    load = zipf_loads(58, 256)
-    for slots in (5, 6):
+    for slots, skew in ((5, (0.6, 1.2)), (6, (0.6, 1.2)), (5, (0.2, 0.6))):
+        load = zipf_loads(58, 256, 0, *skew)
         problem = PlanningProblem(num_gpus=64, num_nodes=8, slots_per_gpu=slots, time_limit_s=args.time_limit)
         rows = {name: run(name, load, problem) for name in ("eplb", "moeless-paper", "ilp")}
         # EPLB's global policy (no node grouping) lets hot experts replicate across nodes.
         rows["eplb (global)"] = run("eplb", load, PlanningProblem(num_gpus=64, num_nodes=1, slots_per_gpu=slots))
-        report(f"DeepSeek-V3 size: 256 experts x 58 layers, 64 GPUs / 8 nodes, {64 * slots} slots, Zipf loads "
+        report(f"DeepSeek-V3 size: 256 experts x 58 layers, 64 GPUs / 8 nodes, {64 * slots} slots, Zipf s in {skew} "
                f"(ilp {rows['ilp']['seconds']:.1f} s; target < 120 s: {'met' if rows['ilp']['seconds'] < 120 else 'MISSED'})",
                rows)
         print(f"max imbalance ratios: ilp/eplb {rows['ilp']['max_imb'] / rows['eplb']['max_imb']:.3f}, ilp/eplb-global "

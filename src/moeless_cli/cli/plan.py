@@ -104,6 +104,11 @@ def plan(
         raise MoelessError(f"unknown --solver {solver!r}; choose one of {', '.join(SOLVERS)}")
     if backend not in ("cbc", "highs"):
         raise MoelessError(f"unknown --backend {backend!r}; choose cbc or highs")
+    if backend == "highs":
+        import importlib.util
+
+        if importlib.util.find_spec("highspy") is None:
+            raise MoelessError("--backend highs needs the highspy package (pip install highspy); or use cbc")
     if time_limit <= 0:
         raise MoelessError("--time-limit must be positive")
     if gpus < 1 or nodes < 1 or gpus % nodes:
