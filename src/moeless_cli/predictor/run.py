@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -60,6 +61,9 @@ def run_training(request: TrainRequest, on_epoch: Callable[[int], None] | None =
     out = Path(request.out) if request.out is not None else default_out(request.profile)
     if out.exists() and out.is_dir():
         raise MoelessError(f"--out {out} is a directory; give a file path such as {out / 'predictor.safetensors'}")
+    existing = next((p for p in [out.parent, *out.parent.parents] if p.exists()), None)
+    if existing is not None and not os.access(existing, os.W_OK):  # fail before training, not after
+        raise MoelessError(f"cannot write --out {out}: {existing} is not writable")
 
     loaded = load_moe_model(request.model or model_location(profile))
     if profile.config_hash is not None and loaded.config_hash != profile.config_hash:
