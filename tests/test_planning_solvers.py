@@ -159,3 +159,18 @@ def test_gpu_relabelling_keeps_replicas_where_the_previous_plan_loaded_them(gpus
     assert move_cost(aligned, first, np.ones((gpus, gpus)), 1.0)[0] == 0
     assert move_cost(shuffled, first, np.ones((gpus, gpus)), 1.0)[0] > 0
     assert np.allclose(np.sort(aligned.gpu_loads(load[0], gpus)), np.sort(first.gpu_loads(load[0], gpus)))
+
+
+def test_swap_improve_and_share_polish_never_worsen_and_stay_feasible():
+    from moeless_cli.planning.solvers.local_search import swap_improve
+    from moeless_cli.planning.solvers.shares import rebalance_shares
+
+    load = np.array([10.0, 9, 8, 1, 1, 1, 6, 4])
+    start = LayerPlan.from_lists([0, 1, 2, 3, 4, 5, 6, 7, 0], [0, 0, 1, 1, 2, 2, 3, 3, 1], [0.5] + [1] * 7 + [0.5])
+    swapped = swap_improve(start, load, 4, 3)
+    polished = rebalance_shares(swapped, load, 4)
+    for plan in (swapped, polished):
+        assert plan.slots_used(4).max() <= 3 and (plan.replica_counts(8) >= 1).all()
+        assert np.allclose(np.bincount(plan.expert, weights=plan.share, minlength=8), 1.0)
+    peaks = [p.gpu_loads(load, 4).max() for p in (start, swapped, polished)]
+    assert peaks[0] == 19.0 and peaks[1] < peaks[0] and peaks[2] <= peaks[1] + 1e-9

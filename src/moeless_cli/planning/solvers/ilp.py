@@ -18,6 +18,7 @@ from moeless_cli.planning.plan import LayerInfo, LayerPlan, PlanningProblem
 from moeless_cli.planning.solvers.eplb import eplb_layer
 from moeless_cli.planning.solvers.greedy import pack_and_split, pieces_to_layer, water_fill_candidates
 from moeless_cli.planning.solvers.milp import solve_milp
+from moeless_cli.planning.solvers.local_search import swap_improve
 from moeless_cli.planning.solvers.moeless_paper import moeless_paper_layer
 from moeless_cli.planning.solvers.shares import rebalance_shares
 from moeless_cli.planning.solvers.static import static_layer
@@ -27,7 +28,8 @@ MIN_MILP_SECONDS = 0.5  # below this per-layer budget the greedy answer stands
 # Above this many placement binaries CBC rarely improves a near-perfect greedy within seconds
 # (measured: 256 experts x 64 GPUs, 1.8 s a layer, no improvement), so the greedy answer stands.
 MAX_MILP_BINARIES = 8192
-POLISHED_CANDIDATES = 2  # greedy placements whose token shares are re-optimised by max-flow
+POLISHED_CANDIDATES = 2  # greedy placements improved by swaps and max-flow share polishing
+POLISH_ROUNDS = 2  # swap + max-flow rounds per polished candidate
 
 
 def _score(layer: LayerPlan, load: np.ndarray, num_gpus: int, price: np.ndarray) -> tuple[float, int, float]:
@@ -79,8 +81,15 @@ def ilp_layer_with_info(
     best = candidates[0]
     peak = float(best.gpu_loads(load, num_gpus).max())
     if not is_optimal(peak, bound, problem.balance_tolerance):
-        # Re-split tokens over the placements of the best few candidates (a max-flow each).
-        polished = [rebalance_shares(p, load, num_gpus, bound) for p in candidates[:POLISHED_CANDIDATES]]
+        # Improve the best few candidates: swap replicas off the busiest GPU, then re-split
+        # tokens over the placement (a max-flow); twice, since each step opens moves for the other.
+        polished = []
+        for plan in candidates[:POLISHED_CANDIDATES]:
+            for _ in range(POLISH_ROUNDS):
+                plan = rebalance_shares(swap_improve(plan, load, num_gpus, slots), load, num_gpus, bound)
+                if is_optimal(float(plan.gpu_loads(load, num_gpus).max()), bound, problem.balance_tolerance):
+                    break
+            polished.append(plan)
         if previous is not None:
             polished = [align_gpus(p, price) for p in polished]
         best = min([best, *polished], key=lambda p: _score(p, load, num_gpus, price))
