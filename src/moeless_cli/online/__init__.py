@@ -1,0 +1,5 @@
+"""The online control plane shared by `serve` (real torch runtime) and the cluster simulator.
+
+Pure numpy: no torch, no files, no CLI. batching (request scheduling), functions (expert function
+lifecycle and accounting), policies (what must be warm, how tokens spread), dispatch, report.
+"""
