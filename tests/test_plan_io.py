@@ -72,3 +72,12 @@ def test_sglang_export_pads_gpu_blocks_to_equal_size():
     assert ds["logcnt"] == [[4, 1, 1]] and ds["log2phy"][0][1] == [4, -1, -1, -1]
     with pytest.raises(MoelessError, match="unknown export format"):
         export_plan(plan, "onnx")
+
+
+def test_sglang_export_places_moe_rows_at_their_decoder_layers():
+    plan = Plan(2, 2, [LayerPlan.from_lists([0, 1], [0, 1], [1.0, 1.0])] * 2)
+    doc, _ = export_plan(plan, "sglang", moe_layer_ids=[1, 3])
+    assert doc["physical_to_logical_map"] == [[0, 1], [0, 1], [0, 1], [0, 1]]
+    plan = Plan(2, 2, [LayerPlan.from_lists([1, 0], [0, 1], [1.0, 1.0])] * 2)
+    rows = export_plan(plan, "sglang", moe_layer_ids=[1, 3])[0]["physical_to_logical_map"]
+    assert rows == [[0, 1], [1, 0], [0, 1], [1, 0]]

@@ -54,7 +54,8 @@ def test_every_solver_keeps_invariants_and_ilp_is_never_worse(case):
             assert name == "eplb"  # EPLB needs a multiple of G replicas within the budget
             continue
         check_invariants(load, problem, result.plan)
-        peaks[name] = [float(layer.gpu_loads(load[i], problem.num_gpus).max()) for i, layer in enumerate(result.plan.layers)]
+        layers = result.plan.layers
+        peaks[name] = [float(layer.gpu_loads(load[i], problem.num_gpus).max()) for i, layer in enumerate(layers)]
         for info, peak in zip(result.infos, peaks[name]):
             assert info.lower_bound <= peak * (1 + 1e-9) and 0 <= info.gap <= 1
     for name, values in peaks.items():

@@ -132,14 +132,24 @@ def physical_to_logical(plan: Plan) -> tuple[np.ndarray, int]:
     return np.asarray(rows, dtype=np.int64), padded
 
 
-def export_plan(plan: Plan, fmt: str, dense_layers: int = 0) -> tuple[dict[str, Any], int]:
-    """Engine documents: sglang {"physical_to_logical_map"} (dense_layers trivial rows first),
+def export_plan(
+    plan: Plan, fmt: str, dense_layers: int | None = None, moe_layer_ids: list[int] | None = None
+) -> tuple[dict[str, Any], int]:
+    """Engine documents: sglang {"physical_to_logical_map"} with one row per decoder layer,
     vllm {"physical_to_logical_map"} (MoE rows only), deepseek {"phy2log", "log2phy", "logcnt"}.
+
+    SGLang rows: `dense_layers` trivial rows (slot p holds p % E) first when given; otherwise MoE
+    layer i goes to decoder row moe_layer_ids[i] (from the profile) with trivial rows between.
     Returns (document, padding slots added)."""
     phy2log, padded = physical_to_logical(plan)
     if fmt == "sglang":
-        trivial = np.arange(phy2log.shape[1]) % plan.num_experts
-        rows = [trivial.tolist()] * dense_layers + phy2log.tolist()
+        trivial = (np.arange(phy2log.shape[1]) % plan.num_experts).tolist()
+        if dense_layers is None and moe_layer_ids and len(moe_layer_ids) == plan.num_layers:
+            rows = [trivial] * (max(moe_layer_ids) + 1)
+            for i, layer_id in enumerate(moe_layer_ids):
+                rows[layer_id] = phy2log[i].tolist()
+        else:
+            rows = [trivial] * (dense_layers or 0) + phy2log.tolist()
         return {"physical_to_logical_map": rows}, padded
     if fmt == "vllm":
         return {"physical_to_logical_map": phy2log.tolist()}, padded

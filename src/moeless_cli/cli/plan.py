@@ -37,7 +37,7 @@ def _read_loads(profile: Optional[Path], loads: Optional[Path], where: list[str]
     prof = load_profile(profile)
     load = np.asarray(prof.load, dtype=np.float64).sum(axis=0)  # [layers, experts]
     meta = {"profile": str(profile), "model_id": prof.model_id, "config_hash": prof.config_hash,
-            "expert_bytes": prof.manifest.get("expert_bytes")}
+            "expert_bytes": prof.manifest.get("expert_bytes"), "moe_layer_ids": prof.moe_layer_ids}
     return load, meta, profile.name
 
 
@@ -77,7 +77,9 @@ def plan(
     gpu_memory_gb: Optional[float] = typer.Option(None, "--gpu-memory-gb", help="Memory per GPU for experts."),
     expert_mb: Optional[float] = typer.Option(None, "--expert-mb", help="Size of one expert's weights, MB."),
     slots_per_gpu: Optional[int] = typer.Option(None, "--slots-per-gpu", help="Replicas per GPU per layer."),
-    replica_budget: Optional[int] = typer.Option(None, "--replica-budget", help="Most replicas per layer (joint: in all)."),
+    replica_budget: Optional[int] = typer.Option(
+        None, "--replica-budget", help="Most replicas per layer (joint: in all)."
+    ),
     joint: bool = typer.Option(False, "--joint", help="Share the budgets across layers (skewed layers get more)."),
     previous_plan: Optional[Path] = typer.Option(None, "--previous-plan", help="Plan now loaded (moves cost)."),
     solver: str = typer.Option("ilp", "--solver", help="ilp, eplb, moeless-paper or static."),
@@ -157,8 +159,9 @@ def plan(
         "slots_per_gpu": [int(layer.slots_used(gpus).max()) for layer in result.plan.layers],
         "model_id": source.get("model_id"),
         "config_hash": source.get("config_hash"),
+        "moe_layer_ids": source.get("moe_layer_ids"),
         "loads_hash": hashlib.sha256(np.ascontiguousarray(load).tobytes()).hexdigest()[:16],
-        "source": {k: v for k, v in source.items() if k not in ("model_id", "config_hash", "expert_bytes")},
+        "source": {k: v for k, v in source.items() if k in ("loads", "where", "profile")},
         "solve_seconds": seconds,
         "metrics": [{k: r[k] for k in ("imbalance_after", "replicas", "gap", "lower_bound", "status", "moved")}
                     for r in rows],
@@ -196,7 +199,9 @@ def _print_table(summary: dict[str, Any]) -> None:
 def export(
     plan_file: Path = typer.Argument(..., help="Plan file written by `moeless plan`."),
     fmt: str = typer.Option("sglang", "--format", help="sglang, vllm or deepseek."),
-    dense_layers: int = typer.Option(0, "--dense-layers", help="sglang: trivial rows for leading dense layers."),
+    dense_layers: Optional[int] = typer.Option(
+        None, "--dense-layers", help="sglang: K trivial rows for leading dense layers (default: plan's moe_layer_ids)."
+    ),
     out: Optional[Path] = typer.Option(None, "--out", help="Output file (default PLAN.<format>.json)."),
     json_out: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP),
 ) -> None:
@@ -204,10 +209,13 @@ def export(
     from moeless_cli.fileio import write_json_atomic
     from moeless_cli.plan_io import export_plan, read_plan
 
-    if dense_layers < 0:
+    if dense_layers is not None and dense_layers < 0:
         raise MoelessError("--dense-layers must be >= 0")
-    plan_obj, _ = read_plan(plan_file)
-    doc, padded = export_plan(plan_obj, fmt, dense_layers)
+    plan_obj, plan_doc = read_plan(plan_file)
+    moe_ids = plan_doc.get("moe_layer_ids")
+    if moe_ids is not None and not (isinstance(moe_ids, list) and all(isinstance(i, int) and i >= 0 for i in moe_ids)):
+        raise MoelessError(f"{plan_file}: moe_layer_ids: expected a list of non-negative integers")
+    doc, padded = export_plan(plan_obj, fmt, dense_layers, moe_ids)
     out = out or plan_file.with_name(f"{plan_file.stem}.{fmt}.json")
     write_json_atomic(out, doc)
     rows = doc.get("physical_to_logical_map") or doc["phy2log"]
