@@ -126,3 +126,15 @@ def test_unwritable_out_is_one_line_error(cli, small_csv, tmp_path):
     blocker.write_text("x")
     result = cli("plan", "--loads", small_csv, "--gpus", "2", "--out", blocker / "plan.json", "--json")
     assert result.exit_code != 0 and result.stderr.startswith("error:") and result.stdout == ""
+
+
+def test_joint_plan_shares_memory_across_layers(cli, tmp_path):
+    flat = [(0, e, 100) for e in range(8)]
+    skewed = [(1, e, c) for e, c in enumerate([400, 200, 50, 20, 10, 10, 5, 5])]
+    csv = write_csv(tmp_path / "two.csv", flat + skewed)
+    result = cli("plan", "--loads", csv, "--gpus", "4", "--joint", "--gpu-memory-gb", "0.5", "--expert-mb", "100",
+                 "--out", tmp_path / "j.json", "--json")
+    assert result.exit_code == 0, result.output
+    layers = orjson.loads(result.stdout)["layers"]
+    assert layers[1]["replicas"] > layers[0]["replicas"] == 8  # 5 slots per GPU in all: the skewed layer gets them
+    assert layers[1]["imbalance_after"] < layers[1]["imbalance_before"]

@@ -173,6 +173,9 @@ def plan(
         "max_imbalance_after": max(r["imbalance_after"] for r in rows),
         "max_gap": max(r["gap"] for r in rows),
         "replicas": sum(r["replicas"] for r in rows),
+        "moved": sum(r["moved"] for r in rows),
+        "time_s": sum(r["time_s"] for r in rows),  # MoE time of one step under the alpha/beta model
+        "cost_gbs": sum(r["cost_gbs"] for r in rows),
     }
     if json_out:
         emit_json(summary)
