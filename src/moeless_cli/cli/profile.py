@@ -28,6 +28,11 @@ def _print_summary(out: Path, summary: dict[str, Any]) -> None:
         f"profile written to {out}: {summary['layers']} MoE layers x {summary['experts']} experts "
         f"(top-{summary['top_k']}), {summary['iterations']} iterations, {summary['tokens']} tokens"
     )
+    if summary.get("forward_seconds") is not None:
+        per_token = summary.get("expert_seconds_per_token")
+        expert = f"; one expert: {per_token * 1e6:.2f} us/token" if per_token else ""
+        console.print(f"domains: {', '.join(summary['domains'])}; forward passes took "
+                      f"{summary['forward_seconds']:.2f} s{expert}")
 
 
 def run_profile(

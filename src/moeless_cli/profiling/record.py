@@ -176,6 +176,7 @@ def summarize(manifest: dict[str, Any], load: np.ndarray) -> dict[str, Any]:
             "hottest": [int(e) for e in np.argsort(-row, kind="stable")[:3]],
         })
     sizes = manifest.get("sizes", {})
+    timings = manifest.get("timings") or {}
     return {
         "layers": manifest["num_layers"],
         "experts": manifest["num_experts"],
@@ -185,5 +186,8 @@ def summarize(manifest: dict[str, Any], load: np.ndarray) -> dict[str, Any]:
         "requests": sizes.get("requests", 0),
         "router_samples": sizes.get("samples", 0),
         "model": manifest["model"]["id"],
+        "domains": (manifest.get("dataset") or {}).get("domains", []),
+        "forward_seconds": timings.get("forward_seconds_total"),
+        "expert_seconds_per_token": (timings.get("expert") or {}).get("seconds_per_token"),
         "per_layer": layers,
     }
