@@ -1,0 +1,114 @@
+"""Dispatch: split each expert's tokens of one MoE layer over its warm replicas, after the gate.
+
+Three ways, one per family of systems:
+- `share_split`: a plan's fixed shares (static EP, EPLB);
+- `equal_split`: each expert's tokens evenly over its replicas (the MoEless paper, step 4);
+- `water_fill`: minimise the busiest GPU's work given the true loads (moeless). Experts are poured
+  heaviest first into their replicas' GPUs, filling the emptiest GPU up to a common level (classic
+  water-filling), after a first pass that puts each expert whole on its least-busy replica (LPT);
+  then every expert is lifted out and poured again (Gauss-Seidel passes; within ~1% of the LP
+  optimum in our checks against CBC).
+  Using a replica at all costs `entry_tokens` extra work (its weights must be streamed from HBM
+  once), so a small expert is not smeared over many GPUs. Pure Python on short lists: ~0.3 ms for
+  64 experts x 8 GPUs.
+
+All functions take the replicas as parallel arrays `expert: [replicas]`, `gpu: [replicas]` and the
+layer's true load `load: [experts]` (token-to-expert assignments), and return tokens per replica
+`[replicas]` (float64; `round_split` turns them into integers that still sum to each expert's load).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def equal_split(expert: np.ndarray, load: np.ndarray) -> np.ndarray:
+    """expert: [replicas]; load: [experts]. Each expert's tokens / its replica count: [replicas]."""
+    counts = np.bincount(expert, minlength=load.size)
+    return load[expert] / np.maximum(counts[expert], 1)
+
+
+def share_split(expert: np.ndarray, share: np.ndarray, load: np.ndarray) -> np.ndarray:
+    """expert, share: [replicas] (shares sum to 1 per expert); load: [experts]. Returns [replicas]."""
+    return share * load[expert]
+
+
+def _pour(amount: float, bases: list[float]) -> tuple[float, int]:
+    """Water level over `bases` (sorted ascending) that absorbs `amount`; returns (level, used count)."""
+    total = 0.0
+    level, used = bases[0] + amount, 1
+    for k, base in enumerate(bases):
+        total += base
+        candidate = (amount + total) / (k + 1)
+        if k + 1 < len(bases) and candidate > bases[k + 1]:
+            continue
+        level, used = candidate, k + 1
+        break
+    return level, used
+
+
+def water_fill(
+    expert: np.ndarray,
+    gpu: np.ndarray,
+    load: np.ndarray,
+    num_gpus: int,
+    entry_tokens: float = 0.0,
+    gpu_base: np.ndarray | None = None,
+    passes: int = 4,
+) -> np.ndarray:
+    """Token split minimising max GPU work = tokens + entry_tokens per used replica (+ gpu_base).
+
+    expert, gpu: [replicas] (every expert with load > 0 needs at least one replica);
+    load: [experts]; gpu_base: [num_gpus] work already on each GPU. Returns tokens [replicas].
+    """
+    replicas_of: dict[int, list[int]] = {}
+    for r, e in enumerate(expert.tolist()):
+        replicas_of.setdefault(e, []).append(r)
+    gpu_of = gpu.tolist()
+    work = [0.0] * num_gpus if gpu_base is None else [float(x) for x in gpu_base]
+    tokens = [0.0] * len(gpu_of)
+    loads = load.tolist()
+    order = sorted((e for e in replicas_of if loads[e] > 0), key=lambda e: -loads[e])
+    missing = [e for e in range(load.size) if loads[e] > 0 and e not in replicas_of]
+    if missing:
+        raise ValueError(f"experts {missing[:5]} have load but no warm replica")
+    for e in order:  # first every expert whole on its least-busy replica (LPT), then re-pour
+        r = min(replicas_of[e], key=lambda r: work[gpu_of[r]])
+        tokens[r] = loads[e]
+        work[gpu_of[r]] += loads[e] + entry_tokens
+    for _ in range(passes):
+        for e in order:
+            rs = replicas_of[e]
+            if len(rs) == 1:
+                continue
+            for r in rs:  # lift this expert out, then pour it again over its replicas
+                if tokens[r] > 0:
+                    work[gpu_of[r]] -= tokens[r] + entry_tokens
+                    tokens[r] = 0.0
+            entries = sorted((work[gpu_of[r]] + entry_tokens, r) for r in rs)
+            level, used = _pour(loads[e], [b for b, _ in entries])
+            for base, r in entries[:used]:
+                tokens[r] = level - base
+                work[gpu_of[r]] = level
+    return np.asarray(tokens, dtype=np.float64)
+
+
+def round_split(tokens: np.ndarray, expert: np.ndarray, load: np.ndarray) -> np.ndarray:
+    """Integer tokens per replica that sum exactly to each expert's integer load (largest remainder).
+
+    tokens: [replicas] fractional split; expert: [replicas]; load: [experts] integer counts.
+    """
+    floor = np.floor(tokens + 1e-9).astype(np.int64)
+    short = np.rint(load).astype(np.int64) - np.bincount(expert, weights=floor, minlength=load.size).astype(np.int64)
+    remainder = tokens - floor
+    for e in np.flatnonzero(short > 0).tolist():
+        rs = np.flatnonzero(expert == e)
+        best = rs[np.argsort(-remainder[rs], kind="stable")][: short[e]]
+        floor[best] += 1
+    return floor
+
+
+def gpu_work(gpu: np.ndarray, tokens: np.ndarray, num_gpus: int, entry_tokens: float = 0.0) -> np.ndarray:
+    """gpu, tokens: [replicas]. Work per GPU (tokens + entry cost of used replicas): [num_gpus]."""
+    used = (tokens > 0).astype(np.float64)
+    return np.bincount(gpu, weights=tokens + entry_tokens * used, minlength=num_gpus)

@@ -1,0 +1,321 @@
+"""Online policies: which replicas are warm for each MoE layer and how its tokens spread over them.
+
+Every system runs through the same loop (serve's runtime or the simulator), per iteration and layer:
+  `prepare(layer, predicted_load, now)`  d layers ahead: make the replicas the layer needs warm
+                                          (cold starts begin here; returns the warm set)
+  `dispatch(layer, true_load, now)`      after the gate: tokens per replica (+ when it may start)
+  `observe(layer, true_load)`            feed history
+  `end_iteration(now)`                   keep-alive reclaim, periodic re-planning
+
+Registry (`ONLINE_POLICIES`):
+- static: Megatron-LM expert parallelism, expert e on GPU e mod G, pinned, no replicas.
+- eplb: DeepSeek EPLB over the same memory as the others (G x slots replicas), re-planned every
+  `eplb_period` iterations from the last `eplb_window` iterations' loads; new copies load in the
+  background and the plan switches when they are in place.
+- oracle: static placement, but tokens are balanced perfectly over GPUs whatever the gate said
+  (lossy: it changes the model's output); its time is the floor under the default time model.
+- moeless-paper: the published Algorithms 1 + 2 on the gate-copy predictor's forecast, every layer
+  and iteration, equal split; a layer waits for replicas still loading.
+- moeless: starts from the `moeless plan` placement, pre-warms replicas where the predictor's
+  forecast says the water-filled dispatch would still straggle, dispatches by water-filling over
+  the replicas that are already warm (never waits for a copy), and lets unused replicas go after
+  the keep-alive; one replica per expert stays pinned (a minimum instance count of one).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from moeless_cli.errors import MoelessError
+from moeless_cli.online.dispatch import equal_split, gpu_work, share_split, water_fill
+from moeless_cli.online.functions import FunctionPool
+from moeless_cli.planning.plan import LayerPlan, Plan, PlanningProblem
+
+
+@dataclass
+class PolicySetting:
+    """What every policy knows about the deployment before serving."""
+
+    num_layers: int  # MoE layers under control
+    num_experts: int  # E logical experts per layer
+    num_gpus: int  # G
+    slots_per_gpu: int  # replicas one GPU may hold per layer (from its memory)
+    history: np.ndarray  # [layers, experts] loads seen before serving (the profile)
+    entry_tokens: float = 0.0  # work of streaming a replica's weights, in tokens (dispatch cost)
+    eplb_window: int = 1000  # EPLB: iterations of history a re-plan looks at
+    eplb_period: int = 3000  # EPLB: iterations between re-plans
+    cv_threshold: float = 0.2  # moeless-paper: Algorithm 1's V
+    plan: Plan | None = None  # moeless: starting placement; None: water-filling on `history`
+    max_new_per_layer: int = 2  # moeless: replicas pre-warmed per layer and iteration at most
+    gain_threshold: float = 0.02  # moeless: pre-warm only while the forecast straggles by more
+
+    def __post_init__(self) -> None:
+        if self.num_gpus * self.slots_per_gpu < self.num_experts:
+            raise MoelessError(
+                f"{self.num_experts} experts do not fit on {self.num_gpus} GPUs x {self.slots_per_gpu} slots per layer"
+            )
+        if self.history.shape != (self.num_layers, self.num_experts):
+            raise MoelessError(f"history must be [{self.num_layers}, {self.num_experts}], got {self.history.shape}")
+
+    def problem(self) -> PlanningProblem:
+        return PlanningProblem(num_gpus=self.num_gpus, slots_per_gpu=self.slots_per_gpu, cv_threshold=self.cv_threshold)
+
+
+@dataclass
+class Dispatch:
+    """One layer's token split: parallel arrays over the replicas that serve it."""
+
+    expert: np.ndarray  # [r] logical expert
+    gpu: np.ndarray  # [r] GPU
+    tokens: np.ndarray  # [r] float64 tokens each replica serves (sums to the true load per expert)
+    start_s: float  # earliest time the layer can run (later than `now` when it waits for a copy)
+
+
+@dataclass
+class OnlinePolicy:
+    """Base: a fixed plan, pinned, plan shares. Subclasses override what differs."""
+
+    setting: PolicySetting
+    pool: FunctionPool
+    plans: list[LayerPlan] = field(default_factory=list)  # current plan per layer
+    last_load: list[np.ndarray] = field(default_factory=list)  # latest true load per layer
+
+    name = "static"
+    lossy = False  # changes the model's output
+    serverful = True  # bills reserved memory for the whole run (else per invocation)
+    perfect_balance = False  # the time model spreads its work perfectly (oracle)
+    predictor_method: str | None = None  # "paper" / "moeless": forecasts wanted by prepare()
+
+    def initial_plan(self, layer: int) -> LayerPlan:
+        E, G = self.setting.num_experts, self.setting.num_gpus
+        experts = np.arange(E, dtype=np.int64)
+        return LayerPlan(experts, experts % G, np.ones(E))
+
+    def start(self, now: float = 0.0) -> None:
+        """Load the starting replicas (already in place when serving begins)."""
+        self.plans = [self.initial_plan(layer) for layer in range(self.setting.num_layers)]
+        self.last_load = [np.asarray(row, dtype=np.float64) for row in self.setting.history]
+        for layer, plan in enumerate(self.plans):
+            self.pool.warm_up(layer, plan.expert, plan.gpu, now, pinned=self.serverful, preloaded=True)
+
+    def forecast(self, layer: int, predicted_load: np.ndarray | None) -> np.ndarray:
+        """The predictor's forecast, or the layer's last observed load when there is none."""
+        return self.last_load[layer] if predicted_load is None else np.asarray(predicted_load, dtype=np.float64)
+
+    def prepare(self, layer: int, predicted_load: np.ndarray | None, now: float) -> tuple[np.ndarray, np.ndarray]:
+        plan = self.plans[layer]
+        return plan.expert, plan.gpu
+
+    def dispatch(self, layer: int, true_load: np.ndarray, now: float) -> Dispatch:
+        plan = self.plans[layer]
+        tokens = share_split(plan.expert, plan.share, np.asarray(true_load, dtype=np.float64))
+        return self._finish(layer, plan.expert, plan.gpu, tokens, now)
+
+    def _finish(self, layer: int, expert: np.ndarray, gpu: np.ndarray, tokens: np.ndarray, now: float) -> Dispatch:
+        used = tokens > 0
+        start = max([now] + [self.pool.ready_s(layer, e, g) for e, g in zip(expert[used].tolist(), gpu[used].tolist())])
+        self.pool.touch(layer, expert[used], gpu[used], start)
+        return Dispatch(expert, gpu, tokens, start)
+
+    def observe(self, layer: int, true_load: np.ndarray) -> None:
+        self.last_load[layer] = np.asarray(true_load, dtype=np.float64)
+
+    def end_iteration(self, now: float) -> None:
+        self.pool.reclaim(now)
+
+    def replicas(self) -> int:
+        """Replicas live now, over all layers."""
+        return self.pool.live_count()
+
+
+class StaticPolicy(OnlinePolicy):
+    name = "static"
+
+
+class OraclePolicy(OnlinePolicy):
+    name = "oracle"
+    lossy = True
+    perfect_balance = True
+
+
+class EplbPolicy(OnlinePolicy):
+    name = "eplb"
+
+    def start(self, now: float = 0.0) -> None:
+        self._window = [deque(maxlen=self.setting.eplb_window) for _ in range(self.setting.num_layers)]
+        self._pending: dict[int, LayerPlan] = {}
+        self._iterations = 0
+        super().start(now)
+
+    def initial_plan(self, layer: int) -> LayerPlan:
+        from moeless_cli.planning.solvers.eplb import eplb_layer
+
+        return eplb_layer(np.asarray(self.setting.history[layer], dtype=np.float64), self.setting.problem(), None, 0.0)
+
+    def observe(self, layer: int, true_load: np.ndarray) -> None:
+        super().observe(layer, true_load)
+        self._window[layer].append(np.asarray(true_load, dtype=np.float64))
+
+    def dispatch(self, layer: int, true_load: np.ndarray, now: float) -> Dispatch:
+        pending = self._pending.get(layer)
+        if pending is not None and all(self.pool.ready(layer, e, g, now) for e, g in zip(pending.expert, pending.gpu)):
+            old = self.plans[layer]
+            keep = set(zip(pending.expert.tolist(), pending.gpu.tolist()))
+            for e, g in set(zip(old.expert.tolist(), old.gpu.tolist())) - keep:
+                self.pool.retire((layer, e, g), now)
+            self.plans[layer] = pending
+            del self._pending[layer]
+        return super().dispatch(layer, true_load, now)
+
+    def end_iteration(self, now: float) -> None:
+        from moeless_cli.planning.solvers.eplb import eplb_layer
+
+        self._iterations += 1
+        if self._iterations % self.setting.eplb_period:
+            return
+        for layer, window in enumerate(self._window):
+            if not window or layer in self._pending:
+                continue
+            plan = eplb_layer(np.sum(window, axis=0), self.setting.problem(), None, 0.0)
+            self._pending[layer] = plan
+            self.pool.warm_up(layer, plan.expert, plan.gpu, now, pinned=True)
+
+
+class MoelessPaperPolicy(OnlinePolicy):
+    name = "moeless-paper"
+    serverful = False
+    predictor_method = "paper"
+
+    def prepare(self, layer: int, predicted_load: np.ndarray | None, now: float) -> tuple[np.ndarray, np.ndarray]:
+        from moeless_cli.planning.solvers.moeless_paper import moeless_paper_layer
+
+        forecast = self.forecast(layer, predicted_load)
+        plan = moeless_paper_layer(forecast, self.setting.problem(), self.plans[layer], 0.0)
+        self.plans[layer] = plan
+        _warm_within_slots(self.pool, layer, plan.expert, plan.gpu, self.setting.slots_per_gpu, now)
+        return plan.expert, plan.gpu
+
+    def dispatch(self, layer: int, true_load: np.ndarray, now: float) -> Dispatch:
+        plan = self.plans[layer]
+        tokens = equal_split(plan.expert, np.asarray(true_load, dtype=np.float64))
+        return self._finish(layer, plan.expert, plan.gpu, tokens, now)
+
+
+class MoelessPolicy(OnlinePolicy):
+    name = "moeless"
+    serverful = False
+    predictor_method = "moeless"
+
+    def initial_plan(self, layer: int) -> LayerPlan:
+        s = self.setting
+        if s.plan is not None:
+            if s.plan.num_gpus != s.num_gpus or s.plan.num_experts != s.num_experts:
+                raise MoelessError(
+                    f"the moeless plan is for {s.plan.num_experts} experts on {s.plan.num_gpus} GPUs, "
+                    f"not {s.num_experts} on {s.num_gpus}"
+                )
+            plan = s.plan.layers[layer % s.plan.num_layers]
+            if int(plan.slots_used(s.num_gpus).max()) <= s.slots_per_gpu:
+                return plan
+        return _water_filled_plan(np.asarray(s.history[layer], dtype=np.float64), s.num_gpus, s.slots_per_gpu)
+
+    def start(self, now: float = 0.0) -> None:
+        super().start(now)
+        for layer, plan in enumerate(self.plans):  # one pinned instance per expert: its biggest share
+            for e in range(self.setting.num_experts):
+                rs = np.flatnonzero(plan.expert == e)
+                g = int(plan.gpu[rs[np.argmax(plan.share[rs])]])
+                self.pool.get(layer, e, g).pinned = True
+
+    def prepare(self, layer: int, predicted_load: np.ndarray | None, now: float) -> tuple[np.ndarray, np.ndarray]:
+        s = self.setting
+        forecast = self.forecast(layer, predicted_load)
+        expert, gpu = self.pool.layer_replicas(layer)
+        for _ in range(s.max_new_per_layer):
+            tokens = water_fill(expert, gpu, forecast, s.num_gpus, s.entry_tokens)
+            work = gpu_work(gpu, tokens, s.num_gpus, s.entry_tokens)
+            busiest = int(np.argmax(work))
+            floor = work.sum() / s.num_gpus
+            if work[busiest] <= (1 + s.gain_threshold) * floor:
+                break
+            added = self._add_replica(layer, expert, gpu, tokens, work, busiest, now)
+            if added is None:
+                break
+            expert, gpu = np.append(expert, added[0]), np.append(gpu, added[1])
+        return expert, gpu
+
+    def _add_replica(self, layer: int, expert: np.ndarray, gpu: np.ndarray, tokens: np.ndarray,
+                     work: np.ndarray, busiest: int, now: float) -> tuple[int, int] | None:
+        """A new replica of the busiest GPU's heaviest expert on the least-loaded GPU that can take it."""
+        on_busiest = np.flatnonzero((gpu == busiest) & (tokens > 0))
+        keep = set(zip(expert.tolist(), gpu.tolist()))
+        for r in on_busiest[np.argsort(-tokens[on_busiest])].tolist():
+            e = int(expert[r])
+            holders = set(gpu[expert == e].tolist())
+            for g in np.argsort(work, kind="stable").tolist():
+                if g in holders or work[g] + self.setting.entry_tokens >= work[busiest]:
+                    continue
+                if not self.pool.make_room(layer, g, self.setting.slots_per_gpu, keep, now):
+                    continue
+                self.pool.warm_up(layer, [e], [g], now)
+                return e, g
+        return None
+
+    def dispatch(self, layer: int, true_load: np.ndarray, now: float) -> Dispatch:
+        s = self.setting
+        load = np.asarray(true_load, dtype=np.float64)
+        expert, gpu = self.pool.layer_replicas(layer)
+        ready = np.array([self.pool.ready(layer, e, g, now) for e, g in zip(expert.tolist(), gpu.tolist())], dtype=bool)
+        # An expert with load and no warm replica waits for its earliest copy (rare: one is pinned).
+        for e in np.flatnonzero(load > 0).tolist():
+            mine = np.flatnonzero(expert == e)
+            if not ready[mine].any():
+                ready[mine[np.argmin([self.pool.ready_s(layer, e, int(g)) for g in gpu[mine]])]] = True
+        expert, gpu = expert[ready], gpu[ready]
+        tokens = water_fill(expert, gpu, load, s.num_gpus, s.entry_tokens)
+        return self._finish(layer, expert, gpu, tokens, now)
+
+
+def _warm_within_slots(pool: FunctionPool, layer: int, expert: np.ndarray, gpu: np.ndarray, slots: int, now: float) -> None:
+    """Warm the replicas (expert[r], gpu[r]), making room on full GPUs by retiring idle instances."""
+    keep = set(zip(expert.tolist(), gpu.tolist()))
+    for e, g in keep:
+        if pool.get(layer, e, g) is None:
+            pool.make_room(layer, g, slots, keep, now)
+            pool.warm_up(layer, [e], [g], now)
+        else:
+            pool.warm_up(layer, [e], [g], now)
+
+
+def _water_filled_plan(load: np.ndarray, num_gpus: int, slots: int) -> LayerPlan:
+    """The best-balanced water-filling placement of the planner for load: [experts], else the paper's greedy."""
+    from moeless_cli.planning.solvers.greedy import pieces_to_layer, water_fill_candidates
+    from moeless_cli.planning.solvers.moeless_paper import moeless_paper_layer
+
+    plans = [pieces_to_layer(p, load) for p in water_fill_candidates(load, num_gpus, slots)]
+    plans = [p for p in plans if int(p.slots_used(num_gpus).max()) <= slots]
+    if not plans:
+        problem = PlanningProblem(num_gpus=num_gpus, slots_per_gpu=slots)
+        return moeless_paper_layer(load, problem, None, 0.0)
+    return min(plans, key=lambda p: float(p.gpu_loads(load, num_gpus).max()))
+
+
+ONLINE_POLICIES: dict[str, type[OnlinePolicy]] = {
+    "static": StaticPolicy,
+    "eplb": EplbPolicy,
+    "oracle": OraclePolicy,
+    "moeless-paper": MoelessPaperPolicy,
+    "moeless": MoelessPolicy,
+}
+
+
+def make_policy(name: str, setting: PolicySetting, pool: FunctionPool) -> OnlinePolicy:
+    """Build and start policy `name`."""
+    if name not in ONLINE_POLICIES:
+        raise MoelessError(f"unknown policy {name!r}; choose one of {', '.join(ONLINE_POLICIES)}")
+    policy = ONLINE_POLICIES[name](setting, pool)
+    policy.start(0.0)
+    return policy
