@@ -1,0 +1,83 @@
+"""Per-expert math of the model's own fused experts module, and the host-memory weight store.
+
+transformers 5 families keep every expert of a layer in one fused module with 3-D parameters
+(`gate_up_proj [E, 2I, H]`, `down_proj [E, H, I]`, optional biases; GPT-OSS stores them transposed)
+and flags set by `use_experts_implementation` (has_gate, has_bias, is_transposed). We compute one
+expert with exactly the eager forward's operations, on that expert's slice of the weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from moeless_cli.errors import MoelessError
+
+WEIGHT_NAMES = ("gate_up_proj", "up_proj", "down_proj", "gate_up_proj_bias", "up_proj_bias", "down_proj_bias")
+
+
+@dataclass
+class ExpertMath:
+    """How one expert of a fused module computes (shared by all its replicas)."""
+
+    names: tuple[str, ...]  # fused parameter names present, each [num_experts, ...]
+    has_gate: bool  # gate_up_proj (GLU) rather than up_proj
+    has_bias: bool  # *_bias parameters are added after each projection
+    is_transposed: bool  # weights stored [in, out] (x @ W) instead of [out, in] (linear)
+    apply_gate: Callable[[Any], Any]  # the module's own GLU (or activation) on the first projection
+
+    def forward(self, weights: dict[str, Any], x: Any) -> Any:
+        """x: [tokens, hidden] -> [tokens, hidden], with one expert's weights (name -> tensor)."""
+        up_name = "gate_up_proj" if self.has_gate else "up_proj"
+        h = self._project(x, weights[up_name], weights.get(f"{up_name}_bias"))
+        h = self.apply_gate(h)
+        return self._project(h, weights["down_proj"], weights.get("down_proj_bias"))
+
+    def _project(self, x: Any, weight: Any, bias: Any) -> Any:
+        import torch.nn.functional as F
+
+        if self.is_transposed:
+            out = x @ weight
+            return out if bias is None else out + bias
+        return F.linear(x, weight) if bias is None else F.linear(x, weight) + bias
+
+
+def expert_math_of(module: Any, where: str) -> ExpertMath:
+    """Read a fused experts module's layout; refuse layouts we cannot compute exactly."""
+    import torch
+
+    names = tuple(n for n in WEIGHT_NAMES if isinstance(getattr(module, n, None), torch.Tensor))
+    has_gate = bool(getattr(module, "has_gate", "gate_up_proj" in names))
+    if getattr(module, "has_post_expert_norm", False):
+        raise MoelessError(f"{where}: experts layout of {type(module).__name__} is not supported by serve")
+    if "down_proj" not in names or ("gate_up_proj" if has_gate else "up_proj") not in names:
+        raise MoelessError(f"{where}: {type(module).__name__} has no fused gate_up/down weights; serve needs them")
+    return ExpertMath(
+        names=names,
+        has_gate=has_gate,
+        has_bias=bool(getattr(module, "has_bias", False)),
+        is_transposed=bool(getattr(module, "is_transposed", False)),
+        apply_gate=module._apply_gate if has_gate else module.act_fn,
+    )
+
+
+class HostStore:
+    """Every expert's weights in host memory: layer -> fused tensors [num_experts, ...] on the CPU."""
+
+    def __init__(self) -> None:
+        self._layers: dict[int, dict[str, Any]] = {}  # MoE layer -> parameter name -> fused CPU tensor
+        self.expert_bytes = 0  # bytes of one expert of one layer
+
+    def add_layer(self, layer: int, module: Any, math: ExpertMath) -> None:
+        fused = {}
+        for name in math.names:
+            tensor = getattr(module, name).detach()
+            fused[name] = tensor if tensor.device.type == "cpu" else tensor.cpu()
+        self._layers[layer] = fused
+        first = next(iter(fused.values()))
+        self.expert_bytes = sum(t[0].numel() * t.element_size() for t in fused.values())
+        assert all(t.shape[0] == first.shape[0] for t in fused.values()), "fused weights disagree on E"
+
+    def copy_to(self, layer: int, expert: int, device: Any) -> dict[str, Any]:
+        """A fresh copy of one expert's weights on `device` (the cold start of a replica)."""
+        return {name: t[expert].to(device=device, copy=True) for name, t in self._layers[layer].items()}

@@ -1,0 +1,64 @@
+"""Expert function instances on the workers: creation (cold start), use, keep-alive and reclaim.
+
+A minimal ledger with the shape of the shared `online/functions.py` FunctionPool (counters,
+memory-seconds); the runtime owns the real weight copies, this only accounts for them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class FunctionCounters:
+    cold_starts: int = 0  # replicas created by copying weights (includes the initial warm-up)
+    warm_hits: int = 0  # layer calls served by a replica that was already warm
+    created: int = 0  # instances ever created
+    retired: int = 0  # instances reclaimed after their keep-alive
+    bytes_moved: int = 0  # weight bytes copied host -> worker
+    cold_start_s: float = 0.0  # measured seconds of those copies
+    memory_byte_s: float = 0.0  # integral of live instance bytes over time (keep-alive idle included)
+
+
+@dataclass
+class FunctionLedger:
+    expert_bytes: int  # bytes of one replica
+    keep_alive_s: float  # idle seconds before an instance not wanted by the policy is reclaimed
+    counters: FunctionCounters = field(default_factory=FunctionCounters)
+    last_used: dict[tuple[int, int, int], float] = field(default_factory=dict)  # (layer, expert, worker) -> time
+    _last_event: float | None = None
+
+    def _advance(self, now: float) -> None:
+        if self._last_event is not None and now > self._last_event:
+            self.counters.memory_byte_s += len(self.last_used) * self.expert_bytes * (now - self._last_event)
+        self._last_event = now if self._last_event is None else max(now, self._last_event)
+
+    def created(self, key: tuple[int, int, int], seconds: float, now: float) -> None:
+        self._advance(now)
+        self.last_used[key] = now
+        c = self.counters
+        c.cold_starts += 1
+        c.created += 1
+        c.bytes_moved += self.expert_bytes
+        c.cold_start_s += seconds
+
+    def touch(self, key: tuple[int, int, int], now: float) -> None:
+        self.counters.warm_hits += 1
+        self.last_used[key] = now
+
+    def expired(self, now: float, wanted: set[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+        """Instances idle longer than the keep-alive that the policy no longer wants; forgets them."""
+        self._advance(now)
+        gone = [k for k, t in self.last_used.items() if k not in wanted and now - t >= self.keep_alive_s]
+        for k in gone:
+            del self.last_used[k]
+        self.counters.retired += len(gone)
+        return gone
+
+    def close(self, now: float) -> None:
+        """Account memory up to `now` (end of the run)."""
+        self._advance(now)
+
+    @property
+    def live(self) -> int:
+        return len(self.last_used)

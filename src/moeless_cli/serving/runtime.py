@@ -1,0 +1,203 @@
+"""The expert-parallel MoE block: the model's own gate picks top-k, the runtime spreads each
+expert's tokens over its warm replicas on the workers, runs them, and combines in the model's order.
+
+At load time `ExpertParallelRuntime.install()` swaps each MoE layer's fused experts module for an
+`ExpertParallelExperts` with the same call signature `(hidden [T, H], top_k_index [T, k],
+top_k_weights [T, k]) -> [T, H]`; attention, norms and gates stay as they are (replicated).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from moeless_cli.serving import gather as gather_mod
+from moeless_cli.serving.control import integer_counts
+from moeless_cli.serving.experts import ExpertMath, HostStore, expert_math_of
+from moeless_cli.serving.lifecycle import FunctionLedger
+from moeless_cli.serving.workers import Worker
+
+
+@dataclass
+class LayerTiming:
+    layer: int  # MoE layer index
+    tokens: int  # tokens entering the layer (each routed to top_k experts)
+    dispatch_s: float  # split + gather of rows onto the workers
+    worker_s: list[float]  # expert compute per worker, each measured on its own
+    combine_s: float  # weighting and summing the experts' outputs back
+    cold_s: float = 0.0  # replica copies that had to happen on the critical path
+
+    @property
+    def moe_s(self) -> float:
+        """What parallel workers would see: the slowest worker plus dispatch, combine, cold starts."""
+        return self.dispatch_s + max(self.worker_s, default=0.0) + self.combine_s + self.cold_s
+
+
+@dataclass
+class RuntimeStats:
+    layers: list[LayerTiming] = field(default_factory=list)  # every MoE layer call, in order
+    predict_s: list[float] = field(default_factory=list)  # predictor + policy.prepare per call (overlapped)
+
+
+def _make_module_class():
+    import torch
+
+    class _Experts(torch.nn.Module):
+        def __init__(self, runtime: "ExpertParallelRuntime", layer: int):
+            super().__init__()
+            object.__setattr__(self, "runtime", runtime)  # not a submodule: no parameters of its own
+            self.layer = layer
+
+        def forward(self, hidden_states, top_k_index, top_k_weights):
+            bound = gather_mod.current()
+            if bound is None:
+                return self.runtime.moe_forward(self.layer, hidden_states, top_k_index, top_k_weights)
+            gather, slot = bound
+            return gather.exchange(slot, self.layer, hidden_states, top_k_index, top_k_weights)
+
+    return _Experts
+
+
+class ExpertParallelRuntime:
+    """Owns the host store, the workers' replicas, the policy, and per-layer timing."""
+
+    def __init__(self, loaded: Any, workers: list[Worker], policy: Any, predictor: Any = None,
+                 distance: int = 1, keep_alive_s: float = 60.0, predictor_method: str = "moeless"):
+        self.loaded = loaded  # LoadedModel
+        self.workers = workers
+        self.policy = policy  # prepare / dispatch / observe (see control.py)
+        self.predictor = predictor  # LoadPredictor or None
+        self.distance = distance  # predict layer l + distance while layer l runs
+        self.predictor_method = predictor_method
+        self.store = HostStore()
+        self.math: dict[int, ExpertMath] = {}
+        self.stats = RuntimeStats()
+        self.ledger = FunctionLedger(expert_bytes=0, keep_alive_s=keep_alive_s)
+        self.started = time.perf_counter()
+        self._originals: dict[int, tuple[Any, str, Any]] = {}  # layer -> (parent, attr, module)
+        self._wanted: dict[int, set[tuple[int, int, int]]] = {}  # layer -> replicas the policy wants warm
+        self._predictable = set(predictor.layers(distance)) if predictor is not None else set()
+
+    def now(self) -> float:
+        return time.perf_counter() - self.started
+
+    # -- load time ---------------------------------------------------------------------------------
+    def install(self) -> None:
+        """Swap every MoE layer's experts for the expert-parallel block and warm the policy's replicas."""
+        cls = _make_module_class()
+        for layer in range(self.loaded.num_moe_layers):
+            module = self.loaded.experts(layer)
+            where = f"{self.loaded.model_id} MoE layer {layer}"
+            self.math[layer] = expert_math_of(module, where)
+            self.store.add_layer(layer, module, self.math[layer])
+            parent_path, _, attr = self.loaded.adapter.experts_path.rpartition(".")
+            decoder = self.loaded.model.model.layers[self.loaded.moe_layer_ids[layer]]
+            parent = decoder.get_submodule(parent_path) if parent_path else decoder
+            self._originals[layer] = (parent, attr, module)
+            setattr(parent, attr, cls(self, layer))
+        self.ledger.expert_bytes = self.store.expert_bytes
+        for layer in range(self.loaded.num_moe_layers):
+            self._warm(layer, *self.policy.prepare(layer, None, self.now()))
+
+    def uninstall(self) -> None:
+        """Put the model's own experts modules back (the plain model again)."""
+        for parent, attr, module in self._originals.values():
+            setattr(parent, attr, module)
+        self._originals.clear()
+
+    # -- replicas ----------------------------------------------------------------------------------
+    def _load_replicas(self, layer: int, pairs: list[tuple[int, int]]) -> float:
+        """Copy (expert, worker) replicas of `layer` from the host store; returns seconds spent."""
+        now, spent = self.now(), 0.0
+        for e, g in pairs:
+            if (layer, e) not in self.workers[g].replicas:
+                seconds = self.workers[g].load(self.store, layer, e)
+                self.ledger.created((layer, e, g), seconds, now)
+                spent += seconds
+        return spent
+
+    def _warm(self, layer: int, expert: np.ndarray, gpu: np.ndarray) -> float:
+        """The policy wants (expert[r], gpu[r]) warm for `layer`: load what is missing."""
+        self._wanted[layer] = {(layer, e, g) for e, g in zip(expert.tolist(), gpu.tolist())}
+        return self._load_replicas(layer, list(zip(expert.tolist(), gpu.tolist())))
+
+    def end_iteration(self) -> None:
+        """After each iteration: the policy's bookkeeping, then reclaim idle unwanted replicas."""
+        now = self.now()
+        self.policy.end_iteration(now)
+        pool = getattr(self.policy, "pool", None)
+        if pool is not None:  # the online policies own the lifecycle: mirror their live set
+            for layer in range(self.loaded.num_moe_layers):
+                expert, gpu = pool.layer_replicas(layer)
+                self._wanted[layer] = {(layer, e, g) for e, g in zip(expert.tolist(), gpu.tolist())}
+        wanted = set().union(*self._wanted.values()) if self._wanted else set()
+        for lay, e, g in self.ledger.expired(now, wanted):
+            self.workers[g].drop(lay, e)
+
+    # -- the MoE layer -----------------------------------------------------------------------------
+    def moe_forward(self, layer: int, hidden: Any, top_k_index: Any, top_k_weights: Any) -> Any:
+        """hidden: [T, H] router input; top_k_index, top_k_weights: [T, k] from the model's gate."""
+        import torch
+
+        self._predict_ahead(layer, hidden)  # overlaps this layer's compute in a real deployment
+        start = time.perf_counter()
+        num_tokens, k = top_k_index.shape
+        flat = top_k_index.reshape(-1)  # [T*k] expert of each (token, slot) pair
+        order = torch.argsort(flat, stable=True)  # pairs grouped by expert, tokens ascending
+        load = torch.bincount(flat, minlength=self.loaded.num_experts).cpu().numpy()  # [E]
+        plan = self.policy.dispatch(layer, load, self.now())
+        expert, gpu = np.asarray(plan.expert), np.asarray(plan.gpu)
+        counts = integer_counts(expert, np.asarray(plan.tokens, dtype=np.float64), load)  # [replicas]
+        missing = [(e, g) for e, g, n in zip(expert.tolist(), gpu.tolist(), counts.tolist())
+                   if n > 0 and (layer, e) not in self.workers[g].replicas]
+        cold = self._load_replicas(layer, missing) if missing else 0.0  # on the critical path
+        self.policy.observe(layer, load)
+        if self.predictor is not None:
+            self.predictor.observe_load(layer, load)
+
+        offsets = np.concatenate([[0], np.cumsum(load)])  # [E+1] where each expert's pairs start
+        taken = np.zeros(load.size, dtype=np.int64)
+        jobs: dict[int, list[tuple[int, Any]]] = {}
+        pieces: dict[int, list[tuple[int, int, int]]] = {}  # expert -> (worker, job position, rows)
+        now = self.now()
+        for r in np.flatnonzero(counts):
+            e, g, n = int(expert[r]), int(gpu[r]), int(counts[r])
+            pairs = order[offsets[e] + taken[e]: offsets[e] + taken[e] + n]
+            taken[e] += n
+            x = hidden[pairs // k].to(self.workers[g].device)
+            jobs.setdefault(g, []).append((e, x))
+            pieces.setdefault(e, []).append((g, len(jobs[g]) - 1, n))
+            self.ledger.touch((layer, e, g), now)
+        dispatched = time.perf_counter()
+        outputs, worker_s = {}, [0.0] * len(self.workers)
+        for g, job in jobs.items():
+            outputs[g], worker_s[g] = self.workers[g].run(self.math[layer], layer, job)
+        ran = time.perf_counter()
+
+        final = torch.zeros_like(hidden)
+        for e in np.flatnonzero(load):  # ascending expert id: the model's own summation order
+            pairs = order[offsets[e]: offsets[e + 1]]
+            token_idx, slot = pairs // k, pairs % k
+            parts = [outputs[g][j].to(hidden.device) for g, j, _ in pieces[int(e)]]
+            out = parts[0] if len(parts) == 1 else torch.cat(parts)
+            out = out * top_k_weights[token_idx, slot, None]
+            final.index_add_(0, token_idx, out.to(final.dtype))
+        end = time.perf_counter()
+        self.stats.layers.append(LayerTiming(layer, num_tokens, dispatched - start - cold, worker_s, end - ran, cold))
+        return final
+
+    def _predict_ahead(self, layer: int, hidden: Any) -> None:
+        """While layer l runs, forecast layer l + d and pre-warm what the policy wants there."""
+        if self.predictor is None:
+            return
+        target = layer + self.distance
+        if target >= self.loaded.num_moe_layers or target not in self._predictable:
+            return
+        start = time.perf_counter()
+        predicted = self.predictor.predict_layer_load(hidden, target, self.distance, self.predictor_method)
+        expert, gpu = self.policy.prepare(target, predicted, self.now())
+        self._warm(target, expert, gpu)
+        self.stats.predict_s.append(time.perf_counter() - start)

@@ -1,0 +1,106 @@
+"""serving runtime: expert-parallel blocks give plain transformers' greedy tokens, token for token."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tiny_models import cached_tiny_checkpoint, single_thread_torch
+
+FAMILIES = ["mixtral", "olmoe", "qwen3_moe"]
+
+
+def uneven_plan(num_experts: int, num_layers: int, workers: int):
+    """Every expert once (round-robin) plus a second replica of experts 0-2, with unequal shares."""
+    from moeless_cli.planning.plan import LayerPlan, Plan
+
+    expert = list(range(num_experts)) + [0, 1, 2]
+    gpu = [e % workers for e in range(num_experts)] + [(e + 1) % workers for e in range(3)]
+    share = [1.0] * num_experts
+    share[0], share[1], share[2] = 0.3, 0.6, 0.2
+    share += [0.7, 0.4, 0.8]
+    return Plan(workers, num_experts, [LayerPlan.from_lists(expert, gpu, share) for _ in range(num_layers)])
+
+
+def build_runtime(loaded, policy: str, workers: int):
+    from moeless_cli.serving.control import make_plan_policy
+    from moeless_cli.serving.runtime import ExpertParallelRuntime
+    from moeless_cli.serving.workers import make_local_workers
+
+    plan = uneven_plan(loaded.num_experts, loaded.num_moe_layers, workers)
+    runtime = ExpertParallelRuntime(loaded, make_local_workers(workers, ["cpu"]), make_plan_policy(policy, plan))
+    runtime.install()
+    return runtime
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_padded_batch_generate_matches_plain(family):
+    import torch
+
+    from moeless_cli.models import load_moe_model
+
+    loaded = load_moe_model(cached_tiny_checkpoint(family))
+    ids = torch.randint(3, 300, (3, 10), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0  # left padding, as batched generation does
+    kwargs = dict(input_ids=ids, attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=0)
+    with single_thread_torch():
+        plain = loaded.model.generate(**kwargs)
+        for policy, workers in (("static", 2), ("moeless", 4)):
+            runtime = build_runtime(loaded, policy, workers)
+            served = loaded.model.generate(**kwargs)
+            runtime.uninstall()
+            assert torch.equal(served, plain), (family, policy)
+            assert len(runtime.stats.layers) == 8 * loaded.num_moe_layers
+            assert runtime.ledger.counters.created == (loaded.num_experts + 3) * loaded.num_moe_layers
+            # the extra replicas really served tokens: more than one worker ran
+            assert sum(1 for w in runtime.stats.layers[0].worker_s if w > 0) > 1
+
+
+@pytest.mark.parametrize("family", ["mixtral", "olmoe"])
+def test_continuous_batching_engine_matches_per_request_generate(family):
+    import torch
+
+    from moeless_cli.models import load_moe_model
+    from moeless_cli.online.batching import ContinuousBatcher, Request
+    from moeless_cli.serving.engine import ServeEngine
+
+    loaded = load_moe_model(cached_tiny_checkpoint(family))
+    gen = torch.Generator().manual_seed(1)
+    lengths, outputs = [5, 9, 3, 12, 7], [6, 3, 8, 4, 5]
+    prompts = {i: torch.randint(3, 300, (n,), generator=gen).tolist() for i, n in enumerate(lengths)}
+    with single_thread_torch():
+        expected = {}
+        for i, p in prompts.items():
+            out = loaded.model.generate(input_ids=torch.tensor([p]), max_new_tokens=outputs[i],
+                                        min_new_tokens=outputs[i], do_sample=False, pad_token_id=0)
+            expected[i] = out[0, len(p):].tolist()
+        runtime = build_runtime(loaded, "moeless", 3)
+        batcher = ContinuousBatcher(token_budget=8, max_batch=3)  # forces chunked prefill and joining
+        for i in prompts:
+            batcher.add(Request(i, 0.0, lengths[i], outputs[i]))
+        engine = ServeEngine(loaded.model, runtime, prompts, max_batch=3)
+        while batcher.has_work():
+            it = batcher.next_iteration(0.0)
+            engine.run(it)
+            batcher.complete(it, 0.0)
+        engine.close()
+        runtime.uninstall()
+    assert engine.generated == expected
+    assert max(t.tokens for t in runtime.stats.layers) > 1  # requests really met in one MoE batch
+
+
+def test_integer_counts_and_water_fill_keep_every_token():
+    from moeless_cli.serving.control import integer_counts, water_fill
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        load = rng.integers(0, 40, size=6)
+        expert = np.concatenate([np.arange(6), rng.integers(0, 6, size=4)])
+        gpu = rng.integers(0, 3, size=expert.size)
+        tokens = water_fill(expert, gpu, load, 3)
+        assert np.array_equal(np.bincount(expert, weights=tokens, minlength=6), load)
+        frac = rng.random(expert.size)
+        counts = integer_counts(expert, frac, load)
+        assert np.array_equal(np.bincount(expert, weights=counts, minlength=6).astype(int), load)
+        assert (counts >= 0).all()
