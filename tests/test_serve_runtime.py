@@ -90,17 +90,15 @@ def test_continuous_batching_engine_matches_per_request_generate(family):
     assert max(t.tokens for t in runtime.stats.layers) > 1  # requests really met in one MoE batch
 
 
-def test_integer_counts_and_water_fill_keep_every_token():
-    from moeless_cli.serving.control import integer_counts, water_fill
+def test_integer_counts_keep_every_token():
+    from moeless_cli.serving.control import integer_counts
 
     rng = np.random.default_rng(0)
     for _ in range(50):
         load = rng.integers(0, 40, size=6)
         expert = np.concatenate([np.arange(6), rng.integers(0, 6, size=4)])
-        gpu = rng.integers(0, 3, size=expert.size)
-        tokens = water_fill(expert, gpu, load, 3)
-        assert np.array_equal(np.bincount(expert, weights=tokens, minlength=6), load)
         frac = rng.random(expert.size)
+        frac = frac / np.bincount(expert, weights=frac, minlength=6)[expert] * load[expert]
         counts = integer_counts(expert, frac, load)
         assert np.array_equal(np.bincount(expert, weights=counts, minlength=6).astype(int), load)
         assert (counts >= 0).all()

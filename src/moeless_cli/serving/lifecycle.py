@@ -1,7 +1,9 @@
-"""Expert function instances on the workers: creation (cold start), use, keep-alive and reclaim.
+"""What really happened to the replicas on the workers: measured weight copies and their memory.
 
-A minimal ledger with the shape of the shared `online/functions.py` FunctionPool (counters,
-memory-seconds); the runtime owns the real weight copies, this only accounts for them.
+The lifecycle decisions (cold, loading, warm, idle, reclaimed after the keep-alive) belong to the
+shared `online/functions.py` FunctionPool inside the policy, which models copy times; this ledger
+records the real copies the runtime made for those decisions (count, bytes, measured seconds) and
+the memory they held over time.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ class FunctionCounters:
     cold_starts: int = 0  # replicas created by copying weights (includes the initial warm-up)
     warm_hits: int = 0  # layer calls served by a replica that was already warm
     created: int = 0  # instances ever created
-    retired: int = 0  # instances reclaimed after their keep-alive
+    retired: int = 0  # replicas dropped from a worker because the policy reclaimed them
     bytes_moved: int = 0  # weight bytes copied host -> worker
     cold_start_s: float = 0.0  # measured seconds of those copies
     memory_byte_s: float = 0.0  # integral of live instance bytes over time (keep-alive idle included)
@@ -23,7 +25,6 @@ class FunctionCounters:
 @dataclass
 class FunctionLedger:
     expert_bytes: int  # bytes of one replica
-    keep_alive_s: float  # idle seconds before an instance not wanted by the policy is reclaimed
     counters: FunctionCounters = field(default_factory=FunctionCounters)
     last_used: dict[tuple[int, int, int], float] = field(default_factory=dict)  # (layer, expert, worker) -> time
     _last_event: float | None = None
@@ -46,14 +47,10 @@ class FunctionLedger:
         self.counters.warm_hits += 1
         self.last_used[key] = now
 
-    def expired(self, now: float, wanted: set[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
-        """Instances idle longer than the keep-alive that the policy no longer wants; forgets them."""
+    def retire(self, key: tuple[int, int, int], now: float) -> None:
         self._advance(now)
-        gone = [k for k, t in self.last_used.items() if k not in wanted and now - t >= self.keep_alive_s]
-        for k in gone:
-            del self.last_used[k]
-        self.counters.retired += len(gone)
-        return gone
+        if self.last_used.pop(key, None) is not None:
+            self.counters.retired += 1
 
     def close(self, now: float) -> None:
         """Account memory up to `now` (end of the run)."""

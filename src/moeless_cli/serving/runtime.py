@@ -39,7 +39,8 @@ class LayerTiming:
 @dataclass
 class RuntimeStats:
     layers: list[LayerTiming] = field(default_factory=list)  # every MoE layer call, in order
-    predict_s: list[float] = field(default_factory=list)  # predictor + policy.prepare per call (overlapped)
+    predict_s: list[float] = field(default_factory=list)  # predict + scale + place per call (overlapped)
+    busy_workers: list[int] = field(default_factory=list)  # workers with tokens, per MoE layer call
 
 
 def _make_module_class():
@@ -64,22 +65,21 @@ def _make_module_class():
 class ExpertParallelRuntime:
     """Owns the host store, the workers' replicas, the policy, and per-layer timing."""
 
-    def __init__(self, loaded: Any, workers: list[Worker], policy: Any, predictor: Any = None,
-                 distance: int = 1, keep_alive_s: float = 60.0, predictor_method: str = "moeless"):
+    def __init__(self, loaded: Any, workers: list[Worker], policy: Any, predictor: Any = None, distance: int = 1):
         self.loaded = loaded  # LoadedModel
         self.workers = workers
         self.policy = policy  # prepare / dispatch / observe (see control.py)
         self.predictor = predictor  # LoadPredictor or None
         self.distance = distance  # predict layer l + distance while layer l runs
-        self.predictor_method = predictor_method
+        # which of the predictor's models the policy wants ("paper" or "moeless"); None: no forecast
+        self.predictor_method = getattr(policy, "predictor_method", None) if predictor is not None else None
         self.store = HostStore()
         self.math: dict[int, ExpertMath] = {}
         self.stats = RuntimeStats()
-        self.ledger = FunctionLedger(expert_bytes=0, keep_alive_s=keep_alive_s)
+        self.ledger = FunctionLedger(expert_bytes=0)
         self.started = time.perf_counter()
         self._originals: dict[int, tuple[Any, str, Any]] = {}  # layer -> (parent, attr, module)
-        self._wanted: dict[int, set[tuple[int, int, int]]] = {}  # layer -> replicas the policy wants warm
-        self._predictable = set(predictor.layers(distance)) if predictor is not None else set()
+        self._predictable = set(predictor.layers(distance)) if self.predictor_method else set()
 
     def now(self) -> float:
         return time.perf_counter() - self.started
@@ -120,31 +120,37 @@ class ExpertParallelRuntime:
         return spent
 
     def _warm(self, layer: int, expert: np.ndarray, gpu: np.ndarray) -> float:
-        """The policy wants (expert[r], gpu[r]) warm for `layer`: load what is missing."""
-        self._wanted[layer] = {(layer, e, g) for e, g in zip(expert.tolist(), gpu.tolist())}
+        """The policy wants (expert[r], gpu[r]) warm for `layer`: copy what is missing."""
         return self._load_replicas(layer, list(zip(expert.tolist(), gpu.tolist())))
 
     def end_iteration(self) -> None:
-        """After each iteration: the policy's bookkeeping, then reclaim idle unwanted replicas."""
+        """After each iteration: the policy's bookkeeping (keep-alive reclaim, re-planning), then
+        drop from the workers whatever its function pool no longer holds."""
         now = self.now()
         self.policy.end_iteration(now)
         pool = getattr(self.policy, "pool", None)
-        if pool is not None:  # the online policies own the lifecycle: mirror their live set
-            for layer in range(self.loaded.num_moe_layers):
-                expert, gpu = pool.layer_replicas(layer)
-                self._wanted[layer] = {(layer, e, g) for e, g in zip(expert.tolist(), gpu.tolist())}
-        wanted = set().union(*self._wanted.values()) if self._wanted else set()
-        for lay, e, g in self.ledger.expired(now, wanted):
-            self.workers[g].drop(lay, e)
+        if pool is None:
+            return
+        for layer in range(self.loaded.num_moe_layers):
+            expert, gpu = pool.layer_replicas(layer)
+            live = set(zip(expert.tolist(), gpu.tolist()))
+            for worker in self.workers:
+                for lay, e in [key for key in worker.replicas if key[0] == layer]:
+                    if (e, worker.index) not in live:
+                        worker.drop(lay, e)
+                        self.ledger.retire((lay, e, worker.index), now)
 
     # -- the MoE layer -----------------------------------------------------------------------------
     def moe_forward(self, layer: int, hidden: Any, top_k_index: Any, top_k_weights: Any) -> Any:
         """hidden: [T, H] router input; top_k_index, top_k_weights: [T, k] from the model's gate."""
         import torch
 
-        self._predict_ahead(layer, hidden)  # overlaps this layer's compute in a real deployment
+        self._prepare_ahead(layer, hidden)  # overlaps this layer's compute in a real deployment
         start = time.perf_counter()
         num_tokens, k = top_k_index.shape
+        if getattr(self.policy, "perfect_balance", False):  # oracle: overrides the gate (lossy)
+            top_k_index = (torch.arange(num_tokens * k, device=top_k_index.device) % self.loaded.num_experts).view(
+                num_tokens, k)
         flat = top_k_index.reshape(-1)  # [T*k] expert of each (token, slot) pair
         order = torch.argsort(flat, stable=True)  # pairs grouped by expert, tokens ascending
         load = torch.bincount(flat, minlength=self.loaded.num_experts).cpu().numpy()  # [E]
@@ -186,18 +192,25 @@ class ExpertParallelRuntime:
             out = out * top_k_weights[token_idx, slot, None]
             final.index_add_(0, token_idx, out.to(final.dtype))
         end = time.perf_counter()
-        self.stats.layers.append(LayerTiming(layer, num_tokens, dispatched - start - cold, worker_s, end - ran, cold))
+        timing = LayerTiming(layer, num_tokens, dispatched - start - cold, worker_s, end - ran, cold)
+        self.stats.layers.append(timing)
+        self.stats.busy_workers.append(len(jobs))
+        pool = getattr(self.policy, "pool", None)
+        if pool is not None:  # per-invocation billing of the replicas that ran
+            used = counts > 0
+            pool.touch(layer, expert[used], gpu[used], self.now(), busy_s=timing.moe_s)
         return final
 
-    def _predict_ahead(self, layer: int, hidden: Any) -> None:
-        """While layer l runs, forecast layer l + d and pre-warm what the policy wants there."""
-        if self.predictor is None:
-            return
-        target = layer + self.distance
-        if target >= self.loaded.num_moe_layers or target not in self._predictable:
-            return
+    def _prepare_ahead(self, layer: int, hidden: Any) -> None:
+        """While layer l runs, forecast layer l + d and let the policy pre-warm replicas for it (the
+        first layer is prepared from history alone, as nothing runs before it)."""
         start = time.perf_counter()
-        predicted = self.predictor.predict_layer_load(hidden, target, self.distance, self.predictor_method)
-        expert, gpu = self.policy.prepare(target, predicted, self.now())
-        self._warm(target, expert, gpu)
+        if layer == 0:
+            self._warm(0, *self.policy.prepare(0, None, self.now()))
+        target = layer + self.distance
+        if target < self.loaded.num_moe_layers:
+            predicted = None
+            if target in self._predictable:
+                predicted = self.predictor.predict_layer_load(hidden, target, self.distance, self.predictor_method)
+            self._warm(target, *self.policy.prepare(target, predicted, self.now()))
         self.stats.predict_s.append(time.perf_counter() - start)

@@ -1,0 +1,138 @@
+"""Everything `serve` checks and builds before any weights move: options, plan, predictor, workload."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from moeless_cli.errors import MoelessError
+
+POLICIES = ("moeless", "moeless-paper", "static", "eplb", "oracle")
+BACKENDS = ("local", "dist")
+BATCHING = ("continuous", "paper")
+
+
+@dataclass
+class ServeOptions:
+    model: str  # built-in name or checkpoint directory
+    plan: Path | None = None  # moeless.plan/v1 file (replicas, placement, shares)
+    predictor: Path | None = None  # train-predictor output
+    policy: str = "moeless"  # one of POLICIES
+    backend: str = "local"  # local: one process; dist: torchrun, one process per worker
+    devices: tuple[str, ...] = ("cpu",)  # local workers go round-robin over these
+    workers: int | None = None  # expert-parallel workers; None: the plan's GPU count, else 4
+    dataset: str = "mix"  # prompt dataset (built-in name or a file)
+    trace: str = "azure-conv"  # arrival trace (built-in name or CSV/JSONL)
+    time_scale: float = 1.0  # > 1 compresses the trace's time
+    max_requests: int | None = 16  # first N requests of the trace
+    max_output_tokens: int | None = 16  # caps the trace's output lengths (CPU runs)
+    max_prompt_tokens: int | None = 64  # caps prompt lengths (the trace's input length is the other cap)
+    token_budget: int = 256  # tokens per iteration (continuous batching)
+    max_batch: int = 8  # requests running at once
+    batching: str = "continuous"  # continuous, or the paper's one-second batches
+    keep_alive_s: float = 10.0  # idle seconds before an unpinned replica is reclaimed
+    gpu_price_per_hour: float = 2.0  # USD per GPU-hour for the cost figures
+    distance: int = 1  # predict layer l + d while layer l runs
+    dtype: str | None = None  # model dtype (default float32 on CPU)
+
+
+def check_options(o: ServeOptions) -> None:
+    if o.policy not in POLICIES:
+        raise MoelessError(f"--policy {o.policy!r}: choose one of {', '.join(POLICIES)}")
+    if o.backend not in BACKENDS:
+        raise MoelessError(f"--backend {o.backend!r}: choose local or dist")
+    if o.batching not in BATCHING:
+        raise MoelessError(f"--batching {o.batching!r}: choose continuous or paper")
+    for name, value in (("--token-budget", o.token_budget), ("--max-batch", o.max_batch), ("--distance", o.distance)):
+        if value < 1:
+            raise MoelessError(f"{name} must be >= 1, got {value}")
+    for name, value in (("--max-output-tokens", o.max_output_tokens), ("--max-prompt-tokens", o.max_prompt_tokens)):
+        if value is not None and value < 1:
+            raise MoelessError(f"{name} must be >= 1, got {value}")
+    if o.keep_alive_s < 0 or o.gpu_price_per_hour < 0:
+        raise MoelessError("--keep-alive and --gpu-price-per-hour must be >= 0")
+
+
+def check_plan(plan_path: Path, config_hash: str, num_layers: int, num_experts: int, workers: int | None) -> Any:
+    """Read a plan and refuse one made for another model or for more GPUs than there are workers."""
+    from moeless_cli.plan_io import read_plan
+
+    plan, doc = read_plan(plan_path)
+    made_for = doc.get("config_hash")
+    if made_for is not None and made_for != config_hash:
+        raise MoelessError(
+            f"plan {plan_path} was made for model {doc.get('model_id')} (config hash {made_for}), not for this "
+            f"model (config hash {config_hash}); plan again from a profile of this model"
+        )
+    if plan.num_experts != num_experts or plan.num_layers != num_layers:
+        raise MoelessError(
+            f"plan {plan_path} has {plan.num_layers} layers x {plan.num_experts} experts; this model has "
+            f"{num_layers} MoE layers x {num_experts} experts"
+        )
+    if workers is not None and plan.num_gpus > workers:
+        raise MoelessError(
+            f"plan {plan_path} places replicas on {plan.num_gpus} GPUs but only {workers} workers are available "
+            f"(--workers {workers}); give --workers {plan.num_gpus} or plan for {workers} GPUs"
+        )
+    return plan
+
+
+def check_predictor(path: Path, config_hash: str) -> None:
+    """Refuse a predictor trained for another model, reading only its manifest."""
+    from moeless_cli.predictor.store import read_manifest
+
+    manifest = read_manifest(path)
+    if manifest.get("config_hash") != config_hash:
+        raise MoelessError(
+            f"predictor {path} was trained for model {manifest.get('model_id')} (config hash "
+            f"{manifest.get('config_hash')}), not for this model (config hash {config_hash})"
+        )
+
+
+def slots_per_gpu(num_experts: int, workers: int, plan: Any) -> int:
+    """Replicas a worker may hold per layer: room for E + G - 1 replicas, or what the plan uses."""
+    slots = math.ceil((num_experts + workers - 1) / workers)
+    if plan is not None:
+        slots = max(slots, max(int(layer.slots_used(workers).max()) for layer in plan.layers))
+    return slots
+
+
+@dataclass
+class Workload:
+    requests: list[Any]  # online.batching.Request, in arrival order
+    prompts: dict[int, list[int]]  # request id -> prompt token ids
+
+
+def build_workload(o: ServeOptions, tokenizer: Any) -> Workload:
+    """Prompts from the dataset, arrivals and lengths from the trace (capped for CPU runs)."""
+    from moeless_cli.online.batching import Request
+    from moeless_cli.workloads.prompts import load_prompts, render_prompt
+    from moeless_cli.workloads.traces import load_trace
+
+    if tokenizer is None:
+        raise MoelessError(f"model {o.model} ships no tokenizer: serve needs one to encode the dataset's prompts")
+    trace = load_trace(o.trace, time_scale=o.time_scale, max_requests=o.max_requests)
+    prompt_set = load_prompts(o.dataset, num_prompts=min(len(trace), 10_000))
+    requests, prompts = [], {}
+    for i in range(len(trace)):
+        text = render_prompt(prompt_set.prompts[i % len(prompt_set)], tokenizer)
+        ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+        limit = int(trace.input_tokens[i]) if trace.input_tokens[i] > 0 else len(ids)
+        if o.max_prompt_tokens is not None:
+            limit = min(limit, o.max_prompt_tokens)
+        ids = ids[: max(1, limit)] or [tokenizer.bos_token_id or 0]
+        out = max(1, int(trace.output_tokens[i]))
+        if o.max_output_tokens is not None:
+            out = min(out, o.max_output_tokens)
+        prompts[i] = ids
+        requests.append(Request(i, float(trace.arrival_s[i]), len(ids), out))
+    return Workload(requests, prompts)
+
+
+def uniform_history(num_layers: int, num_experts: int) -> np.ndarray:
+    """[layers, experts] flat history for policies when no profile is given."""
+    return np.ones((num_layers, num_experts), dtype=np.float64)
