@@ -1,7 +1,13 @@
 """Per-layer expert-load skew of the built-in models per domain, beside the real OLMoE-1B-7B counts.
 
-    .venv/bin/python scripts/model_skew_report.py                 # forward hooks on held-out text
-    .venv/bin/python scripts/model_skew_report.py --profiles DIR  # read `moeless profile` outputs
+    .venv/bin/python scripts/model_skew_report.py                  # both sources below
+    .venv/bin/python scripts/model_skew_report.py --source profile # only `moeless profile` runs
+
+Sources of the built-in models' loads:
+  profile  `moeless profile` of each model on each built-in dataset (prefill + greedy decode),
+           summed over iterations (the profiles are kept under build/skew-profiles/);
+  hooks    forward hooks on the training script's held-out split of each domain (text the
+           models never trained on; the built-in datasets overlap the training text).
 
 Skew of one layer's load vector (tokens routed to each expert): max/mean (1.0 = perfectly even,
 what a static placement is sized by) and the Gini coefficient (0 = even, 1 = one expert takes all).
@@ -110,6 +116,28 @@ def hook_loads(model_name: str, streams: dict[str, np.ndarray], windows: int) ->
     return out, loaded.top_k
 
 
+PROFILE_DATASETS = {"wikitext2": "prose", "tinyshakespeare": "prose", "humaneval": "code", "gsm8k": "math"}
+
+
+def profile_loads(model_name: str, out_root: Path, num_prompts: int) -> tuple[dict[str, np.ndarray], int]:
+    """Run `moeless profile` on each built-in dataset; returns ({dataset: [layers, experts]}, top_k)."""
+    import subprocess
+
+    from moeless_cli.profiling import load_profile
+
+    loads, top_k = {}, 0
+    for dataset, domain in PROFILE_DATASETS.items():
+        out = out_root / f"{model_name}-{dataset}"
+        cmd = [sys.executable, "-m", "moeless_cli", "profile", "--model", model_name, "--dataset", dataset,
+               "--num-prompts", str(num_prompts), "--batch-size", "16", "--max-new-tokens", "8",
+               "--max-prompt-tokens", "256", "--out", str(out), "--json"]
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        profile = load_profile(out)
+        loads[f"{dataset} ({domain})"] = np.asarray(profile.load).sum(axis=0)  # [layers, experts]
+        top_k = int(profile.top_k)
+    return loads, top_k
+
+
 def heldout_streams(data_dir: Path, model_name: str) -> dict[str, np.ndarray]:
     """The training script's held-out split of each domain, tokenized with the model's tokenizer."""
     from builtin_data import DOMAINS, load_domains
@@ -124,18 +152,20 @@ def heldout_streams(data_dir: Path, model_name: str) -> dict[str, np.ndarray]:
 
 
 def markdown(report: dict) -> str:
-    lines = ["| model | domain | tokens | max/mean: mean [min-max] over layers | Gini: mean [min-max] |",
-             "|---|---|---|---|---|"]
-    for model, domains in report["models"].items():
-        for domain, entry in domains["domains"].items():
+    lines = ["| model | source | text (domain) | routed tokens | max/mean: mean [min-max] over layers "
+             "| Gini: mean [min-max] |", "|---|---|---|---|---|---|"]
+    for key, entry_set in report["models"].items():
+        model, _, source = key.partition(" / ")
+        for domain, entry in entry_set["domains"].items():
             mm, gi = entry["summary"]["max_over_mean"], entry["summary"]["gini"]
-            lines.append(f"| {model} | {domain} | {entry['tokens']:,} | {mm[0]:.2f} [{mm[1]:.2f}-{mm[2]:.2f}] "
-                         f"| {gi[0]:.3f} [{gi[1]:.3f}-{gi[2]:.3f}] |")
+            lines.append(f"| {model} | {source} | {domain} | {entry['tokens']:,} "
+                         f"| {mm[0]:.2f} [{mm[1]:.2f}-{mm[2]:.2f}] | {gi[0]:.3f} [{gi[1]:.3f}-{gi[2]:.3f}] |")
     lines.append("")
-    lines.append("| model | mean cosine similarity of per-layer loads between domains (1 = domain-blind) |")
-    lines.append("|---|---|")
-    for model, domains in report["models"].items():
-        lines.append(f"| {model} | {domains['domain_overlap']:.3f} |")
+    lines.append("| model | source | mean cosine similarity of per-layer loads between texts (1 = domain-blind) |")
+    lines.append("|---|---|---|")
+    for key, entry_set in report["models"].items():
+        model, _, source = key.partition(" / ")
+        lines.append(f"| {model} | {source} | {entry_set['domain_overlap']:.3f} |")
     return "\n".join(lines)
 
 
@@ -151,7 +181,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--models", default="tiny-mixtral,tiny-olmoe")
+    parser.add_argument("--source", choices=("profile", "hooks", "both"), default="both")
     parser.add_argument("--windows", type=int, default=128, help="held-out windows of 256 tokens per domain")
+    parser.add_argument("--num-prompts", type=int, default=128, help="prompts per `moeless profile` run")
+    parser.add_argument("--profiles-dir", type=Path, default=REPO / "build" / "skew-profiles")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "models-skew.json")
     args = parser.parse_args(argv)
 
@@ -162,9 +195,14 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     report = {"models": {}}
     for name in [n for n in args.models.split(",") if n]:
-        loads, top_k = hook_loads(name, heldout_streams(args.data_dir, name), args.windows)
-        report["models"][name] = summarise(loads, top_k, "forward hooks on the held-out split")
-    report["models"]["OLMoE-1B-7B (real)"] = summarise(olmoe_loads(), 8, f"{OLMOE_CSV.name} shape {OLMOE_SHAPE}")
+        if args.source in ("profile", "both"):
+            loads, top_k = profile_loads(name, args.profiles_dir, args.num_prompts)
+            report["models"][f"{name} / moeless profile"] = summarise(loads, top_k, "moeless profile, built-in datasets")
+        if args.source in ("hooks", "both"):
+            loads, top_k = hook_loads(name, heldout_streams(args.data_dir, name), args.windows)
+            report["models"][f"{name} / held-out hooks"] = summarise(loads, top_k, "forward hooks, held-out split")
+    report["models"]["OLMoE-1B-7B (real) / Soup probe 4x512"] = summarise(
+        olmoe_loads(), 8, f"{OLMOE_CSV.name} shape {OLMOE_SHAPE}")
     write_json_atomic(args.out, report)
     print(markdown(report))
 

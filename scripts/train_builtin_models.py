@@ -45,11 +45,17 @@ class ModelSpec:
     hidden: int = 128  # model width
     heads: int = 4  # attention heads (head_dim 32)
     default_steps: int = 800  # optimizer steps when --steps does not name this model
+    # Router balancing loss: "pooled" is transformers' own (counts pooled over all layers, so one
+    # layer may collapse onto one expert while another layer favours a different one);
+    # "per-layer" applies the same Switch loss to each layer and averages, as Switch/OLMoE train.
+    balance: str = "pooled"
+    aux_coef: float | None = None  # router_aux_loss_coef; None keeps the architecture's default
 
 
 SPECS = {
     # Mixtral-8x7B's routing shape: 8 experts, top-2
-    "tiny-mixtral": ModelSpec("MixtralForCausalLM", experts=8, top_k=2, expert_intermediate=256),
+    "tiny-mixtral": ModelSpec("MixtralForCausalLM", experts=8, top_k=2, expert_intermediate=256,
+                              balance="per-layer", aux_coef=0.01),
     # OLMoE / Qwen3-MoE's fine-grained shape: 64 small experts, top-8
     "tiny-olmoe": ModelSpec("OlmoeForCausalLM", experts=64, top_k=8, expert_intermediate=64),
 }
@@ -90,6 +96,8 @@ def build_model(spec: ModelSpec, vocab_size: int, tokenizer):
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
     )
+    if spec.aux_coef is not None:
+        common["router_aux_loss_coef"] = spec.aux_coef
     if spec.architecture == "MixtralForCausalLM":
         config = MixtralConfig(num_local_experts=spec.experts, **common)
     elif spec.architecture == "OlmoeForCausalLM":
@@ -125,6 +133,7 @@ def sample_batch(streams: dict[str, np.ndarray], rng: np.random.Generator, cfg: 
 def train_one(name, spec, steps, tokenizer, streams, cfg, log, max_minutes, flush=lambda: None):
     """Train one model; appends {step, loss, lm_loss, aux_loss, lr, seconds} rows to `log`."""
     import torch
+    from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
 
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -145,15 +154,22 @@ def train_one(name, spec, steps, tokenizer, streams, cfg, log, max_minutes, flus
             group["lr"] = lr_at(step, steps, cfg)
         batch = torch.from_numpy(sample_batch(streams, rng, cfg))  # [rows, seq]
         out = model(input_ids=batch, labels=batch, output_router_logits=True)
+        lm_loss = out.loss - aux_coef * out.aux_loss  # out.loss already holds the pooled router loss
+        if spec.balance == "per-layer":
+            aux_loss = torch.stack([
+                load_balancing_loss_func((logits,), spec.experts, spec.top_k) for logits in out.router_logits
+            ]).mean()
+        else:
+            aux_loss = out.aux_loss
+        loss = lm_loss + aux_coef * aux_loss
         optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         done = step + 1
         if step % cfg.log_every == 0 or done == steps:
-            aux = float(out.aux_loss.detach())
-            loss = float(out.loss.detach())
-            row = dict(step=done, loss=loss, lm_loss=loss - aux_coef * aux,
+            aux = float(aux_loss.detach())
+            row = dict(step=done, loss=float(loss.detach()), lm_loss=float(lm_loss.detach()),
                        aux_loss=aux, lr=group["lr"], seconds=round(time.time() - started, 1))
             log.append(row)
             flush()
@@ -189,6 +205,9 @@ def save_model(name, spec, model, tokenizer, out_dir: Path, meta: dict) -> dict:
                     vocab_size=model.config.vocab_size, params=params, bytes=size, dtype="bfloat16",
                     domains=list(DOMAINS), **meta)
         write_json_atomic(tmp / "moeless-builtin.json", meta)
+        tmp.chmod(0o755)  # temp dirs/files are private; shipped package data must be world-readable
+        for f in tmp.iterdir():
+            f.chmod(0o644)
     return meta
 
 
@@ -266,6 +285,7 @@ def main(argv: list[str] | None = None) -> None:
             heldout_ppl=heldout, unigram_ppl=unigram["mix"], domain_unigram_ppl=unigram["domain"],
             train_tokens={n: int(len(train_streams[n])) for n in DOMAINS},
             heldout_tokens_evaluated=unigram["tokens"], sources={n: domains[n].sources for n in DOMAINS},
+            router_balance={"kind": spec.balance, "coef": model.config.router_aux_loss_coef},
             seed=cfg.seed, script=SCRIPT, threads=args.threads,
         )
         meta = save_model(name, spec, model, tokenizer, args.out_dir, meta)
