@@ -92,19 +92,33 @@ def serve(o: ServeOptions, progress: ProgressFn | None = None) -> dict[str, Any]
 
 
 def _serve(o: ServeOptions, progress: ProgressFn | None) -> dict[str, Any]:
-    from moeless_cli.online.batching import ContinuousBatcher, PaperBatcher, next_event_s
-    from moeless_cli.serving.engine import ServeEngine
     from moeless_cli.serving.runtime import ExpertParallelRuntime
     from moeless_cli.serving.workers import make_local_workers
 
     if o.backend == "dist":
-        raise MoelessError("--backend dist is not available in this build yet; use --backend local")
+        from moeless_cli.serving.launch import launch_dist
+
+        return launch_dist(o)
     loaded, policy, pool, predictor, num_workers = prepare(o)
     workload = build_workload(o, loaded.tokenizer)
     workers = make_local_workers(num_workers, list(o.devices))
     runtime = ExpertParallelRuntime(loaded, workers, policy, predictor, o.distance)
     runtime.install()
     warm_up(loaded, runtime)
+    return serve_loop(o, loaded, policy, pool, runtime, workload, num_workers, progress)
+
+
+def serve_loop(o: ServeOptions, loaded: Any, policy: Any, pool: Any, runtime: Any, workload: Any, num_workers: int,
+               progress: ProgressFn | None = None, sync_now: Callable[[float], float] | None = None,
+               fatal: bool = False) -> dict[str, Any]:
+    """Run the trace through continuous (or paper) batching until every request is done.
+
+    sync_now: makes every process see the same clock (dist backend: rank 0's, broadcast each step).
+    fatal: any failed iteration stops the run (dist: a failed collective cannot be retried).
+    """
+    from moeless_cli.online.batching import ContinuousBatcher, PaperBatcher, next_event_s
+    from moeless_cli.serving.engine import ServeEngine
+
     if o.batching == "paper":
         scheduler, threads = PaperBatcher(), min(len(workload.requests), 64)
     else:
@@ -118,7 +132,8 @@ def _serve(o: ServeOptions, progress: ProgressFn | None) -> dict[str, Any]:
     runtime.started = t0  # the pool's clock and the trace's clock agree
 
     def clock() -> float:
-        return time.perf_counter() - t0
+        now = time.perf_counter() - t0
+        return sync_now(now) if sync_now is not None else now
 
     done = 0
     try:
@@ -132,6 +147,9 @@ def _serve(o: ServeOptions, progress: ProgressFn | None) -> dict[str, Any]:
                 engine.run(iteration)
             except (MoelessError, KeyboardInterrupt):
                 raise
+            except Exception:
+                if fatal:
+                    raise
             except Exception as exc:  # a failed forward fails its requests; they are counted
                 errors.append(f"{type(exc).__name__}: {exc}")
                 for rid in iteration.request_ids:

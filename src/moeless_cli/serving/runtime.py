@@ -37,6 +37,19 @@ class LayerTiming:
 
 
 @dataclass
+class Route:
+    """One MoE layer call's routing: what the gate chose and how the policy split it."""
+
+    top_k_index: Any  # [T, k] experts per token (the gate's, or the oracle's override)
+    order: Any  # [T*k] (token, slot) pair positions grouped by expert, tokens ascending
+    load: np.ndarray  # [E] pairs per expert
+    expert: np.ndarray  # [r] expert of each replica
+    gpu: np.ndarray  # [r] worker of each replica
+    counts: np.ndarray  # [r] pairs each replica serves (sums to load per expert)
+    cold_s: float  # replica copies made on the critical path
+
+
+@dataclass
 class RuntimeStats:
     layers: list[LayerTiming] = field(default_factory=list)  # every MoE layer call, in order
     predict_s: list[float] = field(default_factory=list)  # predict + scale + place per call (overlapped)
@@ -121,7 +134,7 @@ class ExpertParallelRuntime:
 
     def _warm(self, layer: int, expert: np.ndarray, gpu: np.ndarray) -> float:
         """The policy wants (expert[r], gpu[r]) warm for `layer`: copy what is missing."""
-        return self._load_replicas(layer, list(zip(expert.tolist(), gpu.tolist())))
+        return self._load_replicas(layer, [(e, g) for e, g in zip(expert.tolist(), gpu.tolist()) if self.is_local(g)])
 
     def end_iteration(self) -> None:
         """After each iteration: the policy's bookkeeping (keep-alive reclaim, re-planning), then
@@ -135,6 +148,8 @@ class ExpertParallelRuntime:
             expert, gpu = pool.layer_replicas(layer)
             live = set(zip(expert.tolist(), gpu.tolist()))
             for worker in self.workers:
+                if not self.is_local(worker.index):
+                    continue
                 for lay, e in [key for key in worker.replicas if key[0] == layer]:
                     if (e, worker.index) not in live:
                         worker.drop(lay, e)
@@ -147,22 +162,11 @@ class ExpertParallelRuntime:
 
         self._prepare_ahead(layer, hidden)  # overlaps this layer's compute in a real deployment
         start = time.perf_counter()
+        route = self._route(layer, top_k_index)
+        top_k_index, order, load, expert, gpu, counts = (route.top_k_index, route.order, route.load, route.expert,
+                                                         route.gpu, route.counts)
+        cold = route.cold_s
         num_tokens, k = top_k_index.shape
-        if getattr(self.policy, "perfect_balance", False):  # oracle: overrides the gate (lossy)
-            top_k_index = (torch.arange(num_tokens * k, device=top_k_index.device) % self.loaded.num_experts).view(
-                num_tokens, k)
-        flat = top_k_index.reshape(-1)  # [T*k] expert of each (token, slot) pair
-        order = torch.argsort(flat, stable=True)  # pairs grouped by expert, tokens ascending
-        load = torch.bincount(flat, minlength=self.loaded.num_experts).cpu().numpy()  # [E]
-        plan = self.policy.dispatch(layer, load, self.now())
-        expert, gpu = np.asarray(plan.expert), np.asarray(plan.gpu)
-        counts = integer_counts(expert, np.asarray(plan.tokens, dtype=np.float64), load)  # [replicas]
-        missing = [(e, g) for e, g, n in zip(expert.tolist(), gpu.tolist(), counts.tolist())
-                   if n > 0 and (layer, e) not in self.workers[g].replicas]
-        cold = self._load_replicas(layer, missing) if missing else 0.0  # on the critical path
-        self.policy.observe(layer, load)
-        if self.predictor is not None:
-            self.predictor.observe_load(layer, load)
 
         offsets = np.concatenate([[0], np.cumsum(load)])  # [E+1] where each expert's pairs start
         taken = np.zeros(load.size, dtype=np.int64)
@@ -200,6 +204,32 @@ class ExpertParallelRuntime:
             used = counts > 0
             pool.touch(layer, expert[used], gpu[used], self.now(), busy_s=timing.moe_s)
         return final
+
+    def _route(self, layer: int, top_k_index: Any) -> "Route":
+        """Group the (token, slot) pairs by expert and ask the policy how many each replica serves."""
+        import torch
+
+        num_tokens, k = top_k_index.shape
+        if getattr(self.policy, "perfect_balance", False):  # oracle: overrides the gate (lossy)
+            top_k_index = (torch.arange(num_tokens * k, device=top_k_index.device) % self.loaded.num_experts).view(
+                num_tokens, k)
+        flat = top_k_index.reshape(-1)  # [T*k] expert of each (token, slot) pair
+        order = torch.argsort(flat, stable=True)  # pairs grouped by expert, tokens ascending
+        load = torch.bincount(flat, minlength=self.loaded.num_experts).cpu().numpy()  # [E]
+        plan = self.policy.dispatch(layer, load, self.now())
+        expert, gpu = np.asarray(plan.expert), np.asarray(plan.gpu)
+        counts = integer_counts(expert, np.asarray(plan.tokens, dtype=np.float64), load)  # [replicas]
+        missing = [(e, g) for e, g, n in zip(expert.tolist(), gpu.tolist(), counts.tolist())
+                   if n > 0 and self.is_local(g) and (layer, e) not in self.workers[g].replicas]
+        cold = self._load_replicas(layer, missing) if missing else 0.0  # on the critical path
+        self.policy.observe(layer, load)
+        if self.predictor is not None:
+            self.predictor.observe_load(layer, load)
+        return Route(top_k_index, order, load, expert, gpu, counts, cold)
+
+    def is_local(self, worker: int) -> bool:
+        """Whether this process holds worker `worker`'s replicas (all of them in the local backend)."""
+        return True
 
     def _prepare_ahead(self, layer: int, hidden: Any) -> None:
         """While layer l runs, forecast layer l + d and let the policy pre-warm replicas for it (the
