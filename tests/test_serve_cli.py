@@ -138,3 +138,34 @@ def test_ctrl_c_writes_partial_report(cli, tmp_path, monkeypatch):
     req = report["requests"]
     assert req["submitted"] == 4 and req["failed"] >= 1 and req["completed"] + req["failed"] == 4
     assert json.loads(out.read_text())["interrupted"] is True
+
+
+def write_gate_predictor(path, model_dir):
+    """A predictor file whose models are the target layers' own gates (the reused-gate baseline)."""
+    from moeless_cli.models import load_moe_model
+    from moeless_cli.predictor.store import FORMAT, FORMAT_VERSION, save_predictor
+
+    loaded = load_moe_model(model_dir)
+    tensors, entries = {}, []
+    for layer in (1, 2):
+        gate = loaded.router(layer).weight.detach().float().numpy()
+        for method in ("moeless", "paper"):
+            tensors[f"{method}.d1.l{layer}.weight"] = gate
+        entries.append({"layer": layer, "distance": 1, "input_layer": layer - 1, "blend_weight": 1.0,
+                        "count_mode": "hard", "ema_alpha": 0.5})
+    manifest = {"format": FORMAT, "version": FORMAT_VERSION, "model_id": "tiny", "num_experts": 8, "top_k": 2,
+                "score": "softmax", "config_hash": loaded.config_hash, "entries": entries}
+    return save_predictor(path, manifest, tensors)
+
+
+@pytest.mark.parametrize("policy", ["moeless", "moeless-paper"])
+def test_serve_with_predictor_prewarms_and_keeps_tokens(cli, tmp_path, policy):
+    model = cached_tiny_checkpoint("mixtral")
+    predictor = write_gate_predictor(tmp_path / "gate.safetensors", model)
+    report = run_json(cli, "--model", model, "--predictor", predictor, "--policy", policy, "--workers", "2", *SMALL,
+                      "--keep-alive", "0.5")
+    check_core(report, policy)
+    assert report["predictor"]["predictions"] > 0
+    assert report["predictor"]["method"] == ("paper" if policy == "moeless-paper" else "moeless")
+    assert report["online_step_ms"]["mean"] is not None
+    assert report["outputs"] == plain_outputs(model, SMALL)

@@ -13,13 +13,12 @@ from typing import Any
 
 from moeless_cli.errors import MoelessError
 from moeless_cli.fileio import read_json
-from moeless_cli.serving.setup import ServeOptions, check_options, check_predictor
+from moeless_cli.serving.setup import ServeOptions, check_options, check_plan_cheaply, check_predictor
 
 
 def _cheap_checks(o: ServeOptions) -> int:
     """Options, plan and predictor against the model (config only, no weights); returns workers."""
     from moeless_cli.models.loading import config_hash, read_model_config, resolve_model_path
-    from moeless_cli.plan_io import read_plan
 
     check_options(o)
     chash = config_hash(read_model_config(resolve_model_path(o.model)))
@@ -27,14 +26,7 @@ def _cheap_checks(o: ServeOptions) -> int:
         check_predictor(o.predictor, chash)
     workers = o.workers
     if o.plan is not None:
-        plan, doc = read_plan(o.plan)
-        if doc.get("config_hash") not in (None, chash):
-            raise MoelessError(f"plan {o.plan} was made for model {doc.get('model_id')} (config hash "
-                               f"{doc.get('config_hash')}), not for this model (config hash {chash})")
-        if workers is not None and plan.num_gpus > workers:
-            raise MoelessError(f"plan {o.plan} places replicas on {plan.num_gpus} GPUs but only {workers} workers "
-                               f"are available (--workers {workers})")
-        workers = workers or plan.num_gpus
+        workers = workers or check_plan_cheaply(o.plan, chash, workers).num_gpus
     workers = workers or 2
     if any(d.startswith("cuda") for d in o.devices):
         import torch

@@ -14,6 +14,7 @@ from moeless_cli.serving.setup import (
     build_workload,
     check_options,
     check_plan,
+    check_plan_cheaply,
     check_predictor,
     slots_per_gpu,
     uniform_history,
@@ -40,12 +41,8 @@ def prepare(o: ServeOptions) -> tuple[Any, Any, Any, Any, Any]:
     chash = _model_identity(o.model)
     if o.predictor is not None:
         check_predictor(o.predictor, chash)
-    if o.plan is not None:  # hash check before loading the model; shapes after
-        from moeless_cli.plan_io import read_plan
-
-        made_for = read_plan(o.plan)[1].get("config_hash")
-        if made_for is not None and made_for != chash:
-            check_plan(o.plan, chash, 0, 0, None)  # raises the model-mismatch error
+    if o.plan is not None:  # model and GPU count before loading the model; shapes after
+        check_plan_cheaply(o.plan, chash, o.workers)
     device = o.devices[0] if o.devices and o.devices[0].startswith("cuda") else "cpu"
     loaded = load_moe_model(o.model, device=device, dtype=o.dtype)
     plan = None
@@ -215,6 +212,8 @@ def _report(o: ServeOptions, policy: Any, pool: Any, runtime: Any, scheduler: An
             "combine": latency_stats([t.combine_s * 1e3 for t in layers], (50, 99)),
         },
         "online_step_ms": latency_stats(np.array(runtime.stats.predict_s) * 1e3, (50, 99)),
+        "predictor": {"path": None if o.predictor is None else str(o.predictor),
+                      "method": runtime.predictor_method, "predictions": runtime.stats.predictions},
         "functions_measured": asdict(runtime.ledger.counters),
         "options": {k: (str(v) if v is not None and not isinstance(v, (int, float, str, bool, list, tuple)) else v)
                     for k, v in asdict(o).items()},

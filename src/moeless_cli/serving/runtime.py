@@ -54,6 +54,7 @@ class RuntimeStats:
     layers: list[LayerTiming] = field(default_factory=list)  # every MoE layer call, in order
     predict_s: list[float] = field(default_factory=list)  # predict + scale + place per call (overlapped)
     busy_workers: list[int] = field(default_factory=list)  # workers with tokens, per MoE layer call
+    predictions: int = 0  # forecasts made by the predictor (layers ahead)
 
 
 def _make_module_class():
@@ -85,7 +86,9 @@ class ExpertParallelRuntime:
         self.predictor = predictor  # LoadPredictor or None
         self.distance = distance  # predict layer l + distance while layer l runs
         # which of the predictor's models the policy wants ("paper" or "moeless"); None: no forecast
-        self.predictor_method = getattr(policy, "predictor_method", None) if predictor is not None else None
+        # (read from the class: OnlinePolicy declares it as a dataclass field whose instance default
+        # would hide the subclass's value)
+        self.predictor_method = getattr(type(policy), "predictor_method", None) if predictor is not None else None
         self.store = HostStore()
         self.math: dict[int, ExpertMath] = {}
         self.stats = RuntimeStats()
@@ -242,5 +245,6 @@ class ExpertParallelRuntime:
             predicted = None
             if target in self._predictable:
                 predicted = self.predictor.predict_layer_load(hidden, target, self.distance, self.predictor_method)
+                self.stats.predictions += 1
             self._warm(target, *self.policy.prepare(target, predicted, self.now()))
         self.stats.predict_s.append(time.perf_counter() - start)

@@ -57,8 +57,9 @@ def check_options(o: ServeOptions) -> None:
         raise MoelessError("--keep-alive and --gpu-price-per-hour must be >= 0")
 
 
-def check_plan(plan_path: Path, config_hash: str, num_layers: int, num_experts: int, workers: int | None) -> Any:
-    """Read a plan and refuse one made for another model or for more GPUs than there are workers."""
+def check_plan_cheaply(plan_path: Path, config_hash: str, workers: int | None) -> Any:
+    """Before loading anything: refuse a plan made for another model (config hash) or for more GPUs
+    than there are workers. Returns the plan."""
     from moeless_cli.plan_io import read_plan
 
     plan, doc = read_plan(plan_path)
@@ -68,15 +69,21 @@ def check_plan(plan_path: Path, config_hash: str, num_layers: int, num_experts: 
             f"plan {plan_path} was made for model {doc.get('model_id')} (config hash {made_for}), not for this "
             f"model (config hash {config_hash}); plan again from a profile of this model"
         )
-    if plan.num_experts != num_experts or plan.num_layers != num_layers:
-        raise MoelessError(
-            f"plan {plan_path} has {plan.num_layers} layers x {plan.num_experts} experts; this model has "
-            f"{num_layers} MoE layers x {num_experts} experts"
-        )
     if workers is not None and plan.num_gpus > workers:
         raise MoelessError(
             f"plan {plan_path} places replicas on {plan.num_gpus} GPUs but only {workers} workers are available "
             f"(--workers {workers}); give --workers {plan.num_gpus} or plan for {workers} GPUs"
+        )
+    return plan
+
+
+def check_plan(plan_path: Path, config_hash: str, num_layers: int, num_experts: int, workers: int | None) -> Any:
+    """check_plan_cheaply, then the plan's shape against the loaded model's MoE layers and experts."""
+    plan = check_plan_cheaply(plan_path, config_hash, workers)
+    if plan.num_experts != num_experts or plan.num_layers != num_layers:
+        raise MoelessError(
+            f"plan {plan_path} has {plan.num_layers} layers x {plan.num_experts} experts; this model has "
+            f"{num_layers} MoE layers x {num_experts} experts"
         )
     return plan
 
