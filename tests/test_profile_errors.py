@@ -199,3 +199,28 @@ def test_router_without_topk_ids_is_refused():
         recorder._check_router_output(None)  # the hook saw a bare tensor, not a tuple
     recorder._check_router_output(torch.zeros(3, 2, dtype=torch.long))
     assert recorder._checked
+
+
+def test_reservoir_matches_sequential_algorithm_r():
+    """The vectorised per-pass reservoir gives the same slots as Algorithm R run token by token."""
+    from moeless_cli.profiling.recorder import RoutingRecorder
+
+    recorder = RoutingRecorder.__new__(RoutingRecorder)  # only the sampling state is needed
+    recorder.router_samples, recorder.tokens_seen = 5, 0
+    recorder.rng = np.random.default_rng(7)
+    reservoir = np.full(5, -1)
+    for n in (3, 4, 1, 6, 2, 9):
+        slots, local = recorder._reservoir_picks(n)
+        reservoir[slots] = recorder.tokens_seen + local
+        recorder.tokens_seen += n
+    assert sorted(set(reservoir.tolist())) == sorted(reservoir.tolist()) and reservoir.min() >= 0
+    expected = np.full(5, -1)  # sequential replay with the same random draws
+    rng, seen = np.random.default_rng(7), 0
+    for n in (3, 4, 1, 6, 2, 9):
+        tokens = seen + np.arange(n)
+        draws = tokens if seen + n <= 5 else np.where(tokens < 5, tokens, rng.integers(0, tokens + 1))
+        for t, j in zip(tokens, draws):
+            if j < 5:
+                expected[j] = t
+        seen += n
+    assert np.array_equal(reservoir, expected)

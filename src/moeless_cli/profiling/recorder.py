@@ -37,6 +37,7 @@ class RoutingRecorder:
         self.num_experts = loaded.num_experts
         self.top_k = loaded.top_k
         self.id_dtype = np.uint8 if loaded.num_experts <= 256 else np.int16
+        self.id_torch_dtype = torch.uint8 if loaded.num_experts <= 256 else torch.int16
         self.router_samples = max(0, int(router_samples))
         self.rng = np.random.default_rng(seed)
         self.tokens_seen = 0
@@ -107,9 +108,9 @@ class RoutingRecorder:
             self._layer_offsets = torch.arange(self.num_layers, device=indices.device) * self.num_experts
         flat_ids = (indices + self._layer_offsets[:, None, None]).reshape(-1)
         load = torch.bincount(flat_ids, minlength=self.num_layers * self.num_experts)
-        load_np = load.reshape(self.num_layers, self.num_experts).cpu().numpy().astype(np.int32)
+        load_np = load.reshape(self.num_layers, self.num_experts).to(torch.int32).cpu().numpy()
         self.loads.append(load_np)
-        self.topk_chunks.append(indices.permute(1, 0, 2).cpu().numpy().astype(self.id_dtype))  # [valid, layers, k]
+        self.topk_chunks.append(indices.permute(1, 0, 2).to(self.id_torch_dtype).cpu().numpy())  # [valid, layers, k]
         if state.capture_inputs:
             self._store_samples(state)
         self.tokens_seen += int(indices.shape[1])
@@ -138,6 +139,8 @@ class RoutingRecorder:
         capacity = self.router_samples
         if capacity == 0 or num_valid == 0:
             return np.empty(0, np.int64), np.empty(0, np.int64)
+        if self.tokens_seen + num_valid <= capacity:  # still filling: every token, next free slots
+            return self.tokens_seen + np.arange(num_valid), np.arange(num_valid)
         token = self.tokens_seen + np.arange(num_valid)
         slot = np.where(token < capacity, token, self.rng.integers(0, token + 1))
         keep = slot < capacity
@@ -149,15 +152,16 @@ class RoutingRecorder:
 
     def _store_samples(self, state: _ForwardState) -> None:
         hidden = self.loaded.hidden_size
-        rows = []
-        for layer_input in state.inputs:
-            valid_rows = layer_input.reshape(-1, hidden)[state.valid]  # [valid, hidden]
-            rows.append(valid_rows[state.sample_local])  # [c, hidden]
-        sample = torch.stack(rows, dim=1).to(torch.float16).cpu().numpy()  # [c, layers, hidden]
         if self.reservoir is None:
             self.reservoir = np.zeros((self.router_samples, self.num_layers, hidden), dtype=np.float16)
-        self.reservoir[state.sample_slots] = sample
-        self.reservoir_tokens[state.sample_slots] = self.tokens_seen + state.sample_local.cpu().numpy()
+        slots = state.sample_slots
+        if len(slots) == 1 or bool(np.all(np.diff(slots) == 1)):  # filling phase: a plain slice
+            slots = slice(int(slots[0]), int(slots[-1]) + 1)
+        rows = state.valid.nonzero()[:, 0][state.sample_local]  # [c] flat positions of the samples
+        for layer, layer_input in enumerate(state.inputs):
+            picked = layer_input.reshape(-1, hidden).index_select(0, rows)  # [c, hidden]
+            self.reservoir[slots, layer] = picked.to(torch.float16).cpu().numpy()
+        self.reservoir_tokens[slots] = self.tokens_seen + state.sample_local.cpu().numpy()
 
     # ---- results -----------------------------------------------------------------------------
     def load(self) -> np.ndarray:
