@@ -1,15 +1,84 @@
-"""`moeless bench`: not built yet."""
+"""`moeless bench`: profile -> train-predictor -> plan -> every system side by side (simulated)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
 
 import typer
 
-from moeless_cli.cli.common import not_available
+from moeless_cli.cli.common import JSON_OPTION_HELP, console, emit_json, err_console, guarded, make_progress
 
-HELP = "Every system side by side (issue: bench)"
+HELP = "Every system side by side: static EP, EPLB, Oracle, moeless-paper and moeless on a simulated cluster."
+
+
+@guarded
+def bench(
+    model: Optional[str] = typer.Option(None, "--model", help="Routing model (built-in or checkpoint); default: the preset's."),
+    preset: str = typer.Option("mixtral-8x7b", "--preset", help="Model sizes to simulate."),
+    hardware: str = typer.Option("a6000", "--hardware", help="GPU model: a6000, h100, h200."),
+    gpus: int = typer.Option(8, "--gpus", help="GPUs in the simulated cluster."),
+    trace: str = typer.Option("azure-conv", "--trace", help="Arrival trace (built-in name or CSV/JSONL)."),
+    dataset: str = typer.Option("mix", "--dataset", help="Prompts whose routing is recorded."),
+    batching: str = typer.Option("continuous", "--batching", help="continuous, or paper (one-second batches)."),
+    mode: str = typer.Option("sim", "--mode", help="sim (simulated cluster) or real (serve's runtime)."),
+    time_model: str = typer.Option("default", "--time-model", help="default, roofline, or paper (comparison only)."),
+    max_requests: int = typer.Option(200, "--max-requests", help="First requests of the trace."),
+    time_scale: float = typer.Option(1.0, "--time-scale", help=">1 compresses arrivals."),
+    keep_alive: float = typer.Option(5.0, "--keep-alive", help="Serverless keep-alive, seconds."),
+    num_prompts: int = typer.Option(64, "--num-prompts", help="Prompts profiled for routing."),
+    epochs: int = typer.Option(30, "--epochs", help="Predictor training epochs."),
+    out: Path = typer.Option(Path("bench-out"), "--out", help="Output directory (cached stages are reused)."),
+    json_output: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP),
+) -> None:
+    """Run the whole pipeline on built-in defaults and compare every system."""
+    from moeless_cli.bench.compare import run_bench
+    from moeless_cli.bench.outputs import markdown_report, write_plots
+    from moeless_cli.bench.pipeline import BenchRequest
+    from moeless_cli.fileio import write_bytes_atomic, write_json_atomic
+
+    request = BenchRequest(model=model, preset=preset, hardware=hardware, gpus=gpus, trace=trace, dataset=dataset,
+                           batching=batching, mode=mode, time_model=time_model, max_requests=max_requests,
+                           time_scale=time_scale, keep_alive_s=keep_alive, num_prompts=num_prompts, epochs=epochs,
+                           out=out)
+    with make_progress(disable=json_output) as progress:
+        task = progress.add_task("bench", total=None)
+
+        def say(message: str) -> None:
+            progress.update(task, description=message)
+
+        def on_progress(name: str, done: int, total: int) -> None:
+            progress.update(task, description=f"simulating {name}", completed=done, total=total)
+
+        result = run_bench(request, say, on_progress)
+    core = {k: result[k] for k in ("mode", "setting", "systems", "ratios", "stages")}
+    files = [write_json_atomic(out / "bench.json", core)]
+    files.append(write_bytes_atomic(out / "report.md", markdown_report(result).encode()))
+    files += write_plots(result, out)
+    core["files"] = [str(f) for f in files]
+    if json_output:
+        emit_json(core)
+        return
+    _print_table(result)
+    err_console.print(f"wrote {', '.join(str(f) for f in files)}", markup=False, highlight=False)
+
+
+def _print_table(result: dict) -> None:
+    from rich.table import Table
+
+    from moeless_cli.bench.outputs import COLUMNS, table_rows
+
+    s = result["setting"]
+    table = Table(title=f"{s['preset']['name']} on {s['gpus']} x {s['hardware']}, {s['trace']} "
+                        f"({s['requests']} requests), {s['batching']} batching, time model {s['time_model']}")
+    for title, key in COLUMNS:
+        table.add_column(title, justify="left" if key == "system" else "right")
+    for row in table_rows(result):
+        table.add_row(*[row[key] for _, key in COLUMNS])
+    console.print(table)
+    console.print("MoE-layer latency on the same batches for every system; ratios are of the mean. "
+                  "GB·s: the paper's memory x time proxy (serverful: reserved for the run; serverless: per invocation).")
 
 
 def register(app: typer.Typer) -> None:
-    app.command(
-        name="bench",
-        help=f"[not available yet] {HELP}",
-        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-    )(not_available("bench", HELP))
+    app.command(name="bench", help=HELP)(bench)

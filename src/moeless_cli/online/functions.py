@@ -59,6 +59,8 @@ class FunctionPool:
     keep_alive_s: float  # idle time after which an unpinned instance is reclaimed
     host_gbps: float = 25.0  # host-to-device copy bandwidth per GPU, GB/s
     peer_gbps: float | None = None  # GPU-to-GPU copy bandwidth, GB/s (None: peers not used)
+    multiplicity: list[int] | None = None  # per layer: model layers it stands for (simulator), else 1
+    max_backlog_s: float | None = None  # refuse a copy into a GPU whose copy link is busy this long ahead
     layers: dict[int, dict[Slot, Instance]] = field(default_factory=dict)  # layer -> (expert, gpu) -> instance
     counters: FunctionCounters = field(default_factory=FunctionCounters)
     live_gbs: float = 0.0  # accumulated for retired instances; see live_gb_seconds(now)
@@ -73,9 +75,13 @@ class FunctionPool:
     def expert_gb(self) -> float:
         return self.expert_bytes / 1e9
 
-    def copy_seconds(self, from_peer: bool) -> float:
+    def times(self, layer: int) -> int:
+        """How many model layers `layer` stands for (the simulator runs identical layers once)."""
+        return 1 if self.multiplicity is None else int(self.multiplicity[layer])
+
+    def copy_seconds(self, from_peer: bool, copies: int = 1) -> float:
         gbps = self.peer_gbps if (from_peer and self.peer_gbps) else self.host_gbps
-        return self.expert_gb / gbps
+        return copies * self.expert_gb / gbps
 
     def _layer(self, layer: int) -> dict[Slot, Instance]:
         return self.layers.setdefault(layer, {})
@@ -95,26 +101,29 @@ class FunctionPool:
         """
         started = []
         table = self._layer(layer)
+        m = self.times(layer)
         for e, g in zip(np.asarray(experts).tolist(), np.asarray(gpus).tolist()):
             key = (e, g)
             inst = table.get(key)
             if inst is not None:
-                self.counters.warm_hits += 1
+                self.counters.warm_hits += m
                 inst.last_used_s = max(inst.last_used_s, now)
                 inst.pinned = inst.pinned or pinned
                 continue
             if preloaded:
                 table[key] = Instance(now, now, now, pinned)
-                self.counters.created += 1
+                self.counters.created += m
                 continue
+            if self.max_backlog_s is not None and self._link_free_s[g] - now > self.max_backlog_s:
+                continue  # the link is saturated: a copy begun now would land too late to matter
             peer = self.peer_gbps is not None and self.has_peer(layer, e, g, now)
             begin = max(now, self._link_free_s[g])
-            ready = begin + self.copy_seconds(peer)
+            ready = begin + self.copy_seconds(peer, m)
             self._link_free_s[g] = ready
             table[key] = Instance(now, ready, ready, pinned)
-            self.counters.cold_starts += 1
-            self.counters.created += 1
-            self.counters.bytes_moved += self.expert_bytes
+            self.counters.cold_starts += m
+            self.counters.created += m
+            self.counters.bytes_moved += m * self.expert_bytes
             started.append(ColdStart(layer, e, g, ready, peer))
         return started
 
@@ -136,16 +145,17 @@ class FunctionPool:
             if inst is not None:
                 inst.last_used_s = max(inst.last_used_s, now)
                 n += 1
-        self.busy_gbs += n * self.expert_gb * busy_s
+        self.busy_gbs += self.times(layer) * n * self.expert_gb * busy_s
 
-    def bill(self, replicas: int, busy_s: float) -> None:
-        """Per-invocation billing without touching (replicas x GB x seconds)."""
-        self.busy_gbs += replicas * self.expert_gb * busy_s
+    def bill(self, layer: int, replicas: int, busy_s: float) -> None:
+        """Per-invocation billing: `replicas` instances of `layer` ran for busy_s seconds."""
+        self.busy_gbs += self.times(layer) * replicas * self.expert_gb * busy_s
 
     def retire(self, key: Key, now: float) -> None:
         inst = self._layer(key[0]).pop((key[1], key[2]))
-        self.live_gbs += self.expert_gb * max(0.0, now - inst.created_s)
-        self.counters.retired += 1
+        m = self.times(key[0])
+        self.live_gbs += m * self.expert_gb * max(0.0, now - inst.created_s)
+        self.counters.retired += m
 
     def reclaim(self, now: float) -> list[Key]:
         """Retire unpinned instances idle for longer than the keep-alive. Returns their keys."""
@@ -168,13 +178,17 @@ class FunctionPool:
         return sum(1 for (_, g) in self._layer(layer) if g == gpu)
 
     def make_room(self, layer: int, gpu: int, slots: int, keep: set[Slot], now: float) -> bool:
-        """Retire least-recently-used unpinned ready instances of `layer` on `gpu` (not in `keep`)
-        until a new one fits in `slots`. Returns False when no room can be made."""
+        """Retire least-recently-used unpinned ready instances of `layer` on `gpu` (not in `keep`, and
+        never an expert's last warm one) until a new one fits in `slots`. False when none can go."""
         table = self._layer(layer)
         while self.count_on(layer, gpu) >= slots:
+            warm: dict[int, int] = {}
+            for (e, _), inst in table.items():
+                if inst.ready_s <= now:
+                    warm[e] = warm.get(e, 0) + 1
             idle = [
                 (inst.last_used_s, k) for k, inst in table.items()
-                if k[1] == gpu and k not in keep and not inst.pinned and inst.ready_s <= now
+                if k[1] == gpu and k not in keep and not inst.pinned and inst.ready_s <= now and warm[k[0]] > 1
             ]
             if not idle:
                 return False
@@ -184,8 +198,12 @@ class FunctionPool:
 
     def live_gb_seconds(self, now: float) -> float:
         """GB·s of all instances up to `now`, live ones included."""
-        live = sum(max(0.0, now - inst.created_s) for table in self.layers.values() for inst in table.values())
+        live = sum(
+            self.times(layer) * max(0.0, now - inst.created_s)
+            for layer, table in self.layers.items() for inst in table.values()
+        )
         return self.live_gbs + self.expert_gb * live
 
     def live_count(self) -> int:
-        return sum(len(table) for table in self.layers.values())
+        """Live instances, counting each simulated layer as the model layers it stands for."""
+        return sum(self.times(layer) * len(table) for layer, table in self.layers.items())

@@ -15,11 +15,12 @@ Registry (`ONLINE_POLICIES`):
 - oracle: static placement, but tokens are balanced perfectly over GPUs whatever the gate said
   (lossy: it changes the model's output); its time is the floor under the default time model.
 - moeless-paper: the published Algorithms 1 + 2 on the gate-copy predictor's forecast, every layer
-  and iteration, equal split; a layer waits for replicas still loading.
+  and iteration, equal split over the planned replicas already warm (falling back to any warm
+  instance of an expert; waiting only when an expert has none).
 - moeless: starts from the `moeless plan` placement, pre-warms replicas where the predictor's
   forecast says the water-filled dispatch would still straggle, dispatches by water-filling over
-  the replicas that are already warm (never waits for a copy), and lets unused replicas go after
-  the keep-alive; one replica per expert stays pinned (a minimum instance count of one).
+  the replicas that are already warm (never waits for a copy), and lets the extra replicas go after
+  the keep-alive; the plan's own replicas stay pinned (provisioned instances, sized by `plan`).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class PolicySetting:
     plan: Plan | None = None  # moeless: starting placement; None: water-filling on `history`
     max_new_per_layer: int = 2  # moeless: replicas pre-warmed per layer and iteration at most
     gain_threshold: float = 0.02  # moeless: pre-warm only while the forecast straggles by more
+    eplb_replicas: int | None = None  # EPLB: replicas per layer (a multiple of G); None: all slots
 
     def __post_init__(self) -> None:
         if self.num_gpus * self.slots_per_gpu < self.num_experts:
@@ -60,8 +62,9 @@ class PolicySetting:
         if self.history.shape != (self.num_layers, self.num_experts):
             raise MoelessError(f"history must be [{self.num_layers}, {self.num_experts}], got {self.history.shape}")
 
-    def problem(self) -> PlanningProblem:
-        return PlanningProblem(num_gpus=self.num_gpus, slots_per_gpu=self.slots_per_gpu, cv_threshold=self.cv_threshold)
+    def problem(self, replica_budget: int | None = None) -> PlanningProblem:
+        return PlanningProblem(num_gpus=self.num_gpus, slots_per_gpu=self.slots_per_gpu,
+                               cv_threshold=self.cv_threshold, replica_budget=replica_budget)
 
 
 @dataclass
@@ -153,7 +156,8 @@ class EplbPolicy(OnlinePolicy):
     def initial_plan(self, layer: int) -> LayerPlan:
         from moeless_cli.planning.solvers.eplb import eplb_layer
 
-        return eplb_layer(np.asarray(self.setting.history[layer], dtype=np.float64), self.setting.problem(), None, 0.0)
+        return eplb_layer(np.asarray(self.setting.history[layer], dtype=np.float64),
+                          self.setting.problem(self.setting.eplb_replicas), None, 0.0)
 
     def observe(self, layer: int, true_load: np.ndarray) -> None:
         super().observe(layer, true_load)
@@ -179,7 +183,7 @@ class EplbPolicy(OnlinePolicy):
         for layer, window in enumerate(self._window):
             if not window or layer in self._pending:
                 continue
-            plan = eplb_layer(np.sum(window, axis=0), self.setting.problem(), None, 0.0)
+            plan = eplb_layer(np.sum(window, axis=0), self.setting.problem(self.setting.eplb_replicas), None, 0.0)
             self._pending[layer] = plan
             self.pool.warm_up(layer, plan.expert, plan.gpu, now, pinned=True)
 
@@ -199,9 +203,24 @@ class MoelessPaperPolicy(OnlinePolicy):
         return plan.expert, plan.gpu
 
     def dispatch(self, layer: int, true_load: np.ndarray, now: float) -> Dispatch:
+        """Equal split over the plan's replicas that are warm; an expert with none warm in the plan
+        uses any warm instance of it, and waits for a copy only when there is none at all."""
         plan = self.plans[layer]
-        tokens = equal_split(plan.expert, np.asarray(true_load, dtype=np.float64))
-        return self._finish(layer, plan.expert, plan.gpu, tokens, now)
+        load = np.asarray(true_load, dtype=np.float64)
+        ready = np.array([self.pool.ready(layer, e, g, now) for e, g in zip(plan.expert.tolist(), plan.gpu.tolist())],
+                         dtype=bool)
+        expert, gpu = [plan.expert[ready]], [plan.gpu[ready]]
+        live_e, live_g = self.pool.layer_replicas(layer)
+        for e in np.setdiff1d(np.flatnonzero(load > 0), plan.expert[ready]).tolist():
+            mine = np.flatnonzero(live_e == e)
+            warm = [int(live_g[i]) for i in mine if self.pool.ready(layer, e, int(live_g[i]), now)]
+            if not warm:  # nothing warm: wait for the earliest copy
+                warm = [min((int(live_g[i]) for i in mine), key=lambda g: self.pool.ready_s(layer, e, g))]
+            expert.append(np.full(len(warm), e, dtype=np.int64))
+            gpu.append(np.asarray(warm, dtype=np.int64))
+        expert_all, gpu_all = np.concatenate(expert), np.concatenate(gpu)
+        tokens = equal_split(expert_all, load)
+        return self._finish(layer, expert_all, gpu_all, tokens, now)
 
 
 class MoelessPolicy(OnlinePolicy):
@@ -224,10 +243,8 @@ class MoelessPolicy(OnlinePolicy):
 
     def start(self, now: float = 0.0) -> None:
         super().start(now)
-        for layer, plan in enumerate(self.plans):  # one pinned instance per expert: its biggest share
-            for e in range(self.setting.num_experts):
-                rs = np.flatnonzero(plan.expert == e)
-                g = int(plan.gpu[rs[np.argmax(plan.share[rs])]])
+        for layer, plan in enumerate(self.plans):  # the plan is the floor of warm instances (provisioned)
+            for e, g in zip(plan.expert.tolist(), plan.gpu.tolist()):
                 self.pool.get(layer, e, g).pinned = True
 
     def prepare(self, layer: int, predicted_load: np.ndarray | None, now: float) -> tuple[np.ndarray, np.ndarray]:
@@ -283,10 +300,7 @@ def _warm_within_slots(pool: FunctionPool, layer: int, expert: np.ndarray, gpu: 
     """Warm the replicas (expert[r], gpu[r]), making room on full GPUs by retiring idle instances."""
     keep = set(zip(expert.tolist(), gpu.tolist()))
     for e, g in keep:
-        if pool.get(layer, e, g) is None:
-            pool.make_room(layer, g, slots, keep, now)
-            pool.warm_up(layer, [e], [g], now)
-        else:
+        if pool.get(layer, e, g) is not None or pool.make_room(layer, g, slots, keep, now):
             pool.warm_up(layer, [e], [g], now)
 
 

@@ -152,25 +152,36 @@ class LoadPredictor:
         (float64, summing to tokens * top_k). `paper` counts its top-k; `moeless` blends its
         token counts (calibrated soft or top-k, as validated per layer) with the observed-load prior.
         """
+        counts = self.token_counts(hidden, layer, distance, method)
+        return self.blend_counts(counts.sum(axis=0), counts.shape[0], layer, distance, method)
+
+    def token_counts(self, hidden, layer: int, distance: int = 1, method: str = "moeless") -> np.ndarray:
+        """Each token's predicted contribution to the layer's per-expert counts: [tokens, experts]
+        float64 (one-hot top-k, or calibrated soft counts). Sums over a batch go to `blend_counts`."""
         import torch
 
         entry = self._entry(layer, distance)
-        tokens = int(np.asarray(hidden.shape)[0])
-        if method == "paper":
-            ids = self.predict_topk(hidden, layer, distance, "paper")
-            return np.bincount(ids.reshape(-1), minlength=self.num_experts).astype(np.float64)
+        if method == "paper" or entry.get("count_mode") == "hard":
+            ids = self.predict_topk(hidden, layer, distance, method)  # [tokens, top_k]
+            counts = np.zeros((ids.shape[0], self.num_experts))
+            np.put_along_axis(counts, ids.astype(np.int64), 1.0, axis=1)
+            return counts
         from moeless_cli.predictor.gates import selection_margin
 
-        if entry.get("count_mode") == "hard":
-            ids = self.predict_topk(hidden, layer, distance, method)
-            token_counts = np.bincount(ids.reshape(-1), minlength=self.num_experts).astype(np.float64)
-        else:
-            scale = self._tensors[tensor_name(method, layer, distance, "calib_scale")]
-            offset = self._tensors[tensor_name(method, layer, distance, "calib_offset")]
-            with torch.no_grad():
-                logits = self.logits(hidden, layer, distance, method)  # [tokens, experts]
-                margins = selection_margin(logits, self.top_k)
-                token_counts = torch.sigmoid(scale * margins + offset).sum(dim=0).double().numpy()
+        scale = self._tensors[tensor_name(method, layer, distance, "calib_scale")]
+        offset = self._tensors[tensor_name(method, layer, distance, "calib_offset")]
+        with torch.no_grad():
+            logits = self.logits(hidden, layer, distance, method)  # [tokens, experts]
+            margins = selection_margin(logits, self.top_k)
+            return torch.sigmoid(scale * margins + offset).double().numpy()
+
+    def blend_counts(self, token_counts, tokens: int, layer: int, distance: int = 1, method: str = "moeless") -> np.ndarray:
+        """A batch's summed token counts [experts] -> predicted load [experts]: `paper` as is,
+        `moeless` blended with the observed-load prior and scaled to tokens * top_k."""
+        entry = self._entry(layer, distance)
+        token_counts = np.asarray(token_counts, dtype=np.float64)
+        if method == "paper":
+            return token_counts
         weight = float(entry["blend_weight"])
         fractions = weight * load_fractions(token_counts[None])[0] + (1 - weight) * self._prior[(layer, distance)]
         return fractions * tokens * self.top_k

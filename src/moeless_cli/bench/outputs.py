@@ -1,0 +1,132 @@
+"""Bench outputs: the table rows, a markdown report, and two PNGs (MoE-layer latency CDF, cost bars)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from moeless_cli.fileio import write_bytes_atomic
+
+COLUMNS = (
+    ("system", "system"), ("moe mean ms", "moe_mean"), ("moe p50", "moe_p50"), ("moe p99", "moe_p99"),
+    ("vs static", "vs_static"), ("vs EPLB", "vs_eplb"), ("vs Oracle", "vs_oracle"),
+    ("TTFT p50 s", "ttft_p50"), ("TTFT p99", "ttft_p99"), ("TPOT p50 ms", "tpot_p50"), ("TPOT p99", "tpot_p99"),
+    ("tok/s", "throughput"), ("GB·s", "gbs"), ("GB·s vs static", "gbs_vs_static"), ("GB·s live", "gbs_live"),
+    ("GPU·s serverless", "gpu_s_serverless"), ("GPU·s serverful", "gpu_s_serverful"),
+    ("replicas/layer", "replicas"), ("cold starts", "cold"), ("lossy", "lossy"),
+)
+
+
+def _f(value: Any, digits: int = 3, scale: float = 1.0) -> str:
+    if value is None:
+        return "-"
+    return f"{float(value) * scale:.{digits}f}"
+
+
+def table_rows(result: dict[str, Any]) -> list[dict[str, str]]:
+    rows = []
+    for name, core in result["systems"].items():
+        r = result["ratios"][name]
+        lat = core["latency_s"]
+        rows.append({
+            "system": name,
+            "moe_mean": _f(core["moe_layer_ms"]["mean"]), "moe_p50": _f(core["moe_layer_ms"]["p50"]),
+            "moe_p99": _f(core["moe_layer_ms"]["p99"]),
+            "vs_static": _f(r["moe_vs_static"], 2), "vs_eplb": _f(r["moe_vs_eplb"], 2), "vs_oracle": _f(r["moe_vs_oracle"], 2),
+            "ttft_p50": _f(lat["ttft"]["p50"]), "ttft_p99": _f(lat["ttft"]["p99"]),
+            "tpot_p50": _f(lat["tpot"]["p50"], 2, 1e3), "tpot_p99": _f(lat["tpot"]["p99"], 2, 1e3),
+            "throughput": _f(core["throughput_tokens_per_s"], 0),
+            "gbs": _f(core["cost"]["gbs_proxy"], 0), "gbs_vs_static": _f(r["gbs_vs_static"], 3),
+            "gbs_live": _f(core["cost"]["gbs_live"], 0),
+            "gpu_s_serverless": _f(core["cost"]["serverless_gpu_s"], 1),
+            "gpu_s_serverful": _f(core["cost"]["serverful_gpu_s"], 1),
+            "replicas": _f(core.get("replicas", {}).get("mean_per_layer"), 1),
+            "cold": str(core["functions"]["cold_starts"]), "lossy": "yes" if core["lossy"] else "no",
+        })
+    return rows
+
+
+def markdown_report(result: dict[str, Any]) -> str:
+    s = result["setting"]
+    preset = s["preset"]
+    lines = [
+        "# moeless bench",
+        "",
+        f"- mode: {result['mode']}; time model: {s['time_model']}; batching: {s['batching']}",
+        f"- cluster: {s['gpus']} x {s['hardware']} ({s['hardware_description']}); "
+        f"{s['slots_per_gpu_per_layer']} replica slots per GPU per layer",
+        f"- model sizes: {preset['name']} ({preset['moe_layers']} MoE layers, {preset['num_experts']} experts "
+        f"top-{preset['top_k']}, {preset['expert_mb']} MB per expert)",
+        f"- routing: recorded from {s['model']} on `{s['dataset']}` ({s['simulated_layers']} layers mapped cyclically, "
+        f"each expert split {s['expert_split']}x); predictor layers {s['predictor_layers']}",
+        f"- trace: {s['trace']}, {s['requests']} requests (time scale {s['time_scale']}); keep-alive {s['keep_alive_s']} s",
+        "",
+        "MoE-layer latency is measured on the same batches for every system (static EP's iteration sequence);",
+        "TTFT, TPOT, throughput and costs come from each system's own closed-loop run.",
+        "",
+    ]
+    rows = table_rows(result)
+    lines.append("| " + " | ".join(title for title, _ in COLUMNS) + " |")
+    lines.append("|" + "---|" * len(COLUMNS))
+    for row in rows:
+        lines.append("| " + " | ".join(row[key] for _, key in COLUMNS) + " |")
+    lines += [
+        "",
+        "Costs: `GB·s` is the MoEless paper's memory x time proxy (serverful systems reserve their replicas for",
+        "the whole run; serverless ones pay per invocation); `GB·s live` is memory actually held by live",
+        "instances, keep-alive included; GPU·s serverless counts GPU time spent on layers, serverful all GPUs",
+        "for the whole run.",
+        "",
+        "![MoE-layer latency CDF](moe_latency_cdf.png)",
+        "",
+        "![Cost](cost.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _png(fig: Any) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def write_plots(result: dict[str, Any], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for name, times in result["moe_layer_s"].items():
+        values = np.sort(np.asarray(times) * 1e3)
+        if values.size:
+            ax.plot(values, np.arange(1, values.size + 1) / values.size, label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("MoE-layer latency (ms, same batches)")
+    ax.set_ylabel("CDF")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    written.append(write_bytes_atomic(out / "moe_latency_cdf.png", _png(fig)))
+    plt.close(fig)
+
+    names = list(result["systems"])
+    static = result["systems"]["static"]["cost"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    width = 0.27
+    x = np.arange(len(names))
+    for k, (key, label) in enumerate((("gbs_proxy", "GB·s (paper proxy)"), ("gbs_live", "GB·s live"),
+                                      ("serverless_gpu_s", "GPU·s serverless"))):
+        values = [result["systems"][n]["cost"][key] / static[key] if static[key] else 0.0 for n in names]
+        ax.bar(x + (k - 1) * width, values, width, label=label)
+    ax.set_xticks(x, names)
+    ax.set_ylabel("cost relative to static EP")
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    written.append(write_bytes_atomic(out / "cost.png", _png(fig)))
+    plt.close(fig)
+    return written

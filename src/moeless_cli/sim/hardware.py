@@ -1,0 +1,54 @@
+"""Hardware models: what one GPU can do and how GPUs are linked.
+
+Peak numbers are vendor datasheet figures; "achievable" ones apply the efficiency noted per field
+(large bf16 GEMMs reach ~60-70% of dense peak, streaming kernels ~80-90% of memory bandwidth, a
+pinned-memory host copy ~75-80% of the PCIe link). They are assumptions of this simulator, not
+measurements: calibrate against real mode where a GPU is available.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from moeless_cli.errors import MoelessError
+
+
+@dataclass(frozen=True)
+class Hardware:
+    name: str
+    description: str
+    memory_gb: float  # device memory per GPU
+    tflops: float  # achievable dense bf16/fp16 tensor TFLOP/s for expert GEMMs
+    hbm_gbps: float  # achievable device memory bandwidth, GB/s (weight streaming)
+    fast_link_gbps: float  # per-direction GB/s of the GPU-to-GPU fast link (NVLink)
+    fast_link_group: int  # GPUs sharing fast links (2: pairwise bridges; 8: an NVSwitch node)
+    pcie_gbps: float  # per-direction GB/s GPU-to-GPU over PCIe (peers without a fast link)
+    host_gbps: float  # achievable host-to-device copy bandwidth (cold starts from host memory)
+    network_gbps: float  # per-GPU GB/s between nodes
+    gpus_per_node: int  # GPUs in one node
+    usd_per_gpu_hour: float  # rough on-demand cloud price (2025), for the usd cost fields
+
+
+HARDWARE: dict[str, Hardware] = {
+    # RTX A6000 (the paper's testbed): 48 GB GDDR6 at 768 GB/s, 154.8 dense FP16 tensor TFLOP/s
+    # (NVIDIA A6000 datasheet); ~60% of peak and ~85% of bandwidth achievable. NVLink bridges
+    # connect pairs only: 112.5 GB/s bidirectional = 56 GB/s each way. The card is PCIe 4.0 x16
+    # (32 GB/s; ~25 GB/s host copies, ~20 GB/s peer-to-peer through the root complex); the paper
+    # says PCIe 5.0, which an A6000 cannot use. Price: ~$0.80/h (community clouds).
+    "a6000": Hardware("a6000", "8x RTX A6000 48 GB, pairwise NVLink, PCIe 4.0 (the published testbed)",
+                      48.0, 93.0, 650.0, 56.0, 2, 20.0, 25.0, 12.5, 8, 0.80),
+    # H100 SXM5: 80 GB HBM3 at 3.35 TB/s, 989 dense BF16 TFLOP/s; NVLink 4 through NVSwitch,
+    # 900 GB/s bidirectional = 450 GB/s each way (~370 achievable in all-to-all); PCIe 5.0 x16
+    # (64 GB/s; ~50 GB/s host copies); 8x 400 Gb/s InfiniBand = 50 GB/s per GPU between nodes.
+    "h100": Hardware("h100", "H100 SXM5 80 GB, NVSwitch (NVLink 4), PCIe 5.0, 400 Gb/s IB per GPU",
+                     80.0, 620.0, 2800.0, 370.0, 8, 50.0, 50.0, 45.0, 8, 2.50),
+    # H200 SXM: H100's compute with 141 GB HBM3e at 4.8 TB/s; same NVLink/PCIe/network.
+    "h200": Hardware("h200", "H200 SXM 141 GB, NVSwitch (NVLink 4), PCIe 5.0, 400 Gb/s IB per GPU",
+                     141.0, 620.0, 4000.0, 370.0, 8, 50.0, 50.0, 45.0, 8, 3.50),
+}
+
+
+def get_hardware(name: str) -> Hardware:
+    if name not in HARDWARE:
+        raise MoelessError(f"unknown hardware {name!r}; choose one of {', '.join(HARDWARE)}")
+    return HARDWARE[name]

@@ -1,0 +1,154 @@
+"""Recorded routing, replayed per batch: which experts the tokens of a simulated iteration choose.
+
+Trace request i plays recorded request i mod R. Its prefill chunks read the recorded prompt tokens
+cyclically (a trace prompt is usually longer than a recorded one); decode step j reads recorded
+decode token j mod D (prompt tokens when nothing was decoded). The preset's layer l uses recorded
+layer l mod L (so only the L recorded layers are simulated, each standing for its `multiplicity`
+preset layers); with f times more experts each recorded expert e becomes experts e + k E
+(k = a fixed hash of token, layer and rank, in 0..f-1).
+
+Forecasts come from the predictor applied to the same tokens' recorded router inputs (the layer
+before, d = 1); so with a predictor only tokens whose router inputs were kept are replayed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from moeless_cli.errors import MoelessError
+
+
+@dataclass
+class TokenTable:
+    """Per-token values [tokens, layers, experts] with each request's prompt tokens as prefix sums."""
+
+    values: np.ndarray  # [tokens, layers, experts]
+    prompt_cum: list[np.ndarray] = field(default_factory=list)  # per request: [prompt + 1, layers, experts]
+
+    @classmethod
+    def build(cls, values: np.ndarray, prompts: list[np.ndarray]) -> "TokenTable":
+        cums = []
+        for idx in prompts:
+            cum = np.zeros((idx.size + 1, *values.shape[1:]), dtype=np.float64)
+            np.cumsum(values[idx], axis=0, out=cum[1:])
+            cums.append(cum)
+        return cls(values, cums)
+
+    def prompt_sum(self, request: int, start: int, count: int) -> np.ndarray:
+        """Sum over `count` prompt tokens of `request` from position `start`, cycling: [layers, experts]."""
+        cum = self.prompt_cum[request]
+        length = cum.shape[0] - 1
+        full, rest = divmod(count, length)
+        a = start % length
+        out = full * cum[length]
+        if a + rest <= length:
+            return out + cum[a + rest] - cum[a]
+        return out + (cum[length] - cum[a]) + cum[a + rest - length]
+
+
+@dataclass
+class RecordedRouting:
+    num_layers: int  # recorded (simulated) layers
+    num_experts: int  # experts after splitting (the preset's)
+    split: int  # f: preset experts per recorded expert
+    multiplicity: list[int]  # per recorded layer: preset layers it stands for
+    prompts: list[np.ndarray]  # per recorded request: token indices of its prompt, in order
+    decodes: list[np.ndarray]  # per recorded request: token indices of its decode steps
+    truth: TokenTable  # one-hot routing [tokens, layers, preset experts]
+    forecasts: dict[str, TokenTable] = field(default_factory=dict)  # method -> [tokens, layers, recorded experts]
+    forecast_layers: list[int] = field(default_factory=list)  # layers the predictor covers (d = 1)
+
+    @property
+    def num_requests(self) -> int:
+        return len(self.prompts)
+
+    def decode_token(self, request: int, step: int) -> int:
+        decodes = self.decodes[request]
+        if decodes.size:
+            return int(decodes[step % decodes.size])
+        prompt = self.prompts[request]
+        return int(prompt[step % prompt.size])
+
+    def batch(self, table: TokenTable, prefill: list[tuple[int, int, int]], decode: list[tuple[int, int]]) -> np.ndarray:
+        """prefill: (request, start, count); decode: (request, step). Summed values [layers, experts]."""
+        out = np.zeros(table.values.shape[1:])
+        for request, start, count in prefill:
+            out += table.prompt_sum(request, start, count)
+        if decode:
+            idx = np.fromiter((self.decode_token(r, s) for r, s in decode), dtype=np.int64, count=len(decode))
+            out += table.values[idx].sum(axis=0)
+        return out
+
+    def fold(self, load: np.ndarray) -> np.ndarray:
+        """Preset-expert loads [..., E * f] -> recorded-expert loads [..., E]."""
+        return load.reshape(*load.shape[:-1], self.split, -1).sum(axis=-2)
+
+    def unfold(self, load: np.ndarray) -> np.ndarray:
+        """Recorded-expert forecast [..., E] -> preset experts [..., E * f] (even split)."""
+        return np.concatenate([load / self.split] * self.split, axis=-1)
+
+
+def build_routing(profile, preset_layers: int, preset_experts: int, preset_top_k: int, predictor=None) -> RecordedRouting:
+    """From a loaded profile (and optionally a LoadPredictor trained on it)."""
+    if profile.topk_ids is None or profile.token_request is None or profile.token_phase is None:
+        raise MoelessError(
+            f"profile {profile.path} has no per-token routing (an imported profile?); record one with `moeless profile`"
+        )
+    topk = profile.topk_ids.astype(np.int64)  # [tokens, layers, k]
+    num_tokens, num_layers, k = topk.shape
+    if k != preset_top_k:
+        raise MoelessError(f"the profile routes top-{k}, the preset top-{preset_top_k}: pick a model with the same top-k")
+    experts = profile.num_experts
+    if preset_experts % experts:
+        raise MoelessError(
+            f"the preset has {preset_experts} experts, not a multiple of the profile's {experts}: "
+            "pick a model whose expert count divides the preset's"
+        )
+    split = preset_experts // experts
+    universe = np.arange(num_tokens)
+    if predictor is not None:
+        if profile.router_inputs is None or profile.router_input_tokens is None:
+            raise MoelessError(f"profile {profile.path} kept no router inputs: the predictor cannot be replayed on it")
+        universe = profile.router_input_tokens.astype(np.int64)
+    sim_layers = min(num_layers, preset_layers)
+    multiplicity = [len(range(layer, preset_layers, sim_layers)) for layer in range(sim_layers)]
+    topk = topk[universe, :sim_layers]  # [n, L, k]
+    if split > 1:
+        n = topk.shape[0]
+        token = universe[:, None, None]
+        layer = np.arange(sim_layers)[None, :, None]
+        rank = np.arange(k)[None, None, :]
+        topk = topk + experts * ((token * 40503 + layer * 977 + rank * 131 + (topk * 7)) % split)
+        assert topk.shape == (n, sim_layers, k)
+    truth = np.zeros((universe.size, sim_layers, preset_experts), dtype=np.float32)
+    np.put_along_axis(truth, topk, 1.0, axis=2)
+
+    request = profile.token_request[universe]
+    phase = profile.token_phase[universe]
+    order = np.argsort(profile.token_position[universe] if profile.token_position is not None else universe, kind="stable")
+    prompts, decodes = [], []
+    for r in np.unique(request).tolist():
+        mine = order[request[order] == r]
+        prompt, decode = mine[phase[mine] == 0], mine[phase[mine] == 1]
+        if prompt.size == 0:
+            prompt = decode
+        if prompt.size:
+            prompts.append(prompt)
+            decodes.append(decode)
+    if not prompts:
+        raise MoelessError(f"profile {profile.path} has no tokens to replay")
+
+    routing = RecordedRouting(sim_layers, preset_experts, split, multiplicity, prompts, decodes,
+                              TokenTable.build(truth, prompts))
+    if predictor is not None:
+        hidden = profile.router_inputs.astype(np.float32)  # [n, layers, hidden], aligned with universe
+        layers = [t for t in predictor.layers(1) if 1 <= t < sim_layers]
+        for method in ("paper", "moeless"):
+            values = np.zeros((universe.size, sim_layers, experts), dtype=np.float32)
+            for t in layers:
+                values[:, t] = predictor.token_counts(hidden[:, t - 1], t, 1, method)
+            routing.forecasts[method] = TokenTable.build(values, prompts)
+        routing.forecast_layers = layers
+    return routing

@@ -1,0 +1,209 @@
+"""The simulator loop: trace arrivals -> batcher -> per-layer recorded loads -> policy -> time and cost.
+
+Each iteration's loads come from the recorded routing of the requests in its batch; each recorded
+layer runs once and counts for the preset layers it stands for. Per layer: the policy prepares the
+warm set one layer ahead (d = 1; copies begun then may finish in time), the gate's true load is
+dispatched, and the layer takes its wait for copies still loading + its MoE time; attention and
+the rest of the model add the non-MoE time, spread evenly over layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from moeless_cli.errors import MoelessError
+from moeless_cli.online.batching import ContinuousBatcher, PaperBatcher, Request, next_event_s
+from moeless_cli.online.dispatch import round_split
+from moeless_cli.online.functions import FunctionPool
+from moeless_cli.online.policies import PolicySetting, make_policy
+from moeless_cli.online.report import CostTotals, build_report
+from moeless_cli.planning.plan import Plan
+from moeless_cli.sim.routing import RecordedRouting
+from moeless_cli.sim.timemodel import ClusterModel
+
+BATCHING = ("continuous", "paper")
+
+
+@dataclass
+class SimConfig:
+    batching: str = "continuous"  # "continuous" or "paper" (the published one-second batches)
+    token_budget: int = 8192  # continuous batching: most tokens per iteration
+    max_batch: int = 256  # continuous batching: most running requests
+    keep_alive_s: float = 5.0  # serverless instances idle this long are reclaimed
+    eplb_period: int = 3000  # EPLB: iterations between re-plans (vLLM's default)
+    eplb_window: int = 1000  # EPLB: iterations of history per re-plan (vLLM's default)
+    eplb_redundant: int | None = None  # EPLB: redundant replicas per layer; None: max(G, E/4) within memory
+    copy_backlog_s: float = 0.25  # serverless: no new copy into a GPU whose copy link is busy this long
+
+    def validate(self) -> None:
+        if self.batching not in BATCHING:
+            raise MoelessError(f"unknown --batching {self.batching!r}; choose one of {', '.join(BATCHING)}")
+        if self.token_budget < 1 or self.max_batch < 1:
+            raise MoelessError("token budget and max batch must be at least 1")
+        if self.keep_alive_s < 0:
+            raise MoelessError(f"--keep-alive must be non-negative, got {self.keep_alive_s}")
+
+
+def eplb_replicas(num_experts: int, num_gpus: int, slots: int, redundant: int | None) -> int:
+    """EPLB's replicas per layer: E + redundant, rounded up to a multiple of G, within memory."""
+    extra = redundant if redundant is not None else max(num_gpus, num_experts // 4)
+    wanted = -(-(num_experts + extra) // num_gpus) * num_gpus
+    return min(wanted, num_gpus * slots)
+
+
+def make_setting(cluster: ClusterModel, routing: RecordedRouting, config: SimConfig, plan: Plan | None) -> PolicySetting:
+    slots = cluster.slots_per_gpu()
+    history = routing.truth.values.sum(axis=0).astype(np.float64)  # [layers, experts] the whole profile
+    return PolicySetting(
+        num_layers=routing.num_layers, num_experts=routing.num_experts, num_gpus=cluster.num_gpus,
+        slots_per_gpu=slots, history=history, entry_tokens=cluster.entry_tokens,
+        eplb_window=config.eplb_window, eplb_period=config.eplb_period, plan=plan,
+        eplb_replicas=eplb_replicas(routing.num_experts, cluster.num_gpus, slots, config.eplb_redundant),
+    )
+
+
+@dataclass
+class Step:
+    """One iteration of a run, enough to replay it: when it began and what it batched."""
+
+    start_s: float
+    prefill: list[tuple[int, int, int]]  # (recorded request, start, count)
+    decode: list[tuple[int, int]]  # (recorded request, step)
+    tokens: int
+    context: int  # KV-cache tokens its decodes read
+
+
+@dataclass
+class _Run:
+    """One system's state while it runs: the policy, its pool and what it has measured."""
+
+    cluster: ClusterModel
+    routing: RecordedRouting
+    policy: Any
+    pool: FunctionPool
+    predictor: Any
+    method: str | None
+    layer_s: list[np.ndarray]
+    busy_gpu_s: float = 0.0
+
+    def iteration(self, step: Step) -> float:
+        """Run every layer of one iteration from step.start_s; returns when it ends."""
+        cluster, routing, policy, pool = self.cluster, self.routing, self.policy, self.pool
+        mult = routing.multiplicity
+        load = routing.batch(routing.truth, step.prefill, step.decode)  # [layers, experts]
+        forecast = routing.batch(routing.forecasts[self.method], step.prefill, step.decode) if self.method else None
+        misc_layer = cluster.misc_s(step.tokens, step.context) / sum(mult)
+        t, lead, times = step.start_s, misc_layer, np.zeros(routing.num_layers)
+        for layer in range(routing.num_layers):
+            predicted = None
+            if self.method and layer in routing.forecast_layers:
+                raw = self.predictor.blend_counts(forecast[layer], step.tokens, layer, 1, self.method)
+                predicted = routing.unfold(raw)
+            policy.prepare(layer, predicted, max(step.start_s, t - lead))
+            d = policy.dispatch(layer, load[layer], t)
+            whole = round_split(d.tokens, d.expert, load[layer])  # tokens are indivisible
+            moe_s, gpu_s = cluster.moe_layer(d.gpu, whole.astype(np.float64), policy.perfect_balance)
+            layer_s = (d.start_s - t) + moe_s
+            pool.bill(layer, int((whole > 0).sum()), moe_s)
+            self.busy_gpu_s += mult[layer] * (gpu_s + misc_layer * cluster.num_gpus)
+            policy.observe(layer, load[layer])
+            if self.method == "moeless":
+                self.predictor.observe_load(layer, routing.fold(load[layer]))
+            times[layer] = layer_s
+            lead = layer_s + misc_layer
+            t += mult[layer] * lead
+        self.layer_s.append(times)
+        policy.end_iteration(t)
+        return t
+
+    def layer_times(self) -> np.ndarray:
+        """Every preset layer's MoE time, in order: [iterations * preset layers]."""
+        if not self.layer_s:
+            return np.zeros(0)
+        return np.repeat(np.concatenate(self.layer_s), np.tile(self.routing.multiplicity, len(self.layer_s)))
+
+
+def _start(policy_name: str, cluster: ClusterModel, routing: RecordedRouting, config: SimConfig,
+           predictor: Any, plan: Plan | None) -> _Run:
+    config.validate()
+    hw = cluster.hardware
+    setting = make_setting(cluster, routing, config, plan)
+    pool = FunctionPool(cluster.num_gpus, cluster.preset.expert_bytes, config.keep_alive_s, host_gbps=hw.host_gbps,
+                        peer_gbps=hw.pcie_gbps if hw.fast_link_group <= 2 else hw.fast_link_gbps,
+                        multiplicity=routing.multiplicity, max_backlog_s=config.copy_backlog_s)
+    policy = make_policy(policy_name, setting, pool)
+    method = policy.predictor_method if predictor is not None and routing.forecasts else None
+    if predictor is not None:
+        predictor.reset_history()
+    return _Run(cluster, routing, policy, pool, predictor, method, [])
+
+
+def simulate(policy_name: str, cluster: ClusterModel, routing: RecordedRouting, trace: Any, config: SimConfig,
+             predictor: Any = None, plan: Plan | None = None,
+             on_iteration: Callable[[float], None] | None = None) -> dict[str, Any]:
+    """Run one system over the trace (closed loop: its own speed shapes its batches).
+
+    Returns {"report": serve's JSON core, "moe_layer_s": [layer executions], "schedule": [Step]}.
+    """
+    run = _start(policy_name, cluster, routing, config, predictor, plan)
+    batcher = PaperBatcher() if config.batching == "paper" else ContinuousBatcher(config.token_budget, config.max_batch)
+    for i in range(len(trace)):
+        batcher.add(Request(i, float(trace.arrival_s[i]), max(1, int(trace.input_tokens[i])),
+                            max(1, int(trace.output_tokens[i]))))
+    now, replicas_seen, schedule = 0.0, [], []
+    while batcher.has_work():
+        it = batcher.next_iteration(now)
+        if not it:
+            nxt = next_event_s(batcher)
+            if nxt is None:
+                break
+            now = max(now, nxt)
+            run.policy.end_iteration(now)
+            continue
+        timings = batcher.timings
+        slot = lambda rid: rid % routing.num_requests  # noqa: E731
+        step = Step(
+            now,
+            [(slot(rid), timings[rid].prefilled, n) for rid, n in it.prefill],
+            [(slot(rid), timings[rid].generated) for rid in it.decode],
+            it.num_tokens,
+            sum(timings[rid].request.prompt_tokens + timings[rid].generated for rid in it.decode),
+        )
+        schedule.append(step)
+        now = run.iteration(step)
+        batcher.complete(it, now)
+        replicas_seen.append(run.pool.live_count())
+        if on_iteration is not None:
+            on_iteration(now)
+    generated = sum(t.generated for t in batcher.timings.values())
+    report = _report(run, batcher.timings.values(), generated, now, replicas_seen)
+    return {"report": report, "moe_layer_s": run.layer_times(), "schedule": schedule}
+
+
+def replay(policy_name: str, cluster: ClusterModel, routing: RecordedRouting, schedule: list[Step], config: SimConfig,
+           predictor: Any = None, plan: Plan | None = None) -> np.ndarray:
+    """MoE-layer times of one system on a fixed batch sequence (same batches for every system)."""
+    run = _start(policy_name, cluster, routing, config, predictor, plan)
+    for step in schedule:
+        run.policy.end_iteration(step.start_s)
+        run.iteration(step)
+    return run.layer_times()
+
+
+def _report(run: _Run, timings: Any, generated: int, now: float, replicas_seen: list[int]) -> dict[str, Any]:
+    hw, pool, policy = run.cluster.hardware, run.pool, run.policy
+    preset_layers = float(sum(run.routing.multiplicity))
+    live = pool.live_gb_seconds(now)
+    cost = CostTotals(
+        gbs_proxy=live if policy.serverful else pool.busy_gbs, gbs_live=live, serverless_gpu_s=run.busy_gpu_s,
+        serverful_gpu_s=run.cluster.num_gpus * now, usd_per_gpu_hour=hw.usd_per_gpu_hour,
+    )
+    seen = np.asarray(replicas_seen or [pool.live_count()], dtype=np.float64)
+    report = build_report(policy.name, policy.lossy, timings, run.layer_times(), generated, now, cost, pool.counters,
+                          replicas={"mean_per_layer": seen.mean() / preset_layers,
+                                    "max_per_layer": seen.max() / preset_layers})
+    report["iterations"] = len(run.layer_s)
+    return report

@@ -1,0 +1,146 @@
+"""Time of one MoE layer on the simulated cluster, and how many replicas fit in memory.
+
+A replica serving t tokens computes for c * t seconds (c = expert FLOPs per token / achievable
+FLOP/s). All-to-all: each GPU holds 1/G of the batch (attention is data-parallel), so a GPU serving
+n token-assignments receives n/G from every peer over that pair's link class (fast link, PCIe or
+network) and sends its share out likewise; link classes run in parallel, each bounded by its
+per-GPU bandwidth. Dispatch and combine: twice.
+
+Time models (`--time-model`):
+- default: a GPU is charged for all tokens of all the replicas it hosts (they share it); the layer
+  waits for the busiest GPU: c max_g (tokens on g) + 2 max_g comm_g. Oracle spreads the tokens
+  perfectly (c ceil(T / G), tokens being whole): no placement does better, so it is the floor.
+- roofline: as default, plus w = expert bytes / HBM bandwidth for every replica that serves any
+  token (its weights are streamed once): small decode batches are memory-bound, and replicas that
+  split an expert add weight reads. Oracle: max(sum_e (w + c t_e) / G, w + c T / G), still a floor
+  (the busiest GPU does at least the average work, and at least one weight read plus 1/G of T).
+- paper: each replica's time as if it ran alone, the slowest one sets the layer time
+  (c max_r t_r + 2 max_g comm_g), as in the MoEless paper; for comparison only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from moeless_cli.errors import MoelessError
+from moeless_cli.sim.hardware import Hardware
+from moeless_cli.sim.presets import ModelPreset
+
+ACTIVATION_BYTES = 2  # bf16 hidden states in the all-to-all
+KV_RESERVE = 0.2  # share of device memory kept for the KV cache and activations
+TIME_MODELS = ("default", "roofline", "paper")
+
+
+def link_classes(num_gpus: int, hardware: Hardware) -> list[tuple[np.ndarray, float]]:
+    """[(mask [G, G] of GPU pairs of one link class, per-GPU GB/s of that class)], diagonal excluded."""
+    g = np.arange(num_gpus)
+    node = g // hardware.gpus_per_node
+    group = g // hardware.fast_link_group
+    other = g[:, None] != g[None, :]
+    same_node = node[:, None] == node[None, :]
+    fast = other & same_node & (group[:, None] == group[None, :]) & (hardware.fast_link_group > 1)
+    pcie = other & same_node & ~fast
+    network = other & ~same_node
+    classes = [(fast, hardware.fast_link_gbps), (pcie, hardware.pcie_gbps), (network, hardware.network_gbps)]
+    return [(mask.astype(np.float64), gbps) for mask, gbps in classes if mask.any()]
+
+
+@dataclass
+class ClusterModel:
+    hardware: Hardware
+    preset: ModelPreset
+    num_gpus: int
+    time_model: str = "default"
+    classes: list[tuple[np.ndarray, float]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.time_model not in TIME_MODELS:
+            raise MoelessError(f"unknown --time-model {self.time_model!r}; choose one of {', '.join(TIME_MODELS)}")
+        if self.num_gpus < 1:
+            raise MoelessError(f"--gpus must be at least 1, got {self.num_gpus}")
+        hw, p = self.hardware, self.preset
+        self.weight_s = p.expert_bytes / (hw.hbm_gbps * 1e9)  # w: stream one replica's weights
+        self.token_s = p.expert_flops_per_token / (hw.tflops * 1e12)  # c: one token through one expert
+        self.token_bytes = p.hidden * ACTIVATION_BYTES
+        self.classes = link_classes(self.num_gpus, hw)
+
+    @property
+    def replica_weight_s(self) -> float:
+        """Seconds charged per used replica for streaming its weights (roofline model only)."""
+        return self.weight_s if self.time_model == "roofline" else 0.0
+
+    @property
+    def entry_tokens(self) -> float:
+        """The weight read of a replica in tokens of compute: the dispatch's entry cost."""
+        return self.replica_weight_s / self.token_s
+
+    def slots_per_gpu(self) -> int:
+        """Replicas of one layer a GPU can hold: memory left after the dense weights and a KV reserve."""
+        hw, p = self.hardware, self.preset
+        dense = (p.attention_params * p.total_layers + p.shared_expert_params * p.moe_layers
+                 + p.dense_ffn_params * p.dense_layers + p.other_params) * p.bytes_per_param
+        free = hw.memory_gb * 1e9 * (1 - KV_RESERVE) - dense
+        slots = int(free // (p.expert_bytes * p.moe_layers)) if free > 0 else 0
+        need = math.ceil(p.num_experts / self.num_gpus)
+        if slots < need:
+            raise MoelessError(
+                f"{p.name} does not fit on {self.num_gpus} x {hw.name}: {need} experts per GPU per layer needed, "
+                f"memory holds {slots}; use more --gpus"
+            )
+        return min(slots, p.num_experts)
+
+    def comm_s(self, gpu_tokens: np.ndarray) -> np.ndarray:
+        """gpu_tokens: [G] token-assignments each GPU serves. Seconds of one all-to-all per GPU: [G]."""
+        G = self.num_gpus
+        out = np.zeros(G)
+        if G == 1:
+            return out
+        per_peer = gpu_tokens * self.token_bytes / G  # bytes each peer sends to g
+        for mask, gbps in self.classes:
+            recv = per_peer * mask.sum(axis=0) / (gbps * 1e9)
+            send = (mask @ per_peer) / (gbps * 1e9)
+            out = np.maximum(out, np.maximum(recv, send))
+        return out
+
+    def moe_layer(self, gpu: np.ndarray, tokens: np.ndarray, perfect_balance: bool = False) -> tuple[float, float]:
+        """gpu, tokens: [replicas]. Returns (layer seconds, GPU-seconds of work over all GPUs)."""
+        G = self.num_gpus
+        used = tokens > 0
+        w = self.replica_weight_s
+        replica_s = np.where(used, w + self.token_s * tokens, 0.0)  # [replicas]
+        if perfect_balance:
+            # The busiest GPU of any lossless placement does at least the average work, and at
+            # least one weight read plus 1/G of the tokens: the larger of the two is the floor.
+            # Tokens are whole: some GPU serves at least ceil(T / G) of them.
+            total = float(tokens.sum())
+            busiest = math.ceil(total / G - 1e-9)
+            floor = max(replica_s.sum() / G, (w + self.token_s * busiest) if total > 0 else 0.0)
+            work = np.full(G, floor)
+            gpu_tokens = np.full(G, total / G)
+        else:
+            work = np.bincount(gpu, weights=replica_s, minlength=G)
+            gpu_tokens = np.bincount(gpu, weights=tokens, minlength=G)
+        comm = self.comm_s(gpu_tokens)
+        compute = float(replica_s.max(initial=0.0)) if self.time_model == "paper" and not perfect_balance else float(work.max())
+        return compute + 2 * float(comm.max()), float((work + 2 * comm).sum())
+
+    def misc_s(self, batch_tokens: int, context_tokens: int) -> float:
+        """Non-MoE seconds of one iteration (attention, shared experts, dense layers, LM head), data-parallel.
+
+        batch_tokens: tokens in the iteration; context_tokens: KV-cache tokens read by its decodes.
+        """
+        hw, p = self.hardware, self.preset
+        flops, hbm = hw.tflops * 1e12, hw.hbm_gbps * 1e9
+        per_gpu = batch_tokens / self.num_gpus
+
+        def dense(params: float) -> float:
+            return params * p.bytes_per_param / hbm + 2 * params * per_gpu / flops
+
+        kv = context_tokens * p.kv_bytes_per_token / self.num_gpus / hbm
+        layer = dense(p.attention_params) + kv
+        moe_layers = p.moe_layers * (layer + (dense(p.shared_expert_params) if p.shared_expert_params else 0.0))
+        dense_layers = p.dense_layers * (layer + dense(p.dense_ffn_params))
+        return moe_layers + dense_layers + dense(p.other_params / 2)
