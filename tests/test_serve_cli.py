@@ -169,3 +169,37 @@ def test_serve_with_predictor_prewarms_and_keeps_tokens(cli, tmp_path, policy):
     assert report["predictor"]["method"] == ("paper" if policy == "moeless-paper" else "moeless")
     assert report["online_step_ms"]["mean"] is not None
     assert report["outputs"] == plain_outputs(model, SMALL)
+
+
+def test_serve_with_profile_history_and_eplb(cli, tmp_path):
+    model = cached_tiny_checkpoint("mixtral")
+    prof = tmp_path / "prof"
+    result = cli("profile", "--model", model, "--dataset", "gsm8k", "--num-prompts", "4", "--batch-size", "4",
+                 "--max-new-tokens", "2", "--out", prof, "--json")
+    assert result.exit_code == 0, result.output
+    report = run_json(cli, "--model", model, "--profile", prof, "--policy", "eplb", "--workers", "3", *SMALL)
+    check_core(report, "eplb")
+    assert report["outputs"] == plain_outputs(model, SMALL)
+    # eplb's first plan is made from the profile: 3 workers x 4 slots hold extra replicas
+    assert report["functions"]["created"] > 8 * 3
+    other = cached_tiny_checkpoint("olmoe")
+    result = cli("serve", "--model", other, "--profile", prof, "--json")
+    assert result.exit_code != 0 and "profile" in result.stderr
+
+
+def test_failed_iteration_fails_its_requests_and_counts_add_up(cli, monkeypatch):
+    from moeless_cli.serving.runtime import ExpertParallelRuntime
+
+    real, calls = ExpertParallelRuntime.moe_forward, []
+
+    def flaky(self, *args):
+        calls.append(1)
+        if len(calls) == 7:
+            raise RuntimeError("injected expert failure")
+        return real(self, *args)
+
+    monkeypatch.setattr(ExpertParallelRuntime, "moe_forward", flaky)
+    report = run_json(cli, "--model", cached_tiny_checkpoint("mixtral"), "--workers", "2", *SMALL)
+    req = report["requests"]
+    assert req["failed"] >= 1 and req["completed"] + req["failed"] == req["submitted"] == 4
+    assert "injected expert failure" in report["errors"][0]

@@ -21,6 +21,7 @@ def serve_command(
     model: str = typer.Option(..., "--model", help="Built-in model name or a local checkpoint directory."),
     plan: Optional[Path] = typer.Option(None, "--plan", help="Plan file from `moeless plan` (moeless's start)."),
     predictor: Optional[Path] = typer.Option(None, "--predictor", help="Predictor file from `train-predictor`."),
+    profile: Optional[Path] = typer.Option(None, "--profile", help="Profile of this model: policies' load history."),
     policy: str = typer.Option("moeless", "--policy", help="moeless, moeless-paper, static, eplb or oracle (lossy)."),
     backend: str = typer.Option("local", "--backend", help="local (one process) or dist (torchrun)."),
     devices: str = typer.Option("cpu", "--devices", help="Comma-separated devices workers go on (cpu, cuda:0,...)."),
@@ -45,7 +46,7 @@ def serve_command(
     from moeless_cli.serving.setup import ServeOptions
 
     options = ServeOptions(
-        model=model, plan=plan, predictor=predictor, policy=policy, backend=backend,
+        model=model, plan=plan, predictor=predictor, profile=profile, policy=policy, backend=backend,
         devices=tuple(d.strip() for d in devices.split(",") if d.strip()), workers=workers, dataset=dataset,
         trace=trace, time_scale=time_scale, max_requests=max_requests, max_output_tokens=max_output_tokens,
         max_prompt_tokens=max_prompt_tokens, token_budget=token_budget, max_batch=max_batch, batching=batching,

@@ -24,7 +24,7 @@ DIE_ENV = "MOELESS_DIST_FAULT"  # fault injection for tests: "<rank>:<layer call
 def options_from_json(doc: dict) -> ServeOptions:
     known = {f.name for f in fields(ServeOptions)}
     values = {k: v for k, v in doc.items() if k in known}
-    for key in ("plan", "predictor"):
+    for key in ("plan", "predictor", "profile"):
         if values.get(key) is not None:
             values[key] = Path(values[key])
     if "devices" in values:

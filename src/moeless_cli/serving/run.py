@@ -17,7 +17,7 @@ from moeless_cli.serving.setup import (
     check_plan_cheaply,
     check_predictor,
     slots_per_gpu,
-    uniform_history,
+    load_history,
 )
 
 ProgressFn = Callable[[int, int], None]  # (requests done, submitted)
@@ -52,7 +52,7 @@ def prepare(o: ServeOptions) -> tuple[Any, Any, Any, Any, Any]:
     setting = PolicySetting(
         num_layers=loaded.num_moe_layers, num_experts=loaded.num_experts, num_gpus=workers,
         slots_per_gpu=slots_per_gpu(loaded.num_experts, workers, plan),
-        history=uniform_history(loaded.num_moe_layers, loaded.num_experts), plan=plan,
+        history=load_history(o.profile, chash, loaded.num_moe_layers, loaded.num_experts), plan=plan,
     )
     pool = FunctionPool(num_gpus=workers, expert_bytes=float(loaded.expert_bytes), keep_alive_s=o.keep_alive_s)
     policy = make_policy(o.policy, setting, pool)
@@ -144,10 +144,9 @@ def serve_loop(o: ServeOptions, loaded: Any, policy: Any, pool: Any, runtime: An
                 engine.run(iteration)
             except (MoelessError, KeyboardInterrupt):
                 raise
-            except Exception:
+            except Exception as exc:  # a failed forward fails its requests; they are counted
                 if fatal:
                     raise
-            except Exception as exc:  # a failed forward fails its requests; they are counted
                 errors.append(f"{type(exc).__name__}: {exc}")
                 for rid in iteration.request_ids:
                     scheduler.fail(rid, clock())

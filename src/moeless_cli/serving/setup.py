@@ -21,6 +21,7 @@ class ServeOptions:
     model: str  # built-in name or checkpoint directory
     plan: Path | None = None  # moeless.plan/v1 file (replicas, placement, shares)
     predictor: Path | None = None  # train-predictor output
+    profile: Path | None = None  # a profile of this model: the policies' starting load history
     policy: str = "moeless"  # one of POLICIES
     backend: str = "local"  # local: one process; dist: torchrun, one process per worker
     devices: tuple[str, ...] = ("cpu",)  # local workers go round-robin over these
@@ -140,6 +141,18 @@ def build_workload(o: ServeOptions, tokenizer: Any) -> Workload:
     return Workload(requests, prompts)
 
 
-def uniform_history(num_layers: int, num_experts: int) -> np.ndarray:
-    """[layers, experts] flat history for policies when no profile is given."""
-    return np.ones((num_layers, num_experts), dtype=np.float64)
+def load_history(profile: Path | None, config_hash: str, num_layers: int, num_experts: int) -> np.ndarray:
+    """The policies' starting history [layers, experts]: a profile's summed loads, else flat."""
+    if profile is None:
+        return np.ones((num_layers, num_experts), dtype=np.float64)
+    from moeless_cli.profiling import load_profile
+
+    prof = load_profile(profile)
+    if prof.config_hash is not None and prof.config_hash != config_hash:
+        raise MoelessError(f"profile {profile} was recorded on model {prof.model_id} (config hash {prof.config_hash}), "
+                           f"not on this model (config hash {config_hash})")
+    history = np.asarray(prof.load, dtype=np.float64).sum(axis=0)  # [layers, experts]
+    if history.shape != (num_layers, num_experts):
+        raise MoelessError(f"profile {profile} has loads for {history.shape[0]} layers x {history.shape[1]} experts; "
+                           f"this model has {num_layers} x {num_experts}")
+    return history
