@@ -50,8 +50,13 @@ def test_deepseek_dense_layers_follow_first_k_dense_replace(tmp_path):
 
 def test_expert_bytes_counts_one_expert():
     loaded = load_moe_model(cached_tiny_checkpoint("mixtral"))
-    # gate_up [2*64, 32] + down [32, 64] fp32 per expert
-    assert loaded.expert_bytes == (2 * 64 * 32 + 32 * 64) * 4
+    # gate_up [2*64, 32] + down [32, 64] per expert, saved in fp32
+    assert loaded.expert_params == 2 * 64 * 32 + 32 * 64
+    assert loaded.expert_bytes == loaded.expert_params * 4
+    # Loaded in bf16, the checkpoint still stores fp32: expert_bytes describes the checkpoint.
+    import torch
+
+    assert load_moe_model(cached_tiny_checkpoint("mixtral"), dtype=torch.bfloat16).expert_bytes == loaded.expert_bytes
 
 
 def test_config_hash_ignores_volatile_keys():

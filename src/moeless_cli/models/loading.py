@@ -33,7 +33,8 @@ class LoadedModel:
     num_experts: int  # routed experts per MoE layer
     top_k: int  # experts chosen per token
     hidden_size: int  # width of each router's input
-    expert_bytes: int  # bytes of one expert's weights (one layer) in the loaded dtype
+    expert_bytes: int  # bytes of one expert's weights (one layer) in the checkpoint's dtype
+    expert_params: int  # parameters of one expert (one layer)
     builtin_metadata: dict[str, Any] | None = None  # moeless-builtin.json of a shipped model, else None
 
     @property
@@ -106,13 +107,22 @@ def _find_moe_layers(model: Any, adapter: FamilyAdapter) -> list[int]:
     return found
 
 
-def _expert_bytes(experts: Any, num_experts: int) -> int:
-    """Bytes of one expert: fused parameters have a leading [num_experts] dimension."""
+def _expert_params(experts: Any, num_experts: int) -> int:
+    """Parameters of one expert: fused parameters have a leading [num_experts] dimension."""
     total = 0
     for param in experts.parameters(recurse=True):
         if param.dim() >= 1 and param.shape[0] == num_experts:
-            total += param.numel() * param.element_size() // num_experts
+            total += param.numel() // num_experts
     return int(total)
+
+
+_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float8_e4m3fn": 1, "float8_e5m2": 1}
+
+
+def _checkpoint_dtype_bytes(config: dict[str, Any], loaded_bytes: int) -> int:
+    """Bytes per weight as stored in the checkpoint (what a server loads), else as loaded here."""
+    dtype = config.get("dtype") or config.get("torch_dtype")
+    return _DTYPE_BYTES.get(str(dtype).replace("torch.", ""), loaded_bytes)
 
 
 def _torch_dtype(dtype: Any, device: str) -> Any:
@@ -165,6 +175,7 @@ def load_moe_model(name_or_path: str | os.PathLike[str], device: str = "cpu", dt
         raise MoelessError(f"{path}: no MoE layers found (no {adapter.router_path} in any decoder layer)")
     num_experts = adapter.num_experts(model.config)  # config.json may omit defaults or use aliases
     experts = _decoder_layers(model)[moe_layer_ids[0]].get_submodule(adapter.experts_path)
+    expert_params = _expert_params(experts, num_experts)
     name = str(name_or_path)
     model_id = name if path.parent == BUILTIN_DIR else path.resolve().name
     return LoadedModel(
@@ -179,7 +190,8 @@ def load_moe_model(name_or_path: str | os.PathLike[str], device: str = "cpu", dt
         num_experts=num_experts,
         top_k=adapter.top_k(model.config),
         hidden_size=int(config["hidden_size"]),
-        expert_bytes=_expert_bytes(experts, num_experts),
+        expert_bytes=expert_params * _checkpoint_dtype_bytes(config, next(experts.parameters()).element_size()),
+        expert_params=expert_params,
         builtin_metadata=read_json(path / BUILTIN_METADATA, what="built-in model metadata")
         if (path / BUILTIN_METADATA).is_file() else None,
     )
