@@ -101,13 +101,15 @@ def test_function_pool_lifecycle_and_accounting():
 
 
 def test_pinned_instances_survive_and_make_room_evicts_lru():
-    pool = FunctionPool(num_gpus=1, expert_bytes=1e9, keep_alive_s=0.0)
+    pool = FunctionPool(num_gpus=2, expert_bytes=1e9, keep_alive_s=0.0)
     pool.warm_up(0, [0], [0], 0.0, pinned=True, preloaded=True)
-    pool.warm_up(0, [1, 2], [0, 0], 0.0, preloaded=True)
+    pool.warm_up(0, [1, 2, 3], [0, 0, 0], 0.0, preloaded=True)
+    pool.warm_up(0, [1, 2], [1, 1], 0.0, preloaded=True)
     pool.touch(0, [2], [0], 1.0)
-    assert pool.make_room(0, 0, slots=3, keep=set(), now=1.0)
-    assert pool.get(0, 1, 0) is None and pool.get(0, 2, 0) is not None  # least recently used went
-    assert not pool.make_room(0, 0, slots=1, keep={(2, 0)}, now=1.0)
+    assert pool.make_room(0, 0, slots=4, keep=set(), now=1.0)
+    # least recently used went; expert 3's only warm instance is never the one to go
+    assert pool.get(0, 1, 0) is None and pool.get(0, 2, 0) is not None and pool.get(0, 3, 0) is not None
+    assert not pool.make_room(0, 0, slots=2, keep={(2, 0)}, now=1.0)
     pool.reclaim(5.0)
     assert pool.get(0, 0, 0) is not None
 
@@ -134,6 +136,7 @@ def test_every_policy_serves_every_token(name):
             now = d.start_s + 0.01
         policy.end_iteration(now)
     assert policy.lossy == (name == "oracle")
+    assert policy.predictor_method == {"moeless-paper": "paper", "moeless": "moeless"}.get(name)
     slots = np.bincount(d.gpu, minlength=setting.num_gpus)
     if name != "eplb":  # EPLB double-buffers during a switch
         assert slots.max() <= setting.slots_per_gpu

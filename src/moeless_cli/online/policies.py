@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
@@ -86,11 +87,12 @@ class OnlinePolicy:
     plans: list[LayerPlan] = field(default_factory=list)  # current plan per layer
     last_load: list[np.ndarray] = field(default_factory=list)  # latest true load per layer
 
-    name = "static"
-    lossy = False  # changes the model's output
-    serverful = True  # bills reserved memory for the whole run (else per invocation)
-    perfect_balance = False  # the time model spreads its work perfectly (oracle)
-    predictor_method: str | None = None  # "paper" / "moeless": forecasts wanted by prepare()
+    # Class attributes (not dataclass fields, so subclasses' values are what instances see).
+    name: ClassVar[str] = "static"
+    lossy: ClassVar[bool] = False  # changes the model's output
+    serverful: ClassVar[bool] = True  # bills reserved memory for the whole run (else per invocation)
+    perfect_balance: ClassVar[bool] = False  # the time model spreads its work perfectly (oracle)
+    predictor_method: ClassVar[str | None] = None  # "paper" / "moeless": forecasts wanted by prepare()
 
     def initial_plan(self, layer: int) -> LayerPlan:
         E, G = self.setting.num_experts, self.setting.num_gpus
