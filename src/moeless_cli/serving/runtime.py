@@ -76,6 +76,12 @@ def _make_module_class():
     return _Experts
 
 
+def _expert_runs(load: np.ndarray) -> list[tuple[int, int]]:
+    """load: [experts]. (start, end) of each loaded expert's pairs in expert-sorted order."""
+    ends = np.cumsum(load)
+    return [(int(ends[e] - load[e]), int(ends[e])) for e in np.flatnonzero(load)]
+
+
 class ExpertParallelRuntime:
     """Owns the host store, the workers' replicas, the policy, and per-layer timing."""
 
@@ -171,18 +177,21 @@ class ExpertParallelRuntime:
         cold = route.cold_s
         num_tokens, k = top_k_index.shape
 
-        offsets = np.concatenate([[0], np.cumsum(load)])  # [E+1] where each expert's pairs start
-        taken = np.zeros(load.size, dtype=np.int64)
+        token_of = order // k  # [T*k] token of each pair, grouped by expert
+        x_sorted = hidden[token_of]  # [T*k, H] one gather; each replica takes a contiguous run
+        used = np.flatnonzero(counts)
+        used = used[np.argsort(expert[used], kind="stable")]  # by expert: runs follow `order`
+        bounds = np.concatenate([[0], np.cumsum(counts[used])])  # [used+1]
         jobs: dict[int, list[tuple[int, Any]]] = {}
-        pieces: dict[int, list[tuple[int, int, int]]] = {}  # expert -> (worker, job position, rows)
+        slot_of: list[tuple[int, int]] = []  # per used replica: (worker, position in its jobs)
         now = self.now()
-        for r in np.flatnonzero(counts):
-            e, g, n = int(expert[r]), int(gpu[r]), int(counts[r])
-            pairs = order[offsets[e] + taken[e]: offsets[e] + taken[e] + n]
-            taken[e] += n
-            x = hidden[pairs // k].to(self.workers[g].device)
+        for i, r in enumerate(used.tolist()):
+            e, g = int(expert[r]), int(gpu[r])
+            x = x_sorted[bounds[i]: bounds[i + 1]]
+            if x.device != self.workers[g].device:
+                x = x.to(self.workers[g].device)
             jobs.setdefault(g, []).append((e, x))
-            pieces.setdefault(e, []).append((g, len(jobs[g]) - 1, n))
+            slot_of.append((g, len(jobs[g]) - 1))
             self.ledger.touch((layer, e, g), now)
         dispatched = time.perf_counter()
         outputs, worker_s = {}, [0.0] * len(self.workers)
@@ -190,21 +199,21 @@ class ExpertParallelRuntime:
             outputs[g], worker_s[g] = self.workers[g].run(self.math[layer], layer, job)
         ran = time.perf_counter()
 
+        parts = [outputs[g][j] for g, j in slot_of]
+        parts = [p if p.device == hidden.device else p.to(hidden.device) for p in parts]
+        out = (parts[0] if len(parts) == 1 else torch.cat(parts)) * top_k_weights.reshape(-1)[order, None]
         final = torch.zeros_like(hidden)
-        for e in np.flatnonzero(load):  # ascending expert id: the model's own summation order
-            pairs = order[offsets[e]: offsets[e + 1]]
-            token_idx, slot = pairs // k, pairs % k
-            parts = [outputs[g][j].to(hidden.device) for g, j, _ in pieces[int(e)]]
-            out = parts[0] if len(parts) == 1 else torch.cat(parts)
-            out = out * top_k_weights[token_idx, slot, None]
-            final.index_add_(0, token_idx, out.to(final.dtype))
+        if hidden.device.type == "cpu":  # index_add_ adds row by row: ascending expert, as the model does
+            final.index_add_(0, token_of, out.to(final.dtype))
+        else:  # GPU index_add_ is atomic: one expert at a time keeps the model's order
+            for lo, hi in _expert_runs(load):
+                final.index_add_(0, token_of[lo:hi], out[lo:hi].to(final.dtype))
         end = time.perf_counter()
         timing = LayerTiming(layer, num_tokens, dispatched - start - cold, worker_s, end - ran, cold)
         self.stats.layers.append(timing)
         self.stats.busy_workers.append(len(jobs))
         pool = getattr(self.policy, "pool", None)
         if pool is not None:  # per-invocation billing of the replicas that ran
-            used = counts > 0
             pool.touch(layer, expert[used], gpu[used], self.now(), busy_s=timing.moe_s)
         return final
 
