@@ -37,7 +37,7 @@ def run_bench(request: BenchRequest, say: Say = lambda _: None,
     if request.mode == "real":
         if not _real_mode_available():
             raise MoelessError("--mode real is not available yet (it needs serve's runtime); use --mode sim")
-        raise MoelessError("--mode real is not wired to serve's runtime yet; use --mode sim")
+        raise MoelessError("--mode real is not available yet in bench (serve runs one policy: `moeless serve --policy ...`); use --mode sim")
     preset, hardware = get_preset(request.preset), get_hardware(request.hardware)
     trace = load_trace(request.trace, time_scale=request.time_scale, max_requests=request.max_requests)
     model = request.routing_model()

@@ -10,14 +10,18 @@ import numpy as np
 
 from moeless_cli.fileio import write_bytes_atomic
 
-COLUMNS = (
+LATENCY_COLUMNS = (
     ("system", "system"), ("moe mean ms", "moe_mean"), ("moe p50", "moe_p50"), ("moe p99", "moe_p99"),
     ("vs static", "vs_static"), ("vs EPLB", "vs_eplb"), ("vs Oracle", "vs_oracle"),
     ("TTFT p50 s", "ttft_p50"), ("TTFT p99", "ttft_p99"), ("TPOT p50 ms", "tpot_p50"), ("TPOT p99", "tpot_p99"),
-    ("tok/s", "throughput"), ("GB·s", "gbs"), ("GB·s vs static", "gbs_vs_static"), ("GB·s live", "gbs_live"),
-    ("GPU·s serverless", "gpu_s_serverless"), ("GPU·s serverful", "gpu_s_serverful"),
-    ("replicas/layer", "replicas"), ("cold starts", "cold"), ("lossy", "lossy"),
+    ("tok/s", "throughput"), ("lossy", "lossy"),
 )
+COST_COLUMNS = (
+    ("system", "system"), ("GB·s", "gbs"), ("GB·s vs static", "gbs_vs_static"), ("GB·s live", "gbs_live"),
+    ("GPU·s serverless", "gpu_s_serverless"), ("GPU·s serverful", "gpu_s_serverful"),
+    ("replicas/layer", "replicas"), ("cold starts", "cold"),
+)
+TABLES = (("Latency", LATENCY_COLUMNS), ("Cost", COST_COLUMNS))
 
 
 def _f(value: Any, digits: int = 3, scale: float = 1.0) -> str:
@@ -69,10 +73,13 @@ def markdown_report(result: dict[str, Any]) -> str:
         "",
     ]
     rows = table_rows(result)
-    lines.append("| " + " | ".join(title for title, _ in COLUMNS) + " |")
-    lines.append("|" + "---|" * len(COLUMNS))
-    for row in rows:
-        lines.append("| " + " | ".join(row[key] for _, key in COLUMNS) + " |")
+    for title, columns in TABLES:
+        lines += [f"## {title}", ""]
+        lines.append("| " + " | ".join(name for name, _ in columns) + " |")
+        lines.append("|" + "---|" * len(columns))
+        for row in rows:
+            lines.append("| " + " | ".join(row[key] for _, key in columns) + " |")
+        lines.append("")
     lines += [
         "",
         "Costs: `GB·s` is the MoEless paper's memory x time proxy (serverful systems reserve their replicas for",

@@ -66,16 +66,19 @@ def bench(
 def _print_table(result: dict) -> None:
     from rich.table import Table
 
-    from moeless_cli.bench.outputs import COLUMNS, table_rows
+    from moeless_cli.bench.outputs import TABLES, table_rows
 
     s = result["setting"]
-    table = Table(title=f"{s['preset']['name']} on {s['gpus']} x {s['hardware']}, {s['trace']} "
-                        f"({s['requests']} requests), {s['batching']} batching, time model {s['time_model']}")
-    for title, key in COLUMNS:
-        table.add_column(title, justify="left" if key == "system" else "right")
-    for row in table_rows(result):
-        table.add_row(*[row[key] for _, key in COLUMNS])
-    console.print(table)
+    heading = (f"{s['preset']['name']} on {s['gpus']} x {s['hardware']}, {s['trace']} ({s['requests']} requests), "
+               f"{s['batching']} batching, time model {s['time_model']}")
+    rows = table_rows(result)
+    for title, columns in TABLES:
+        table = Table(title=f"{title}: {heading}")
+        for name, key in columns:
+            table.add_column(name, justify="left" if key == "system" else "right", no_wrap=key == "system")
+        for row in rows:
+            table.add_row(*[row[key] for _, key in columns])
+        console.print(table)
     console.print("MoE-layer latency on the same batches for every system; ratios are of the mean. "
                   "GB·s: the paper's memory x time proxy (serverful: reserved for the run; serverless: per invocation).")
 

@@ -1,0 +1,89 @@
+"""`moeless bench` end to end on a tiny model built by the test (a handful of requests)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.tiny_models import cached_tiny_checkpoint
+
+SYSTEMS = {"static", "eplb", "oracle", "moeless-paper", "moeless"}
+
+
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bench") / "prompts.jsonl"
+    texts = [f"question {i}: " + "how do experts share the load " * (1 + i % 3) for i in range(8)]
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    return path
+
+
+def _args(out, prompts, *extra):
+    return ["bench", "--model", cached_tiny_checkpoint("mixtral"), "--dataset", prompts, "--num-prompts", "8",
+            "--epochs", "2", "--max-requests", "6", "--time-scale", "20", "--out", out, *extra]
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory, prompts):
+    from typer.testing import CliRunner
+
+    from moeless_cli.cli.app import app
+
+    out = tmp_path_factory.mktemp("bench-out") / "run"
+    result = CliRunner().invoke(app, [str(a) for a in _args(out, prompts, "--json")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return out, json.loads(result.stdout)
+
+
+def test_json_core_and_files(bench_run):
+    out, doc = bench_run
+    assert doc["mode"] == "sim" and set(doc["systems"]) == SYSTEMS
+    setting = doc["setting"]
+    assert setting["preset"]["name"] == "mixtral-8x7b" and setting["hardware"] == "a6000" and setting["gpus"] == 8
+    assert setting["trace"] == "azure-conv" and setting["requests"] == 6
+    for name, core in doc["systems"].items():
+        assert core["policy"] == name
+        assert core["requests"] == {"submitted": 6, "completed": 6, "failed": 0}
+        assert set(core["latency_s"]) == {"ttft", "tpot", "e2e"}
+        assert set(core["cost"]) >= {"gbs_proxy", "serverless_gpu_s", "serverful_gpu_s", "usd_serverless", "usd_serverful"}
+        assert set(core["functions"]) == {"cold_starts", "warm_hits", "created", "retired", "bytes_moved"}
+        assert core["lossy"] == (name == "oracle")
+        assert core["moe_layer_ms"]["mean"] >= doc["systems"]["oracle"]["moe_layer_ms"]["mean"] - 1e-12
+    assert doc["ratios"]["static"]["moe_vs_static"] == pytest.approx(1.0)
+    for name in ("bench.json", "report.md", "moe_latency_cdf.png", "cost.png", "predictor.safetensors"):
+        assert (out / name).is_file(), name
+    assert (out / "moe_latency_cdf.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((out / "bench.json").read_text())["systems"]["moeless"]["policy"] == "moeless"
+    assert "| moeless |" in (out / "report.md").read_text()
+
+
+def test_cached_stages_are_reused_and_table_prints(cli, bench_run, prompts):
+    out, _ = bench_run
+    result = cli(*_args(out, prompts, "--batching", "paper"))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip()  # a table, not JSON
+    doc = json.loads((out / "bench.json").read_text())
+    assert doc["setting"]["batching"] == "paper"
+    assert doc["stages"]["profile"]["reused"] and doc["stages"]["predictor"]["reused"] and doc["stages"]["plan"]["reused"]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--preset", "gpt-9"], "unknown model preset"),
+        (["--hardware", "tpu"], "unknown hardware"),
+        (["--trace", "no-such-trace"], "trace not found"),
+        (["--batching", "weekly"], "unknown --batching"),
+        (["--mode", "real"], "not available yet"),
+        (["--time-model", "fast"], "unknown --time-model"),
+        (["--preset", "olmoe-1b-7b"], "top-8"),
+    ],
+)
+def test_bad_input_is_one_line(cli, tmp_path, prompts, extra, message):
+    out = tmp_path / "out"
+    result = cli(*_args(out, prompts, *extra))
+    assert result.exit_code != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
+    assert not (out / "bench.json").exists()
