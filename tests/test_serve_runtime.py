@@ -102,3 +102,31 @@ def test_integer_counts_keep_every_token():
         counts = integer_counts(expert, frac, load)
         assert np.array_equal(np.bincount(expert, weights=counts, minlength=6).astype(int), load)
         assert (counts >= 0).all()
+
+
+def test_engine_grows_threads_for_big_gathered_iterations():
+    import torch
+
+    from moeless_cli.models import load_moe_model
+    from moeless_cli.online.batching import PaperBatcher, Request
+    from moeless_cli.serving.engine import ServeEngine
+
+    loaded = load_moe_model(cached_tiny_checkpoint("mixtral"))
+    prompts = {i: [3 + i, 40, 41] for i in range(5)}
+    with single_thread_torch():
+        runtime = build_runtime(loaded, "static", 2)
+        batcher = PaperBatcher()
+        for i in prompts:
+            batcher.add(Request(i, 0.1, 3, 2))
+        engine = ServeEngine(loaded.model, runtime, prompts, max_batch=2)  # fewer threads than the batch
+        now = 1.0
+        while batcher.has_work():
+            it = batcher.next_iteration(now)
+            engine.run(it)
+            batcher.complete(it, now)
+        engine.close()
+        runtime.uninstall()
+        plain = loaded.model.generate(input_ids=torch.tensor([prompts[0]]), max_new_tokens=2, min_new_tokens=2,
+                                      do_sample=False, pad_token_id=0)
+    assert all(len(v) == 2 for v in engine.generated.values())
+    assert engine.generated[0] == plain[0, 3:].tolist()

@@ -21,7 +21,8 @@ class ServeEngine:
         self.generated: dict[int, list[int]] = {rid: [] for rid in prompts}  # request id -> output ids
         self._prefilled: dict[int, int] = {rid: 0 for rid in prompts}
         self._caches: dict[int, Any] = {}
-        self._pool = ThreadPoolExecutor(max_workers=max(1, max_batch), thread_name_prefix="moeless-req")
+        self._threads = max(1, max_batch)
+        self._pool = ThreadPoolExecutor(max_workers=self._threads, thread_name_prefix="moeless-req")
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -38,6 +39,10 @@ class ServeEngine:
         if len(jobs) == 1:
             self._step(*jobs[0])
         else:
+            if len(jobs) > self._threads:  # every request of a gathered iteration needs its own thread
+                self._pool.shutdown(wait=True)
+                self._threads = len(jobs)
+                self._pool = ThreadPoolExecutor(max_workers=self._threads, thread_name_prefix="moeless-req")
             gather = gather_mod.Gather(len(jobs), self.runtime.moe_forward)
             futures = [self._pool.submit(self._bound_step, gather, slot, *job) for slot, job in enumerate(jobs)]
             errors = []

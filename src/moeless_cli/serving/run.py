@@ -117,7 +117,7 @@ def serve_loop(o: ServeOptions, loaded: Any, policy: Any, pool: Any, runtime: An
     from moeless_cli.serving.engine import ServeEngine
 
     if o.batching == "paper":
-        scheduler, threads = PaperBatcher(), min(len(workload.requests), 64)
+        scheduler, threads = PaperBatcher(), 8  # grows to the largest batch
     else:
         scheduler, threads = ContinuousBatcher(o.token_budget, o.max_batch), o.max_batch
     for request in workload.requests:
