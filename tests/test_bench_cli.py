@@ -68,6 +68,18 @@ def test_cached_stages_are_reused_and_table_prints(cli, bench_run, prompts):
     assert doc["stages"]["profile"]["reused"] and doc["stages"]["predictor"]["reused"] and doc["stages"]["plan"]["reused"]
 
 
+def test_real_mode_runs_every_system_through_serve(cli, bench_run, prompts):
+    out, _ = bench_run  # reuses the cached profile and predictor
+    result = cli(*_args(out, prompts, "--mode", "real", "--gpus", "2", "--max-requests", "3", "--json"))
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["mode"] == "real" and set(doc["systems"]) == SYSTEMS
+    for name, core in doc["systems"].items():
+        assert core["policy"] == name and core["requests"]["completed"] == 3
+        assert core["moe_layer_ms"]["mean"] > 0
+    assert doc["stages"]["profile"]["reused"]
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
@@ -75,7 +87,7 @@ def test_cached_stages_are_reused_and_table_prints(cli, bench_run, prompts):
         (["--hardware", "tpu"], "unknown hardware"),
         (["--trace", "no-such-trace"], "trace not found"),
         (["--batching", "weekly"], "unknown --batching"),
-        (["--mode", "real"], "not available yet"),
+        (["--mode", "live"], "unknown --mode"),
         (["--time-model", "fast"], "unknown --time-model"),
         (["--preset", "olmoe-1b-7b"], "top-8"),
     ],

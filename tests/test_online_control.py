@@ -189,3 +189,15 @@ def test_report_core_shape():
     assert report["cost"]["usd_serverful"] == pytest.approx(2.0)
     assert report["functions"]["cold_starts"] == 1
     assert latency_stats([]) == {"mean": None, "p50": None, "p90": None, "p99": None}
+
+
+def test_an_expert_scaled_to_zero_gets_a_cold_start_and_the_layer_waits():
+    setting = _setting(E=8, G=2, L=1, slots=6)
+    pool = FunctionPool(num_gpus=2, expert_bytes=1e9, keep_alive_s=0.1, host_gbps=10.0)
+    policy = make_policy("moeless-paper", setting, pool)
+    pool.reclaim(10.0)  # every idle instance goes (nothing is pinned)
+    assert pool.live_count() == 0
+    load = np.zeros(8)
+    load[3] = 5.0
+    d = policy.dispatch(0, load, now=10.0)
+    assert d.start_s == pytest.approx(10.1) and np.allclose(np.bincount(d.expert, weights=d.tokens, minlength=8), load)

@@ -34,14 +34,13 @@ def run_bench(request: BenchRequest, say: Say = lambda _: None,
     from moeless_cli.workloads.traces import load_trace
 
     request.validate()
-    if request.mode == "real":
-        if not _real_mode_available():
-            raise MoelessError("--mode real is not available yet (it needs serve's runtime); use --mode sim")
-        raise MoelessError("--mode real is not available yet in bench (serve runs one policy: `moeless serve --policy ...`); use --mode sim")
+    if request.mode == "real" and not _real_mode_available():
+        raise MoelessError("--mode real is not available yet (it needs serve's runtime); use --mode sim")
     preset, hardware = get_preset(request.preset), get_hardware(request.hardware)
     trace = load_trace(request.trace, time_scale=request.time_scale, max_requests=request.max_requests)
     model = request.routing_model()
-    check_routing_model(model, preset)
+    if request.mode == "sim":
+        check_routing_model(model, preset)
     from moeless_cli.fileio import _check_parent_writable
 
     _check_parent_writable(request.out)
@@ -58,6 +57,13 @@ def run_bench(request: BenchRequest, say: Say = lambda _: None,
 
     profile_dir, profile_reused = profile_stage(request, model, say)
     predictor_path, predictor_reused = predictor_stage(request, profile_dir, say)
+    if request.mode == "real":
+        from moeless_cli.bench.real import run_real
+
+        return run_real(request, model, profile_dir, predictor_path, on_progress) | {
+            "stages": {"profile": {"path": str(profile_dir), "reused": profile_reused},
+                       "predictor": {"path": str(predictor_path), "reused": predictor_reused}},
+            "request": request_dict(request)}
     profile = load_profile(profile_dir)
     predictor = load_predictor(predictor_path, expected_config_hash=profile.config_hash)
     routing = build_routing(profile, preset.moe_layers, preset.num_experts, preset.top_k, predictor)

@@ -30,6 +30,10 @@ def _f(value: Any, digits: int = 3, scale: float = 1.0) -> str:
     return f"{float(value) * scale:.{digits}f}"
 
 
+def _g(value: Any) -> str:
+    return "-" if value is None else f"{float(value):.4g}"
+
+
 def table_rows(result: dict[str, Any]) -> list[dict[str, str]]:
     rows = []
     for name, core in result["systems"].items():
@@ -43,8 +47,8 @@ def table_rows(result: dict[str, Any]) -> list[dict[str, str]]:
             "ttft_p50": _f(lat["ttft"]["p50"]), "ttft_p99": _f(lat["ttft"]["p99"]),
             "tpot_p50": _f(lat["tpot"]["p50"], 2, 1e3), "tpot_p99": _f(lat["tpot"]["p99"], 2, 1e3),
             "throughput": _f(core["throughput_tokens_per_s"], 0),
-            "gbs": _f(core["cost"]["gbs_proxy"], 0), "gbs_vs_static": _f(r["gbs_vs_static"], 3),
-            "gbs_live": _f(core["cost"]["gbs_live"], 0),
+            "gbs": _g(core["cost"]["gbs_proxy"]), "gbs_vs_static": _f(r["gbs_vs_static"], 3),
+            "gbs_live": _g(core["cost"]["gbs_live"]),
             "gpu_s_serverless": _f(core["cost"]["serverless_gpu_s"], 1),
             "gpu_s_serverful": _f(core["cost"]["serverful_gpu_s"], 1),
             "replicas": _f(core.get("replicas", {}).get("mean_per_layer"), 1),
@@ -56,6 +60,8 @@ def table_rows(result: dict[str, Any]) -> list[dict[str, str]]:
 def markdown_report(result: dict[str, Any]) -> str:
     s = result["setting"]
     preset = s["preset"]
+    if result["mode"] == "real":
+        return _markdown_real(result)
     lines = [
         "# moeless bench",
         "",
@@ -72,14 +78,7 @@ def markdown_report(result: dict[str, Any]) -> str:
         "TTFT, TPOT, throughput and costs come from each system's own closed-loop run.",
         "",
     ]
-    rows = table_rows(result)
-    for title, columns in TABLES:
-        lines += [f"## {title}", ""]
-        lines.append("| " + " | ".join(name for name, _ in columns) + " |")
-        lines.append("|" + "---|" * len(columns))
-        for row in rows:
-            lines.append("| " + " | ".join(row[key] for _, key in columns) + " |")
-        lines.append("")
+    lines += _tables(result)
     lines += [
         "",
         "Costs: `GB·s` is the MoEless paper's memory x time proxy (serverful systems reserve their replicas for",
@@ -93,6 +92,27 @@ def markdown_report(result: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _tables(result: dict[str, Any]) -> list[str]:
+    rows, lines = table_rows(result), []
+    for title, columns in TABLES:
+        lines += [f"## {title}", ""]
+        lines.append("| " + " | ".join(name for name, _ in columns) + " |")
+        lines.append("|" + "---|" * len(columns))
+        for row in rows:
+            lines.append("| " + " | ".join(row[key] for _, key in columns) + " |")
+        lines.append("")
+    return lines
+
+
+def _markdown_real(result: dict[str, Any]) -> str:
+    s = result["setting"]
+    lines = ["# moeless bench (real mode)", "",
+             f"- model {s['model']} executed by serve's runtime on {s['hardware']} with {s['gpus']} expert-parallel workers",
+             f"- trace {s['trace']} ({s['requests']} requests), prompts `{s['dataset']}`, {s['batching']} batching", "",
+             "Times are measured (each system's own run); costs as in serve.", ""]
+    return "\n".join(lines + _tables(result))
 
 
 def _png(fig: Any) -> bytes:

@@ -41,6 +41,7 @@ class BenchRequest:
     epochs: int = 30  # predictor training epochs
     plan_seconds: float = 20.0  # ilp time budget
     out: Path = Path("bench-out")  # where stages and reports go
+    devices: tuple[str, ...] = ("cpu",)  # real mode: devices serve's workers go on
     systems: list[str] = field(default_factory=lambda: list(SYSTEMS))
 
     def validate(self) -> None:
@@ -142,7 +143,12 @@ def predictor_stage(request: BenchRequest, profile_dir: Path, say: Callable[[str
     if _cached(request.out, "predictor", key, target):
         return target, True
     say("training the load predictors")
-    run_training(TrainRequest(profile_dir, None, [1], 0.8, request.epochs, target, None, 0))
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(TrainRequest)}
+    source = {"profiles": [profile_dir]} if "profiles" in names else {"profile": profile_dir}
+    run_training(TrainRequest(**source, eval_profile=None, distances=[1], accuracy_threshold=0.8,
+                              epochs=request.epochs, out=target, model=None, seed=0))
     _remember(request.out, "predictor", key)
     return target, False
 

@@ -28,6 +28,7 @@ def bench(
     keep_alive: float = typer.Option(5.0, "--keep-alive", help="Serverless keep-alive, seconds."),
     num_prompts: int = typer.Option(64, "--num-prompts", help="Prompts profiled for routing."),
     epochs: int = typer.Option(30, "--epochs", help="Predictor training epochs."),
+    devices: str = typer.Option("cpu", "--devices", help="Real mode: comma-separated devices (cpu, cuda:0, ...)."),
     out: Path = typer.Option(Path("bench-out"), "--out", help="Output directory (cached stages are reused)."),
     json_output: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP),
 ) -> None:
@@ -40,7 +41,7 @@ def bench(
     request = BenchRequest(model=model, preset=preset, hardware=hardware, gpus=gpus, trace=trace, dataset=dataset,
                            batching=batching, mode=mode, time_model=time_model, max_requests=max_requests,
                            time_scale=time_scale, keep_alive_s=keep_alive, num_prompts=num_prompts, epochs=epochs,
-                           out=out)
+                           out=out, devices=tuple(d.strip() for d in devices.split(",") if d.strip()) or ("cpu",))
     with make_progress(disable=json_output) as progress:
         task = progress.add_task("bench", total=None)
 
@@ -69,7 +70,8 @@ def _print_table(result: dict) -> None:
     from moeless_cli.bench.outputs import TABLES, table_rows
 
     s = result["setting"]
-    heading = (f"{s['preset']['name']} on {s['gpus']} x {s['hardware']}, {s['trace']} ({s['requests']} requests), "
+    name = s["preset"]["name"] if s.get("preset") else s["model"]
+    heading = (f"{name} on {s['gpus']} x {s['hardware']}, {s['trace']} ({s['requests']} requests), "
                f"{s['batching']} batching, time model {s['time_model']}")
     rows = table_rows(result)
     for title, columns in TABLES:
@@ -79,8 +81,9 @@ def _print_table(result: dict) -> None:
         for row in rows:
             table.add_row(*[row[key] for _, key in columns])
         console.print(table)
-    console.print("MoE-layer latency on the same batches for every system; ratios are of the mean. "
-                  "GB·s: the paper's memory x time proxy (serverful: reserved for the run; serverless: per invocation).")
+    same = "measured in each system's own run" if result["mode"] == "real" else "on the same batches for every system"
+    console.print(f"MoE-layer latency {same}; ratios are of the mean. GB·s: the paper's memory x time proxy "
+                  "(serverful: reserved for the run; serverless: per invocation).")
 
 
 def register(app: typer.Typer) -> None:

@@ -125,6 +125,19 @@ class OnlinePolicy:
         self.pool.touch(layer, expert[used], gpu[used], start)
         return Dispatch(expert, gpu, tokens, start)
 
+    def _cold_start(self, layer: int, expert: int, now: float) -> int:
+        """Start a copy of an expert that has no instance at all (scaled to zero); returns its GPU:
+        the GPU with the fewest instances of the layer, room made there when possible."""
+        counts = [self.pool.count_on(layer, g) for g in range(self.setting.num_gpus)]
+        gpu = int(np.argmin(counts))
+        self.pool.make_room(layer, gpu, self.setting.slots_per_gpu, set(), now)
+        self.pool.warm_up(layer, [expert], [gpu], now)
+        if self.pool.get(layer, expert, gpu) is None:  # the copy link refused it: queue it anyway
+            backlog, self.pool.max_backlog_s = self.pool.max_backlog_s, None
+            self.pool.warm_up(layer, [expert], [gpu], now)
+            self.pool.max_backlog_s = backlog
+        return gpu
+
     def observe(self, layer: int, true_load: np.ndarray) -> None:
         self.last_load[layer] = np.asarray(true_load, dtype=np.float64)
 
@@ -216,8 +229,9 @@ class MoelessPaperPolicy(OnlinePolicy):
         for e in np.setdiff1d(np.flatnonzero(load > 0), plan.expert[ready]).tolist():
             mine = np.flatnonzero(live_e == e)
             warm = [int(live_g[i]) for i in mine if self.pool.ready(layer, e, int(live_g[i]), now)]
-            if not warm:  # nothing warm: wait for the earliest copy
-                warm = [min((int(live_g[i]) for i in mine), key=lambda g: self.pool.ready_s(layer, e, g))]
+            if not warm:  # nothing warm: wait for the earliest copy (a cold start when there is none)
+                warm = [min((int(live_g[i]) for i in mine), key=lambda g: self.pool.ready_s(layer, e, g))] if mine.size \
+                    else [self._cold_start(layer, e, now)]
             expert.append(np.full(len(warm), e, dtype=np.int64))
             gpu.append(np.asarray(warm, dtype=np.int64))
         expert_all, gpu_all = np.concatenate(expert), np.concatenate(gpu)
@@ -291,7 +305,10 @@ class MoelessPolicy(OnlinePolicy):
         # An expert with load and no warm replica waits for its earliest copy (rare: one is pinned).
         for e in np.flatnonzero(load > 0).tolist():
             mine = np.flatnonzero(expert == e)
-            if not ready[mine].any():
+            if not mine.size:
+                g = self._cold_start(layer, e, now)
+                expert, gpu, ready = np.append(expert, e), np.append(gpu, g), np.append(ready, True)
+            elif not ready[mine].any():
                 ready[mine[np.argmin([self.pool.ready_s(layer, e, int(g)) for g in gpu[mine]])]] = True
         expert, gpu = expert[ready], gpu[ready]
         tokens = water_fill(expert, gpu, load, s.num_gpus, s.entry_tokens)
