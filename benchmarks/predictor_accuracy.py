@@ -1,9 +1,9 @@
 """Do moeless's load predictors beat the published ones and the history baselines on an unseen domain?
 
-On a built-in model (default `tiny-mixtral`): profile prompts of the training domains (math, prose:
-gsm8k + wikitext2 + tinyshakespeare) and, separately, a domain left out of training (code:
-humaneval), every token's router inputs recorded; train with `moeless train-predictor --profile
-TRAIN --eval-profile CODE`; report per layer, side by side in one run:
+On a built-in model (default `tiny-mixtral`): profile each training domain (math: gsm8k; prose:
+wikitext2, tinyshakespeare) and a domain left out of training (code: humaneval), every token's
+router inputs recorded; train with `moeless train-predictor --profile GSM8K --profile WIKI
+--profile SHAKESPEARE --eval-profile CODE`; report per layer, side by side in one run:
 - token top-k recall at d=1: moeless vs the unmodified next gate (reused-gate) and the paper method;
 - load error (TVD of per-batch load fractions): moeless vs EMA and last-iteration history;
 - wall time of the whole training command and per-layer predict latency for 256 tokens on CPU.
@@ -59,15 +59,6 @@ def resolve_model(name: str, work: Path) -> tuple[str, bool]:
     return str(path), False
 
 
-def write_training_prompts(path: Path, num_prompts: int) -> None:
-    """The training domains interleaved, as plain text rows (gsm8k questions without chat template)."""
-    from moeless_cli.workloads.prompts import load_prompts
-
-    parts = [load_prompts(name, num_prompts=num_prompts, seed=1).prompts for name in TRAIN_DATASETS]
-    rows = [p for i in range(num_prompts) for part in parts if i < len(part) for p in [part[i]]][:num_prompts]
-    path.write_text("".join(json.dumps({"text": p.text}) + "\n" for p in rows))
-
-
 def predict_latency(predictor_path: Path, profile_path: Path, repeats: int = 300) -> dict[str, float]:
     """Median microseconds to predict one layer's load for 256 tokens, per method, on CPU."""
     import numpy as np
@@ -96,7 +87,7 @@ def predict_latency(predictor_path: Path, profile_path: Path, repeats: int = 300
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny-mixtral")
-    parser.add_argument("--num-prompts", type=int, default=96, help="prompts per profile")
+    parser.add_argument("--num-prompts", type=int, default=96, help="prompts of the held-out domain, and of all training domains together")
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--distances", type=int, nargs="+", default=[1, 2])
@@ -108,24 +99,24 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="moeless-predictor-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     model, trained = resolve_model(args.model, work)
-    write_training_prompts(work / "train-prompts.jsonl", args.num_prompts)
-    common = ["--model", model, "--num-prompts", str(args.num_prompts), "--batch-size", "8",
-              "--max-new-tokens", str(args.max_new_tokens), "--router-samples", "10000000"]
+    common = ["--model", model, "--batch-size", "8", "--max-new-tokens", str(args.max_new_tokens),
+              "--router-samples", "10000000"]
     profiles = {}
-    for name, dataset in (("train", str(work / "train-prompts.jsonl")), ("heldout", HELD_OUT_DATASET)):
-        profiles[name] = work / f"profile-{name}"
-        doc = moeless("profile", *common, "--dataset", dataset, "--out", str(profiles[name]), threads=args.threads)
-        print(f"profiled {name}: {doc['tokens']} tokens, {doc['iterations']} iterations", file=sys.stderr)
+    for dataset in (*TRAIN_DATASETS, HELD_OUT_DATASET):
+        profiles[dataset] = work / f"profile-{dataset}"
+        prompts = args.num_prompts if dataset == HELD_OUT_DATASET else args.num_prompts // len(TRAIN_DATASETS)
+        doc = moeless("profile", *common, "--dataset", dataset, "--num-prompts", str(prompts),
+                      "--out", str(profiles[dataset]), threads=args.threads)
+        print(f"profiled {dataset}: {doc['tokens']} tokens, {doc['iterations']} iterations", file=sys.stderr)
 
-    distance_args = [a for d in args.distances for a in ("--distance", str(d))]
+    train_args = [a for name in TRAIN_DATASETS for a in ("--profile", str(profiles[name]))]
+    train_args += [a for d in args.distances for a in ("--distance", str(d))] + ["--epochs", str(args.epochs)]
     started = time.perf_counter()
-    cross = moeless("train-predictor", "--profile", str(profiles["train"]), "--eval-profile", str(profiles["heldout"]),
-                    *distance_args, "--epochs", str(args.epochs), "--out", str(work / "cross.safetensors"),
-                    threads=args.threads)
+    cross = moeless("train-predictor", *train_args, "--eval-profile", str(profiles[HELD_OUT_DATASET]),
+                    "--out", str(work / "cross.safetensors"), threads=args.threads)
     cross_wall = time.perf_counter() - started
-    in_domain = moeless("train-predictor", "--profile", str(profiles["train"]), *distance_args,
-                        "--epochs", str(args.epochs), "--out", str(work / "in-domain.safetensors"), threads=args.threads)
-    latency = predict_latency(work / "cross.safetensors", profiles["heldout"])
+    in_domain = moeless("train-predictor", *train_args, "--out", str(work / "in-domain.safetensors"), threads=args.threads)
+    latency = predict_latency(work / "cross.safetensors", profiles[HELD_OUT_DATASET])
     results = {"model": args.model if trained else "random tiny mixtral (fallback)", "trained_model": trained,
                "train_datasets": list(TRAIN_DATASETS), "heldout_dataset": HELD_OUT_DATASET,
                "cross_domain": cross, "in_domain": in_domain, "train_command_wall_s": cross_wall,
@@ -144,13 +135,14 @@ def report(results: dict) -> None:
         doc = results[key]
         print(f"== {results['model']}: {title}")
         print(f"{'layer':>5} {'d':>2} | {'recall: moeless':>15} {'paper':>6} {'reused':>6} | "
-              f"{'TVD: moeless':>12} {'ema':>6} {'last':>6} {'reused':>6} | straggler moeless/ema")
+              f"{'TVD: moeless':>12} {'ema':>6} {'last':>6} {'reused':>6} | straggler moeless/ema | anchor")
         for e in doc["layers"]:
             m = e["methods"]
             print(f"{e['layer']:>5} {e['distance']:>2} | {m['moeless']['topk_recall']:>15.3f} "
                   f"{m['moeless-paper']['topk_recall']:>6.3f} {m['reused-gate']['topk_recall']:>6.3f} | "
                   f"{m['moeless']['load_tvd']:>12.3f} {m['ema']['load_tvd']:>6.3f} {m['last']['load_tvd']:>6.3f} "
-                  f"{m['reused-gate']['load_tvd']:>6.3f} | {m['moeless']['straggler_recall']:.2f}/{m['ema']['straggler_recall']:.2f}")
+                  f"{m['reused-gate']['load_tvd']:>6.3f} | {m['moeless']['straggler_recall']:>9.2f}/{m['ema']['straggler_recall']:.2f}"
+                  f"            | {e['anchor']}")
         for d in sorted({e["distance"] for e in doc["layers"]}):
             rows = [e for e in doc["layers"] if e["distance"] == d]
             mean = lambda method, metric: sum(e["methods"][method][metric] for e in rows) / len(rows)  # noqa: E731

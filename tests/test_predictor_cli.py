@@ -105,3 +105,14 @@ def test_bad_input_errors(cli, profile_dir, tmp_path):
 
     result = cli("train-predictor", "--profile", tmp_path / "missing")
     assert result.exit_code != 0 and "profile not found" in result.stderr
+
+
+def test_several_profiles_choose_the_anchor_on_held_out_domains(cli, profile_dir, tmp_path):
+    second = tmp_path / "second"
+    shutil.copytree(profile_dir, second)
+    out = tmp_path / "p.safetensors"
+    result = cli("train-predictor", "--profile", profile_dir, "--profile", second, "--epochs", "1", "--out", out, "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert all(e["anchor_chosen_on"] == "held-out domains" for e in doc["layers"])
+    assert load_predictor(out).manifest["train_profiles"] == [str(profile_dir), str(second)]

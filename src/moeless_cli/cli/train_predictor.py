@@ -17,7 +17,9 @@ TABLE_METHODS = ("moeless", "moeless-paper", "reused-gate", "ema", "last")
 
 @guarded
 def train_predictor(
-    profile: Path = typer.Option(..., "--profile", help="Profile directory recorded with --router-samples."),
+    profile: list[Path] = typer.Option(
+        ..., "--profile", help="Profile directory recorded with --router-samples (repeatable: one per traffic domain)."
+    ),
     eval_profile: Optional[Path] = typer.Option(
         None, "--eval-profile", help="Evaluate on this profile (same model) instead of held-out requests."
     ),

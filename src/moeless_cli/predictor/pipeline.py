@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from typing import Callable
@@ -27,6 +28,8 @@ from moeless_cli.predictor.train import GateCopy, LayerPair, TrainConfig, fit_mo
 
 TRAIN_SHARE = 0.7  # the paper's 7:3 train/test split, by request
 FIT_SHARE = 0.8  # of the training requests, the rest validates (early stopping, blend, EMA smoothing)
+ANCHOR_CANDIDATES = (0.0, 0.3, 1.0, 3.0)  # moeless's pull toward the gate copy, chosen per layer on held-out domains
+MAX_DOMAIN_FOLDS = 3  # at most this many leave-one-domain-out folds for that choice
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,7 @@ def check_distances(distances: list[int], num_layers: int) -> None:
 
 
 def _split(train: RoutingProfile, eval_profile: RoutingProfile | None, seed: int):
-    """(fit samples, val samples, test samples, test-side load) by request."""
+    """(all training samples, fit samples, val samples, test samples, test-side load), by request."""
     samples = train.samples
     if eval_profile is None:
         train_mask, test_mask = split_by_request(samples.request_ids, TRAIN_SHARE, seed)
@@ -87,9 +90,55 @@ def _split(train: RoutingProfile, eval_profile: RoutingProfile | None, seed: int
     else:
         test, test_load = eval_profile.samples, eval_profile.load
     if np.unique(samples.request_ids).size < 2:  # too few to hold any out: validate on what we fit
-        return samples, samples, test, test_load
+        return samples, samples, samples, test, test_load
     fit_mask, val_mask = split_by_request(samples.request_ids, FIT_SHARE, seed + 1)
-    return samples.subset(fit_mask), samples.subset(val_mask), test, test_load
+    return samples, samples.subset(fit_mask), samples.subset(val_mask), test, test_load
+
+
+def _pair(fit: RoutingSamples, val: RoutingSamples, source: int, target: int, gates: GateBank) -> LayerPair:
+    """Training material for predicting layer `target` from layer `source`'s router input."""
+    return LayerPair(
+        x_train=_tensor(fit.router_inputs[:, source]),
+        topk_train=torch.from_numpy(fit.true_topk[:, target].astype(np.int64)),
+        teacher_train=_logits(_tensor(fit.router_inputs[:, target]), gates.weight[target], gates.layer_bias(target)),
+        x_val=_tensor(val.router_inputs[:, source]),
+        topk_val=val.true_topk[:, target],
+        train_batches=iteration_batches(fit.iteration_ids, MIN_BATCH_TOKENS)[1],
+    )
+
+
+def domain_folds(samples: RoutingSamples, seed: int) -> list[tuple[RoutingSamples, RoutingSamples]]:
+    """Leave-one-domain-out (fit, held-out domain) pairs; none when the samples have one domain."""
+    domains = np.unique(samples.domain_ids)
+    if domains.size < 2:
+        return []
+    held_out = np.random.default_rng(seed + 2).permutation(domains)[:MAX_DOMAIN_FOLDS]
+    return [(samples.subset(samples.domain_ids != d), samples.subset(samples.domain_ids == d)) for d in held_out]
+
+
+def choose_anchor(
+    folds: list[tuple[RoutingSamples, RoutingSamples]], source: int, target: int, gates: GateBank,
+    config: TrainConfig, on_epoch: Callable[[], None] | None,
+) -> float:
+    """The pull toward the gate copy whose predictor transfers best to domains it did not see.
+
+    Fine-tuning on some traffic can overfit it; the gate copy is the prior that generalises. The
+    candidate with the best mean recall on held-out domains wins (ties: the stronger pull).
+    Without several domains the configured default is kept.
+    """
+    if not folds:
+        return config.anchor_weight
+    w, b = gates.weight[target], gates.layer_bias(target)
+    scores = {}
+    for anchor in ANCHOR_CANDIDATES:
+        trial = dataclasses.replace(config, anchor_weight=anchor, calibration_steps=0)
+        recalls = [
+            fit_moeless(_pair(fit, held, source, target, gates), w, b, gates.top_k, trial, on_epoch).val_recall_after
+            for fit, held in folds
+        ]
+        scores[anchor] = float(np.mean(recalls))
+    best = max(scores.values())
+    return max(a for a, score in scores.items() if score >= best - 1e-9)
 
 
 def train_and_evaluate(
@@ -106,9 +155,10 @@ def train_and_evaluate(
     """
     num_layers, num_experts, top_k = gates.num_layers, gates.num_experts, gates.top_k
     check_distances(distances, num_layers)
-    fit, val, test, test_load = _split(train, eval_profile, config.seed)
+    training, fit, val, test, test_load = _split(train, eval_profile, config.seed)
     val_iters, val_batches = iteration_batches(val.iteration_ids, MIN_BATCH_TOKENS)
     test_iters, test_batches = iteration_batches(test.iteration_ids, MIN_BATCH_TOKENS)
+    folds = domain_folds(training, config.seed)
     entries, predictors = [], []
     for distance in distances:
         for target in range(distance, num_layers):
@@ -118,16 +168,10 @@ def train_and_evaluate(
                 select_topk, top_k=top_k, score=gates.score, correction=None if corr is None else _tensor(corr),
                 num_groups=gates.num_groups, top_groups=gates.top_groups,
             )
-            pair = LayerPair(
-                x_train=_tensor(fit.router_inputs[:, source]),
-                topk_train=torch.from_numpy(fit.true_topk[:, target].astype(np.int64)),
-                teacher_train=_logits(_tensor(fit.router_inputs[:, target]), w, b),
-                x_val=_tensor(val.router_inputs[:, source]),
-                topk_val=val.true_topk[:, target],
-                train_batches=iteration_batches(fit.iteration_ids, MIN_BATCH_TOKENS)[1],
-            )
+            pair = _pair(fit, val, source, target, gates)
             paper = fit_paper(pair, w, b, route, config, on_epoch)
-            moeless = fit_moeless(pair, w, b, top_k, config, on_epoch)
+            anchor = choose_anchor(folds, source, target, gates, config, on_epoch)
+            moeless = fit_moeless(pair, w, b, top_k, dataclasses.replace(config, anchor_weight=anchor), on_epoch)
 
             # history prior and blend, chosen on validation requests of the training profile
             val_true = batch_counts(val.true_topk[:, target], val_batches, num_experts)
@@ -167,6 +211,8 @@ def train_and_evaluate(
                     "blend_weight": blend.weight,
                     "count_mode": blend.mode,
                     "ema_alpha": blend.alpha,
+                    "anchor": anchor,
+                    "anchor_chosen_on": "held-out domains" if folds else "default",
                     "methods": score_layer(true_topk, token_topk, batch_loads, batch_counts(true_topk, test_batches, num_experts)),
                 }
             )

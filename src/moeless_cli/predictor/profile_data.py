@@ -23,13 +23,43 @@ def routing_profile(profile) -> RoutingProfile:
     if profile.topk_ids is None or profile.token_request is None or profile.token_iteration is None:
         raise MoelessError(f"profile {profile.path} has no per-token routing arrays; re-run `moeless profile` on it")
     tokens = profile.router_input_tokens.astype(np.int64)
+    requests = profile.token_request[tokens].astype(np.int64)
+    domains = None if profile.request_domain is None else profile.request_domain.astype(np.int64)[requests]
     samples = RoutingSamples(
         router_inputs=profile.router_inputs,
         true_topk=profile.topk_ids[tokens].astype(np.int64),
-        request_ids=profile.token_request[tokens].astype(np.int64),
+        request_ids=requests,
         iteration_ids=profile.token_iteration[tokens].astype(np.int64),
+        domain_ids=domains,
     )
     return RoutingProfile(samples=samples, load=profile.load.astype(np.float64))
+
+
+def merge_profiles(parts: list[RoutingProfile]) -> RoutingProfile:
+    """Several profiles of one model as one: requests, iterations and domains renumbered apart.
+
+    Each (profile, domain) pair becomes its own domain. The load matrices are stacked in order.
+    """
+    if len(parts) == 1:
+        return parts[0]
+    request_offset = iteration_offset = 0
+    requests, iterations, domains = [], [], []
+    for index, part in enumerate(parts):
+        s = part.samples
+        requests.append(s.request_ids + request_offset)
+        iterations.append(s.iteration_ids + iteration_offset)
+        domains.append(s.domain_ids + index * 1_000_000)  # a profile's domains stay apart from the next one's
+        request_offset += int(s.request_ids.max(initial=-1)) + 1
+        iteration_offset += part.load.shape[0]
+    domain_ids = np.unique(np.concatenate(domains), return_inverse=True)[1]
+    samples = RoutingSamples(
+        router_inputs=np.concatenate([p.samples.router_inputs for p in parts]),
+        true_topk=np.concatenate([p.samples.true_topk for p in parts]),
+        request_ids=np.concatenate(requests),
+        iteration_ids=np.concatenate(iterations),
+        domain_ids=domain_ids.astype(np.int64),
+    )
+    return RoutingProfile(samples=samples, load=np.concatenate([p.load for p in parts]))
 
 
 def check_same_model(train, other, option: str) -> None:

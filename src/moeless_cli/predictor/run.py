@@ -12,7 +12,7 @@ from moeless_cli.errors import MoelessError
 
 @dataclass(frozen=True)
 class TrainRequest:
-    profile: Path  # training profile directory (with router input samples)
+    profiles: list[Path]  # training profile directories (with router input samples), all of one model
     eval_profile: Path | None  # evaluate on this profile instead of held-out requests
     distances: list[int]  # layers ahead to predict
     accuracy_threshold: float  # paper method's layer-aware fine-tuning threshold on top-k recall
@@ -42,23 +42,36 @@ def run_training(request: TrainRequest, on_epoch: Callable[[int], None] | None =
     """
     from moeless_cli.models import load_moe_model
     from moeless_cli.predictor.gates import gates_from_model
-    from moeless_cli.predictor.pipeline import check_distances, train_and_evaluate
-    from moeless_cli.predictor.profile_data import check_same_model, default_out, model_location, routing_profile
+    from moeless_cli.predictor.pipeline import ANCHOR_CANDIDATES, MAX_DOMAIN_FOLDS, check_distances, train_and_evaluate
+    from moeless_cli.predictor.profile_data import (
+        check_same_model,
+        default_out,
+        merge_profiles,
+        model_location,
+        routing_profile,
+    )
     from moeless_cli.predictor.store import pack_predictors, save_predictor
     from moeless_cli.predictor.train import TrainConfig
     from moeless_cli.profiling import load_profile
 
     if not 0.0 <= request.accuracy_threshold <= 1.0:
         raise MoelessError(f"--accuracy-threshold must be within [0, 1], got {request.accuracy_threshold}")
-    profile = load_profile(request.profile)
-    train = routing_profile(profile)
+    if not request.profiles:
+        raise MoelessError("give at least one --profile")
+    profile = load_profile(request.profiles[0])
+    parts = [routing_profile(profile)]
+    for path in request.profiles[1:]:
+        other = load_profile(path)
+        check_same_model(profile, other, "--profile")
+        parts.append(routing_profile(other))
+    train = merge_profiles(parts)
     check_distances(request.distances, profile.num_layers)  # fail before loading anything heavy
     evaluation = None
     if request.eval_profile is not None:
         other = load_profile(request.eval_profile)
         check_same_model(profile, other, "--eval-profile")
         evaluation = routing_profile(other)
-    out = Path(request.out) if request.out is not None else default_out(request.profile)
+    out = Path(request.out) if request.out is not None else default_out(request.profiles[0])
     if out.exists() and out.is_dir():
         raise MoelessError(f"--out {out} is a directory; give a file path such as {out / 'predictor.safetensors'}")
     existing = next((p for p in [out.parent, *out.parent.parents] if p.exists()), None)
@@ -77,7 +90,9 @@ def run_training(request: TrainRequest, on_epoch: Callable[[int], None] | None =
         raise MoelessError(f"model routers ({gates.num_layers} layers x {gates.num_experts} experts) do not match the profile")
 
     config = TrainConfig(epochs=request.epochs, accuracy_threshold=request.accuracy_threshold, seed=request.seed)
-    planned = sum(profile.num_layers - d for d in request.distances) * 2 * request.epochs
+    folds = min(train.samples.num_domains, MAX_DOMAIN_FOLDS) if train.samples.num_domains > 1 else 0
+    per_layer = 2 + folds * len(ANCHOR_CANDIDATES)  # paper + moeless + anchor trials
+    planned = sum(profile.num_layers - d for d in request.distances) * per_layer * request.epochs
 
     def tick() -> None:
         if on_epoch is not None:
@@ -87,7 +102,7 @@ def run_training(request: TrainRequest, on_epoch: Callable[[int], None] | None =
     header = {
         "model_id": profile.model_id,
         "config_hash": profile.config_hash,
-        "train_profile": str(request.profile),
+        "train_profiles": [str(p) for p in request.profiles],
         "eval_profile": None if request.eval_profile is None else str(request.eval_profile),
         "distances": request.distances,
         "accuracy_threshold": request.accuracy_threshold,

@@ -17,9 +17,12 @@ class RoutingSamples:
     true_topk: np.ndarray  # [samples, layers, k] expert ids each router selected for the token
     request_ids: np.ndarray  # [samples] request the token belongs to (the unit of the train/test split)
     iteration_ids: np.ndarray  # [samples] profiled iteration (batch) the token ran in; row of the load matrix
+    domain_ids: np.ndarray | None = None  # [samples] traffic domain (dataset/profile) of the token's request
 
     def __post_init__(self) -> None:
         n = self.router_inputs.shape[0]
+        if self.domain_ids is None:
+            object.__setattr__(self, "domain_ids", np.zeros(n, dtype=np.int64))
         assert self.router_inputs.ndim == 3 and self.true_topk.ndim == 3, "bad sample array ranks"
         assert self.true_topk.shape[:2] == self.router_inputs.shape[:2], "router inputs / top-k mismatch"
         assert self.request_ids.shape == (n,) and self.iteration_ids.shape == (n,), "bad id arrays"
@@ -35,8 +38,13 @@ class RoutingSamples:
     def subset(self, mask: np.ndarray) -> "RoutingSamples":
         """The samples where mask [samples] (bool) is true."""
         return RoutingSamples(
-            self.router_inputs[mask], self.true_topk[mask], self.request_ids[mask], self.iteration_ids[mask]
+            self.router_inputs[mask], self.true_topk[mask], self.request_ids[mask], self.iteration_ids[mask],
+            self.domain_ids[mask],
         )
+
+    @property
+    def num_domains(self) -> int:
+        return int(np.unique(self.domain_ids).size)
 
 
 def split_by_request(request_ids: np.ndarray, train_share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

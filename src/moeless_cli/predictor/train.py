@@ -31,7 +31,7 @@ class TrainConfig:
     weight_decay: float = 0.0  # AdamW weight decay (the gate init is the prior; no extra pull)
     accuracy_threshold: float = 0.8  # paper: fine-tune a layer only while its top-k recall is below this
     load_loss_weight: float = 2.0  # moeless calibration: weight of the batch load-distribution TVD next to the BCE
-    anchor_weight: float = 0.0  # moeless: pull toward the gate copy, per unit of relative squared change
+    anchor_weight: float = 0.3  # moeless: pull toward the gate copy (relative squared change); chosen on held-out domains when there are several
     distill_weight: float = 1.0  # moeless: weight of matching the target gate's own score distribution
     topk_weight: float = 0.0  # moeless: weight of the true top-k set's cross-entropy
     calibration_steps: int = 200  # moeless: full-batch Adam steps fitting the soft-count calibration
