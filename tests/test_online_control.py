@@ -195,7 +195,10 @@ def test_an_expert_scaled_to_zero_gets_a_cold_start_and_the_layer_waits():
     setting = _setting(E=8, G=2, L=1, slots=6)
     pool = FunctionPool(num_gpus=2, expert_bytes=1e9, keep_alive_s=0.1, host_gbps=10.0)
     policy = make_policy("moeless-paper", setting, pool)
-    pool.reclaim(10.0)  # every idle instance goes (nothing is pinned)
+    for table in pool.layers.values():  # unpin: a serverless pool that scaled to zero
+        for inst in table.values():
+            inst.pinned = False
+    pool.reclaim(10.0)  # every idle instance goes
     assert pool.live_count() == 0
     load = np.zeros(8)
     load[3] = 5.0

@@ -16,7 +16,8 @@ Registry (`ONLINE_POLICIES`):
   (lossy: it changes the model's output); its time is the floor under the default time model.
 - moeless-paper: the published Algorithms 1 + 2 on the gate-copy predictor's forecast, every layer
   and iteration, equal split over the planned replicas already warm (falling back to any warm
-  instance of an expert; waiting only when an expert has none).
+  instance of an expert; waiting only when an expert has none). One instance per expert (the
+  starting static placement) stays pinned, as Algorithm 1 starts from one replica per expert.
 - moeless: starts from the `moeless plan` placement, pre-warms replicas where the predictor's
   forecast says the water-filled dispatch would still straggle, dispatches by water-filling over
   the replicas that are already warm (never waits for a copy), and lets the extra replicas go after
@@ -207,6 +208,12 @@ class MoelessPaperPolicy(OnlinePolicy):
     name = "moeless-paper"
     serverful = False
     predictor_method = "paper"
+
+    def start(self, now: float = 0.0) -> None:
+        super().start(now)
+        for layer, plan in enumerate(self.plans):  # Algorithm 1 starts from one replica per expert: keep it
+            for e, g in zip(plan.expert.tolist(), plan.gpu.tolist()):
+                self.pool.get(layer, e, g).pinned = True
 
     def prepare(self, layer: int, predicted_load: np.ndarray | None, now: float) -> tuple[np.ndarray, np.ndarray]:
         from moeless_cli.planning.solvers.moeless_paper import moeless_paper_layer
