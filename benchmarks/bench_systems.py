@@ -6,7 +6,7 @@ their ratios to static EP, EPLB, Oracle and moeless-paper, next to the published
 Oracle / static that routing skew allows. Stages (profile, predictor, plan) are cached per routing
 model under --out, so a second run only re-simulates.
 
-  .venv/bin/python benchmarks/bench_systems.py [--max-requests 200] [--out benchmarks-out] [--quick]
+  .venv/bin/python benchmarks/bench_systems.py [--max-requests 200] [--out bench-out/benchmarks] [--quick]
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ SETTINGS = [
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-requests", type=int, default=200)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks-out"))
+    parser.add_argument("--out", type=Path, default=Path("bench-out") / "benchmarks")
     parser.add_argument("--hardware", default="a6000")
     parser.add_argument("--quick", action="store_true", help="only the published setting")
     parser.add_argument("--json", type=Path, help="also write every result here")
