@@ -160,3 +160,14 @@ def test_requests_stop_at_eos_and_prefill_only_runs(cli, tmp_path):
                "--out", tmp_path / "p")
     profile = load_profile(tmp_path / "p")
     assert doc["iterations"] == 2 and not profile.token_phase.any()
+
+
+def test_many_experts_use_int16_ids(cli, tmp_path):
+    from tiny_models import make_tiny_checkpoint
+
+    path = make_tiny_checkpoint("olmoe", tmp_path / "wide", num_experts=300, num_experts_per_tok=4,
+                                intermediate_size=8, num_hidden_layers=2)
+    doc = _run(cli, "--model", path, *SMALL, "--out", tmp_path / "p")
+    profile = load_profile(tmp_path / "p")
+    assert doc["experts"] == 300 and profile.topk_ids.dtype == np.int16 and profile.topk_ids.shape[2] == 4
+    _check_consistent(profile)
