@@ -30,6 +30,7 @@ TRAIN_SHARE = 0.7  # the paper's 7:3 train/test split, by request
 FIT_SHARE = 0.8  # of the training requests, the rest validates (early stopping, blend, EMA smoothing)
 ANCHOR_CANDIDATES = (0.0, 0.3, 1.0, 3.0)  # moeless's pull toward the gate copy, chosen per layer on held-out domains
 MAX_DOMAIN_FOLDS = 3  # at most this many leave-one-domain-out folds for that choice
+TRIAL_EPOCH_SHARE = 3  # anchor trials run epochs // this
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,8 @@ def choose_anchor(
     w, b = gates.weight[target], gates.layer_bias(target)
     scores = {}
     for anchor in ANCHOR_CANDIDATES:
-        trial = dataclasses.replace(config, anchor_weight=anchor, calibration_steps=0)
+        # a third of the epochs: enough to see which pull transfers, at a fraction of the cost
+        trial = dataclasses.replace(config, anchor_weight=anchor, calibration_steps=0, epochs=max(1, config.epochs // TRIAL_EPOCH_SHARE))
         recalls = [
             fit_moeless(_pair(fit, held, source, target, gates), w, b, gates.top_k, trial, on_epoch).val_recall_after
             for fit, held in folds

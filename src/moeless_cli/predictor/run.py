@@ -42,7 +42,13 @@ def run_training(request: TrainRequest, on_epoch: Callable[[int], None] | None =
     """
     from moeless_cli.models import load_moe_model
     from moeless_cli.predictor.gates import gates_from_model
-    from moeless_cli.predictor.pipeline import ANCHOR_CANDIDATES, MAX_DOMAIN_FOLDS, check_distances, train_and_evaluate
+    from moeless_cli.predictor.pipeline import (
+        ANCHOR_CANDIDATES,
+        MAX_DOMAIN_FOLDS,
+        TRIAL_EPOCH_SHARE,
+        check_distances,
+        train_and_evaluate,
+    )
     from moeless_cli.predictor.profile_data import (
         check_same_model,
         default_out,
@@ -91,8 +97,9 @@ def run_training(request: TrainRequest, on_epoch: Callable[[int], None] | None =
 
     config = TrainConfig(epochs=request.epochs, accuracy_threshold=request.accuracy_threshold, seed=request.seed)
     folds = min(train.samples.num_domains, MAX_DOMAIN_FOLDS) if train.samples.num_domains > 1 else 0
-    per_layer = 2 + folds * len(ANCHOR_CANDIDATES)  # paper + moeless + anchor trials
-    planned = sum(profile.num_layers - d for d in request.distances) * per_layer * request.epochs
+    trial_epochs = max(1, request.epochs // TRIAL_EPOCH_SHARE)
+    per_layer = 2 * request.epochs + folds * len(ANCHOR_CANDIDATES) * trial_epochs  # paper, moeless, anchor trials
+    planned = sum(profile.num_layers - d for d in request.distances) * per_layer
 
     def tick() -> None:
         if on_epoch is not None:
