@@ -24,6 +24,8 @@ SETTINGS = [
     ("mixtral-8x7b", "azure-code", "continuous", "default"),
     ("mixtral-8x7b", "azure-conv", "paper", "default"),
     ("mixtral-8x7b", "azure-conv", "continuous", "roofline"),
+    ("phi-3.5-moe", "azure-conv", "continuous", "default"),
+    ("phi-3.5-moe", "azure-code", "continuous", "default"),
     ("olmoe-1b-7b", "azure-conv", "continuous", "default"),
     ("olmoe-1b-7b", "azure-code", "continuous", "default"),
     ("qwen3-30b-a3b", "azure-conv", "continuous", "default"),
@@ -38,6 +40,7 @@ def main() -> int:
     parser.add_argument("--hardware", default="a6000")
     parser.add_argument("--quick", action="store_true", help="only the published setting")
     parser.add_argument("--json", type=Path, help="also write every result here")
+    parser.add_argument("--preset", action="append", help="only these presets (repeatable)")
     args = parser.parse_args()
 
     from moeless_cli.bench.compare import run_bench
@@ -49,6 +52,8 @@ def main() -> int:
     shipped = set(builtin_names())
     results = []
     settings = SETTINGS[:1] if args.quick else SETTINGS
+    if args.preset:
+        settings = [s for s in settings if s[0] in args.preset]
     header = (f"{'preset':14s} {'trace':10s} {'batch':10s} {'time':8s} {'system':14s} {'moe ms':>8s} {'/static':>7s} "
               f"{'/EPLB':>6s} {'/Oracle':>7s} {'/paper':>6s} {'GB·s/static':>11s} {'TTFT p50':>8s} {'cold':>6s}")
     print(header)
