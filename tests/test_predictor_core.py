@@ -101,3 +101,32 @@ def test_distance_out_of_range():
     profile, gates = synthetic_profile()
     with pytest.raises(MoelessError, match="distance 4"):
         train_and_evaluate(profile, None, gates, [4], TrainConfig(epochs=1, calibration_steps=5))
+
+
+def test_routing_rule_with_correction_and_groups(tmp_path):
+    """DeepSeek-V3 style gates: sigmoid scores, a selection bias and group-limited top-k."""
+    import torch
+
+    from moeless_cli.predictor.gates import select_topk
+
+    profile, plain = synthetic_profile(seed=1)
+    rng = np.random.default_rng(1)
+    gates = GateBank(plain.weight, None, rng.uniform(0, 0.3, size=(LAYERS, EXPERTS)).astype(np.float32),
+                     "sigmoid", TOP_K, num_groups=2, top_groups=1)
+    x = torch.from_numpy(profile.samples.router_inputs.astype(np.float32))  # [samples, layers, hidden]
+    routed = np.stack([
+        select_topk(x[:, layer] @ torch.from_numpy(gates.weight[layer]).T, TOP_K, "sigmoid",
+                    torch.from_numpy(gates.correction[layer]), 2, 1).numpy()
+        for layer in range(LAYERS)
+    ], axis=1)
+    assert (routed // (EXPERTS // 2) == routed[:, :, :1] // (EXPERTS // 2)).all()  # one group per token
+    samples = RoutingSamples(profile.samples.router_inputs, routed, profile.samples.request_ids,
+                             profile.samples.iteration_ids)
+    report, predictors = train_and_evaluate(RoutingProfile(samples, profile.load), None, gates, [1],
+                                            TrainConfig(epochs=1, calibration_steps=5))
+    for entry in report["layers"]:
+        assert entry["methods"]["reused-gate"]["topk_recall"] > 0.3
+    manifest, tensors = pack_predictors(predictors, gates, {"config_hash": "h", "model_id": "m"}, report)
+    predictor = load_predictor(save_predictor(tmp_path / "p.safetensors", manifest, tensors))
+    ids = predictor.predict_topk(samples.router_inputs[:20, 0], layer=1, distance=1)
+    assert (ids // (EXPERTS // 2) == ids[:, :1] // (EXPERTS // 2)).all()

@@ -62,11 +62,11 @@ def _logits(x: torch.Tensor, weight: np.ndarray, bias: np.ndarray | None) -> tor
     return out if bias is None else out + _tensor(bias)
 
 
-def _token_loads(fit: GateCopy, x: torch.Tensor, top_k: int, batches: list[np.ndarray]) -> dict[str, np.ndarray]:
+def _token_loads(fit: GateCopy, x: torch.Tensor, route: Callable, batches: list[np.ndarray]) -> dict[str, np.ndarray]:
     """Per-batch token-level count estimates of a moeless predictor: {"soft", "hard"} -> [batches, experts]."""
     with torch.no_grad():
         probs = fit.soft_probs(x)  # [tokens, experts]
-        ids = torch.topk(_logits(x, fit.weight, fit.bias), top_k, dim=-1).indices.numpy()
+        ids = route(_logits(x, fit.weight, fit.bias)).numpy()
     return {"soft": batch_sums(probs.numpy(), batches), "hard": batch_counts(ids, batches, probs.shape[1])}
 
 
@@ -119,7 +119,7 @@ def domain_folds(samples: RoutingSamples, seed: int) -> list[tuple[RoutingSample
 
 def choose_anchor(
     folds: list[tuple[RoutingSamples, RoutingSamples]], source: int, target: int, gates: GateBank,
-    config: TrainConfig, on_epoch: Callable[[], None] | None,
+    config: TrainConfig, on_epoch: Callable[[], None] | None, route: Callable,
 ) -> float:
     """The pull toward the gate copy whose predictor transfers best to domains it did not see.
 
@@ -135,7 +135,7 @@ def choose_anchor(
         # a third of the epochs: enough to see which pull transfers, at a fraction of the cost
         trial = dataclasses.replace(config, anchor_weight=anchor, calibration_steps=0, epochs=max(1, config.epochs // TRIAL_EPOCH_SHARE))
         recalls = [
-            fit_moeless(_pair(fit, held, source, target, gates), w, b, gates.top_k, trial, on_epoch).val_recall_after
+            fit_moeless(_pair(fit, held, source, target, gates), w, b, gates.top_k, trial, on_epoch, route).val_recall_after
             for fit, held in folds
         ]
         scores[anchor] = float(np.mean(recalls))
@@ -172,21 +172,21 @@ def train_and_evaluate(
             )
             pair = _pair(fit, val, source, target, gates)
             paper = fit_paper(pair, w, b, route, config, on_epoch)
-            anchor = choose_anchor(folds, source, target, gates, config, on_epoch)
-            moeless = fit_moeless(pair, w, b, top_k, dataclasses.replace(config, anchor_weight=anchor), on_epoch)
+            anchor = choose_anchor(folds, source, target, gates, config, on_epoch, route)
+            moeless = fit_moeless(pair, w, b, top_k, dataclasses.replace(config, anchor_weight=anchor), on_epoch, route)
 
             # history prior and blend, chosen on validation requests of the training profile
             val_true = batch_counts(val.true_topk[:, target], val_batches, num_experts)
             alpha = choose_alpha(train.load[:, target], val_iters, val_true)
             val_prior = ema_prior(train.load[:, target], alpha)[val_iters]
-            mode, weight = choose_blend(_token_loads(moeless, pair.x_val, top_k, val_batches), val_prior, val_true)
+            mode, weight = choose_blend(_token_loads(moeless, pair.x_val, route, val_batches), val_prior, val_true)
             blend = Blend(weight, alpha, mode)
 
             # every method on the same held-out tokens and batches
             x_test = _tensor(test.router_inputs[:, source])
-            moeless_counts = _token_loads(moeless, x_test, top_k, test_batches)
+            moeless_counts = _token_loads(moeless, x_test, route, test_batches)
             token_topk = {
-                "moeless": torch.topk(_logits(x_test, moeless.weight, moeless.bias), top_k, dim=-1).indices.numpy(),
+                "moeless": route(_logits(x_test, moeless.weight, moeless.bias)).numpy(),
                 "moeless-paper": route(_logits(x_test, paper.weight, paper.bias)).numpy(),
                 "reused-gate": route(_logits(x_test, w, b)).numpy(),
             }

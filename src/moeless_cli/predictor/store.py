@@ -5,7 +5,7 @@ has one) / `.calib_scale` [1] / `.calib_offset` [experts] (soft counts: P(select
 sigmoid(scale * margin + offset), margin = logit minus the token's top-k boundary) and
 `paper.d{d}.l{t}.weight` (+ `.bias` when the model's gate has one) predict MoE layer t from the
 router input of layer t - d; `correction.l{t}` [experts] is layer t's top-k selection bias, when
-the model has one (DeepSeek-V3), which the paper's gate copies keep using.
+the model has one (DeepSeek-V3, ERNIE), which both kinds of gate copy keep using.
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ class LoadPredictor:
         from moeless_cli.predictor.gates import select_topk
 
         logits = self.logits(hidden, layer, distance, method)
-        correction = self._tensors.get(f"correction.l{layer}") if method == "paper" else None
+        correction = self._tensors.get(f"correction.l{layer}")  # both copies keep the model's routing rule
         with torch.no_grad():
             return select_topk(logits, self.top_k, self.score, correction, self.num_groups, self.top_groups).numpy()
 

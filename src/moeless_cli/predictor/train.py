@@ -151,9 +151,9 @@ def soft_counts(logits: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(logits).sum(dim=0)
 
 
-def _val_recall(layer: torch.nn.Linear, pair: LayerPair, top_k: int) -> float:
+def _val_recall(layer: torch.nn.Linear, pair: LayerPair, route: Callable[[torch.Tensor], torch.Tensor]) -> float:
     with torch.no_grad():
-        ids = torch.topk(layer(pair.x_val), top_k, dim=-1).indices
+        ids = route(layer(pair.x_val))
     return topk_recall(ids.numpy(), pair.topk_val)
 
 
@@ -195,10 +195,12 @@ def fit_moeless(
     top_k: int,
     config: TrainConfig,
     on_epoch: Callable[[], None] | None = None,
+    route: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> GateCopy:
     """The moeless predictor for one target layer: every layer trained, then calibrated.
 
-    gate_weight: [experts, hidden], gate_bias: [experts] or None, of the target layer.
+    gate_weight: [experts, hidden], gate_bias: [experts] or None, of the target layer; route: the
+    target router's top-k rule on logits (default: plain top-k), which the copy keeps using.
     1. Ranking: fine-tune the gate copy on the true top-k set (softmax cross-entropy of the set,
        as routers are trained) with a pull toward the target gate's weights, keeping the epoch
        with the best validation recall (the untouched copy included).
@@ -206,6 +208,8 @@ def fit_moeless(
        which turns the ranking into soft per-expert counts for load prediction.
     """
     num_experts = gate_weight.shape[0]
+    if route is None:
+        route = lambda logits: torch.topk(logits, top_k, dim=-1).indices  # noqa: E731
     layer = _linear(gate_weight, gate_bias, gate_bias is not None)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
@@ -215,7 +219,7 @@ def fit_moeless(
     anchor_norm = float((anchor * anchor).sum()) + 1e-12
     teacher = torch.softmax(pair.teacher_train, dim=-1)  # [n_train, experts] what the target gate itself scores
     optimiser = torch.optim.AdamW(layer.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    recall_before = _val_recall(layer, pair, top_k)
+    recall_before = _val_recall(layer, pair, route)
     best = (recall_before, *_copy_out(layer))
     epochs_run = 0
     for epoch in range(config.epochs):
@@ -232,7 +236,7 @@ def fit_moeless(
         epochs_run = epoch + 1
         if on_epoch is not None:
             on_epoch()
-        recall = _val_recall(layer, pair, top_k)
+        recall = _val_recall(layer, pair, route)
         if recall > best[0]:
             best = (recall, *_copy_out(layer))
     recall, weight, bias = best
