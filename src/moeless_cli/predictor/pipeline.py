@@ -120,27 +120,47 @@ def domain_folds(samples: RoutingSamples, seed: int) -> list[tuple[RoutingSample
 def choose_anchor(
     folds: list[tuple[RoutingSamples, RoutingSamples]], source: int, target: int, gates: GateBank,
     config: TrainConfig, on_epoch: Callable[[], None] | None, route: Callable,
-) -> float:
+) -> tuple[float, list[tuple[GateCopy, RoutingSamples]]]:
     """The pull toward the gate copy whose predictor transfers best to domains it did not see.
 
     Fine-tuning on some traffic can overfit it; the gate copy is the prior that generalises. The
     candidate with the best mean recall on held-out domains wins (ties: the stronger pull).
-    Without several domains the configured default is kept.
+    Without several domains the configured default is kept. Returns (pull, the winner's fold
+    predictors with the domain each was scored on).
     """
     if not folds:
-        return config.anchor_weight
+        return config.anchor_weight, []
     w, b = gates.weight[target], gates.layer_bias(target)
-    scores = {}
+    trials = {}
     for anchor in ANCHOR_CANDIDATES:
         # a third of the epochs: enough to see which pull transfers, at a fraction of the cost
         trial = dataclasses.replace(config, anchor_weight=anchor, calibration_steps=0, epochs=max(1, config.epochs // TRIAL_EPOCH_SHARE))
-        recalls = [
-            fit_moeless(_pair(fit, held, source, target, gates), w, b, gates.top_k, trial, on_epoch, route).val_recall_after
-            for fit, held in folds
-        ]
-        scores[anchor] = float(np.mean(recalls))
-    best = max(scores.values())
-    return max(a for a, score in scores.items() if score >= best - 1e-9)
+        fits = [fit_moeless(_pair(fit, held, source, target, gates), w, b, gates.top_k, trial, on_epoch, route) for fit, held in folds]
+        trials[anchor] = (float(np.mean([f.val_recall_after for f in fits])), [(f, held) for f, (_, held) in zip(fits, folds)])
+    best = max(score for score, _ in trials.values())
+    anchor = max(a for a, (score, _) in trials.items() if score >= best - 1e-9)
+    return anchor, trials[anchor][1]
+
+
+def transfer_blend_weight(
+    fold_fits: list[tuple[GateCopy, RoutingSamples]], source: int, target: int, route: Callable,
+    layer_load: np.ndarray, alpha: float, num_experts: int,
+) -> float:
+    """The token share of the history blend that held-out domains support (1.0 without folds).
+
+    layer_load: [iterations, experts] of the training profiles. Each fold predictor's top-k counts
+    on the domain it did not see are blended with the EMA prior; the best share caps moeless's.
+    """
+    token, prior, true = [], [], []
+    for fit, held in fold_fits:
+        iterations, batches = iteration_batches(held.iteration_ids, MIN_BATCH_TOKENS)
+        ids = route(_logits(_tensor(held.router_inputs[:, source]), fit.weight, fit.bias)).numpy()
+        token.append(batch_counts(ids, batches, num_experts))
+        prior.append(ema_prior(layer_load, alpha)[iterations])
+        true.append(batch_counts(held.true_topk[:, target], batches, num_experts))
+    if not token:
+        return 1.0
+    return choose_blend({"hard": np.concatenate(token)}, np.concatenate(prior), np.concatenate(true))[1]
 
 
 def train_and_evaluate(
@@ -172,7 +192,7 @@ def train_and_evaluate(
             )
             pair = _pair(fit, val, source, target, gates)
             paper = fit_paper(pair, w, b, route, config, on_epoch)
-            anchor = choose_anchor(folds, source, target, gates, config, on_epoch, route)
+            anchor, fold_fits = choose_anchor(folds, source, target, gates, config, on_epoch, route)
             moeless = fit_moeless(pair, w, b, top_k, dataclasses.replace(config, anchor_weight=anchor), on_epoch, route)
 
             # history prior and blend, chosen on validation requests of the training profile
@@ -180,7 +200,9 @@ def train_and_evaluate(
             alpha = choose_alpha(train.load[:, target], val_iters, val_true)
             val_prior = ema_prior(train.load[:, target], alpha)[val_iters]
             mode, weight = choose_blend(_token_loads(moeless, pair.x_val, route, val_batches), val_prior, val_true)
-            blend = Blend(weight, alpha, mode)
+            # trust the tokens no more than they earned on domains they were not trained on
+            cap = transfer_blend_weight(fold_fits, source, target, route, train.load[:, target], alpha, num_experts)
+            blend = Blend(min(weight, cap), alpha, mode)
 
             # every method on the same held-out tokens and batches
             x_test = _tensor(test.router_inputs[:, source])
