@@ -1,0 +1,1 @@
+"""Workloads: prompt datasets (what requests say) and arrival traces (when they come, how long they are)."""
