@@ -11,7 +11,8 @@ Sources of the built-in models' loads:
 
 Skew of one layer's load vector (tokens routed to each expert): max/mean (1.0 = perfectly even,
 what a static placement is sized by) and the Gini coefficient (0 = even, 1 = one expert takes all).
-Figures are summarised over layers as mean [min-max]. Prints a Markdown table (docs/models.md
+Figures are summarised over layers as mean [min-max]; "idle experts" counts, per layer, experts
+that get under 1% of the mean load. Prints a Markdown table (docs/models.md
 quotes it) and writes the full per-layer figures to --out as JSON.
 """
 
@@ -51,10 +52,13 @@ def layer_skew(loads: np.ndarray) -> dict:
     """loads: [layers, experts]. Per-layer max/mean and Gini, plus their mean/min/max over layers."""
     mm = [max_over_mean(row) for row in loads]
     gi = [gini(row) for row in loads]
+    idle = [int((row < 0.01 * row.mean()).sum()) for row in loads]  # experts under 1% of the mean load
     return {
         "max_over_mean": [round(v, 3) for v in mm],
         "gini": [round(v, 3) for v in gi],
+        "idle_experts": idle,
         "summary": {
+            "idle_experts": round(float(np.mean(idle)), 1),
             "max_over_mean": [round(float(np.mean(mm)), 2), round(min(mm), 2), round(max(mm), 2)],
             "gini": [round(float(np.mean(gi)), 3), round(min(gi), 3), round(max(gi), 3)],
         },
@@ -153,13 +157,14 @@ def heldout_streams(data_dir: Path, model_name: str) -> dict[str, np.ndarray]:
 
 def markdown(report: dict) -> str:
     lines = ["| model | source | text (domain) | routed tokens | max/mean: mean [min-max] over layers "
-             "| Gini: mean [min-max] |", "|---|---|---|---|---|---|"]
+             "| Gini: mean [min-max] | idle experts/layer |", "|---|---|---|---|---|---|---|"]
     for key, entry_set in report["models"].items():
         model, _, source = key.partition(" / ")
         for domain, entry in entry_set["domains"].items():
             mm, gi = entry["summary"]["max_over_mean"], entry["summary"]["gini"]
             lines.append(f"| {model} | {source} | {domain} | {entry['tokens']:,} "
-                         f"| {mm[0]:.2f} [{mm[1]:.2f}-{mm[2]:.2f}] | {gi[0]:.3f} [{gi[1]:.3f}-{gi[2]:.3f}] |")
+                         f"| {mm[0]:.2f} [{mm[1]:.2f}-{mm[2]:.2f}] | {gi[0]:.3f} [{gi[1]:.3f}-{gi[2]:.3f}] "
+                         f"| {entry['summary']['idle_experts']:.1f} |")
     lines.append("")
     lines.append("| model | source | mean cosine similarity of per-layer loads between texts (1 = domain-blind) |")
     lines.append("|---|---|---|")
@@ -170,9 +175,11 @@ def markdown(report: dict) -> str:
 
 
 def summarise(loads_by_domain: dict[str, np.ndarray], top_k: int, source: str) -> dict:
+    """Skew per text, plus "all (sum)": the texts' loads added up (a mixed-traffic view)."""
+    with_total = {**loads_by_domain, "all (sum)": sum(loads_by_domain.values())}
     return {
         "source": source,
-        "domains": {d: {"tokens": int(l[0].sum() // top_k), **layer_skew(l)} for d, l in loads_by_domain.items()},
+        "domains": {d: {"tokens": int(l[0].sum() // top_k), **layer_skew(l)} for d, l in with_total.items()},
         "domain_overlap": domain_overlap(loads_by_domain),
     }
 

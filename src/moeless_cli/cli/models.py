@@ -48,13 +48,14 @@ def _print_tables(models: list[dict[str, Any]], families: list[dict[str, str]]) 
     from rich.table import Table
 
     table = Table(title="Built-in models (shipped, no download)")
-    for column in ("name", "architecture", "shape", "params", "size", "domains", "held-out ppl (unigram)"):
+    table.add_column("name", no_wrap=True)
+    for column in ("architecture", "shape", "params", "size", "domains", "held-out ppl (unigram)"):
         table.add_column(column)
     for m in models:
         ppl = ", ".join(f"{d} {m['heldout_ppl'][d]:.0f} ({m['unigram_ppl'][d]:.0f})" for d in m["domains"])
         table.add_row(
             m["name"], m["architecture"],
-            f"{m['layers']} layers x {m['experts']} experts, top-{m['top_k']}, hidden {m['hidden_size']}",
+            f"{m['layers']}L x {m['experts']}E top-{m['top_k']}, d={m['hidden_size']}",
             f"{m['params'] / 1e6:.1f}M", f"{m['bytes_on_disk'] / 1e6:.1f} MB", ", ".join(m["domains"]), ppl,
         )
     if not models:
