@@ -52,7 +52,7 @@ def run_bench(request: BenchRequest, say: Say = lambda _: None,
     from moeless_cli.predictor import load_predictor
     from moeless_cli.profiling import load_profile
     from moeless_cli.sim.routing import build_routing
-    from moeless_cli.sim.simulator import SimConfig, replay, simulate
+    from moeless_cli.sim.simulator import SimConfig, replay, replica_budget, simulate
     from moeless_cli.sim.timemodel import ClusterModel
 
     profile_dir, profile_reused = profile_stage(request, model, say)
@@ -70,8 +70,9 @@ def run_bench(request: BenchRequest, say: Say = lambda _: None,
     cluster = ClusterModel(hardware, preset, request.gpus, request.time_model)
     slots = cluster.slots_per_gpu()
     history = routing.truth.values.sum(axis=0).astype(np.float64)
-    plan, plan_reused = plan_stage(request, history, slots, say)
     config = SimConfig(batching=request.batching, keep_alive_s=request.keep_alive_s)
+    budget = replica_budget(routing.num_experts, request.gpus, slots, config.redundant)
+    plan, plan_reused = plan_stage(request, history, slots, budget, say)
 
     systems: dict[str, Any] = {}
     own: dict[str, np.ndarray] = {}
@@ -93,7 +94,8 @@ def run_bench(request: BenchRequest, say: Say = lambda _: None,
         on_progress("done", len(SYSTEMS), len(SYSTEMS))
     setting = {
         "model": model, "preset": preset.as_dict(), "hardware": hardware.name, "hardware_description": hardware.description,
-        "gpus": request.gpus, "slots_per_gpu_per_layer": slots, "trace": request.trace, "requests": len(trace),
+        "gpus": request.gpus, "slots_per_gpu_per_layer": slots, "replica_budget_per_layer": budget,
+        "trace": request.trace, "requests": len(trace),
         "dataset": request.dataset, "batching": request.batching, "time_model": request.time_model,
         "keep_alive_s": request.keep_alive_s, "time_scale": request.time_scale,
         "simulated_layers": routing.num_layers, "layer_multiplicity": routing.multiplicity,

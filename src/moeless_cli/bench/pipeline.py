@@ -160,18 +160,21 @@ def _profile_key(request: BenchRequest) -> Any:
     return stages.get("profile") if isinstance(stages, dict) else None
 
 
-def plan_stage(request: BenchRequest, history: np.ndarray, slots: int, say: Callable[[str], None]) -> tuple[Any, bool]:
+def plan_stage(request: BenchRequest, history: np.ndarray, slots: int, budget: int,
+               say: Callable[[str], None]) -> tuple[Any, bool]:
     """The moeless starting plan for history: [layers, experts] on the cluster (ilp). Returns (Plan, reused)."""
     from moeless_cli.plan_io import read_plan, write_plan
     from moeless_cli.planning import PlanningProblem, solve
 
     target = request.out / f"plan-{request.preset}-{request.hardware}-{request.gpus}.json"
-    key = {"profile": _profile_key(request), "gpus": request.gpus, "slots": slots, "layers": int(history.shape[0]),
+    key = {"profile": _profile_key(request), "gpus": request.gpus, "slots": slots, "budget": budget,
+           "layers": int(history.shape[0]),
            "experts": int(history.shape[1]), "seconds": request.plan_seconds}
     if _cached(request.out, f"plan-{request.preset}-{request.hardware}-{request.gpus}", key, target):
         return read_plan(target)[0], True
     say("planning replicas (ilp)")
-    problem = PlanningProblem(num_gpus=request.gpus, slots_per_gpu=slots, time_limit_s=request.plan_seconds)
+    problem = PlanningProblem(num_gpus=request.gpus, slots_per_gpu=slots, replica_budget=budget,
+                              time_limit_s=request.plan_seconds)
     plan = solve("ilp", history, problem).plan
     write_plan(target, plan, {"source": "moeless bench", "preset": request.preset, "hardware": request.hardware})
     _remember(request.out, f"plan-{request.preset}-{request.hardware}-{request.gpus}", key)

@@ -174,12 +174,14 @@ class FunctionPool:
         keys = sorted(self._layer(layer))
         return (np.array([k[0] for k in keys], dtype=np.int64), np.array([k[1] for k in keys], dtype=np.int64))
 
-    def count_on(self, layer: int, gpu: int) -> int:
-        return sum(1 for (_, g) in self._layer(layer) if g == gpu)
+    def count_on(self, layer: int, gpu: int | None) -> int:
+        """Instances of `layer` on `gpu` (on every GPU when None)."""
+        return sum(1 for (_, g) in self._layer(layer) if gpu is None or g == gpu)
 
-    def make_room(self, layer: int, gpu: int, slots: int, keep: set[Slot], now: float) -> bool:
-        """Retire least-recently-used unpinned ready instances of `layer` on `gpu` (not in `keep`, and
-        never an expert's last warm one) until a new one fits in `slots`. False when none can go."""
+    def make_room(self, layer: int, gpu: int | None, slots: int, keep: set[Slot], now: float) -> bool:
+        """Retire least-recently-used unpinned ready instances of `layer` on `gpu` (anywhere in the
+        layer when None; not in `keep`, never an expert's last warm one) until a new one fits in
+        `slots` there. False when none can go."""
         table = self._layer(layer)
         while self.count_on(layer, gpu) >= slots:
             warm: dict[int, int] = {}
@@ -188,7 +190,8 @@ class FunctionPool:
                     warm[e] = warm.get(e, 0) + 1
             idle = [
                 (inst.last_used_s, k) for k, inst in table.items()
-                if k[1] == gpu and k not in keep and not inst.pinned and inst.ready_s <= now and warm[k[0]] > 1
+                if (gpu is None or k[1] == gpu) and k not in keep and not inst.pinned and inst.ready_s <= now
+                and warm[k[0]] > 1
             ]
             if not idle:
                 return False

@@ -9,7 +9,7 @@ Every system runs through the same loop (serve's runtime or the simulator), per 
 
 Registry (`ONLINE_POLICIES`):
 - static: Megatron-LM expert parallelism, expert e on GPU e mod G, pinned, no replicas.
-- eplb: DeepSeek EPLB over the same memory as the others (G x slots replicas), re-planned every
+- eplb: DeepSeek EPLB with the same replica budget as the others (`replica_budget`), re-planned every
   `eplb_period` iterations from the last `eplb_window` iterations' loads; new copies load in the
   background and the plan switches when they are in place.
 - oracle: static placement, but tokens are balanced perfectly over GPUs whatever the gate said
@@ -54,7 +54,7 @@ class PolicySetting:
     plan: Plan | None = None  # moeless: starting placement; None: water-filling on `history`
     max_new_per_layer: int = 2  # moeless: replicas pre-warmed per layer and iteration at most
     gain_threshold: float = 0.02  # moeless: pre-warm only while the forecast straggles by more
-    eplb_replicas: int | None = None  # EPLB: replicas per layer (a multiple of G); None: all slots
+    replica_budget: int | None = None  # most replicas per layer for EPLB, moeless-paper, moeless; None: all slots
 
     def __post_init__(self) -> None:
         if self.num_gpus * self.slots_per_gpu < self.num_experts:
@@ -64,9 +64,14 @@ class PolicySetting:
         if self.history.shape != (self.num_layers, self.num_experts):
             raise MoelessError(f"history must be [{self.num_layers}, {self.num_experts}], got {self.history.shape}")
 
-    def problem(self, replica_budget: int | None = None) -> PlanningProblem:
+    def problem(self) -> PlanningProblem:
         return PlanningProblem(num_gpus=self.num_gpus, slots_per_gpu=self.slots_per_gpu,
-                               cv_threshold=self.cv_threshold, replica_budget=replica_budget)
+                               cv_threshold=self.cv_threshold, replica_budget=self.replica_budget)
+
+    def max_replicas(self) -> int:
+        """Replicas one layer may hold: all slots, capped by the budget."""
+        cap = self.num_gpus * self.slots_per_gpu
+        return cap if self.replica_budget is None else min(cap, self.replica_budget)
 
 
 @dataclass
@@ -172,8 +177,7 @@ class EplbPolicy(OnlinePolicy):
     def initial_plan(self, layer: int) -> LayerPlan:
         from moeless_cli.planning.solvers.eplb import eplb_layer
 
-        return eplb_layer(np.asarray(self.setting.history[layer], dtype=np.float64),
-                          self.setting.problem(self.setting.eplb_replicas), None, 0.0)
+        return eplb_layer(np.asarray(self.setting.history[layer], dtype=np.float64), self.setting.problem(), None, 0.0)
 
     def observe(self, layer: int, true_load: np.ndarray) -> None:
         super().observe(layer, true_load)
@@ -199,7 +203,7 @@ class EplbPolicy(OnlinePolicy):
         for layer, window in enumerate(self._window):
             if not window or layer in self._pending:
                 continue
-            plan = eplb_layer(np.sum(window, axis=0), self.setting.problem(self.setting.eplb_replicas), None, 0.0)
+            plan = eplb_layer(np.sum(window, axis=0), self.setting.problem(), None, 0.0)
             self._pending[layer] = plan
             self.pool.warm_up(layer, plan.expert, plan.gpu, now, pinned=True)
 
@@ -221,7 +225,8 @@ class MoelessPaperPolicy(OnlinePolicy):
         forecast = self.forecast(layer, predicted_load)
         plan = moeless_paper_layer(forecast, self.setting.problem(), self.plans[layer], 0.0)
         self.plans[layer] = plan
-        _warm_within_slots(self.pool, layer, plan.expert, plan.gpu, self.setting.slots_per_gpu, now)
+        _warm_within_slots(self.pool, layer, plan.expert, plan.gpu, self.setting.slots_per_gpu,
+                           self.setting.max_replicas(), now)
         return plan.expert, plan.gpu
 
     def dispatch(self, layer: int, true_load: np.ndarray, now: float) -> Dispatch:
@@ -260,9 +265,10 @@ class MoelessPolicy(OnlinePolicy):
                     f"not {s.num_experts} on {s.num_gpus}"
                 )
             plan = s.plan.layers[layer % s.plan.num_layers]
-            if int(plan.slots_used(s.num_gpus).max()) <= s.slots_per_gpu:
+            if int(plan.slots_used(s.num_gpus).max()) <= s.slots_per_gpu and plan.num_replicas <= s.max_replicas():
                 return plan
-        return _water_filled_plan(np.asarray(s.history[layer], dtype=np.float64), s.num_gpus, s.slots_per_gpu)
+        return _water_filled_plan(np.asarray(s.history[layer], dtype=np.float64), s.num_gpus, s.slots_per_gpu,
+                                  s.max_replicas())
 
     def start(self, now: float = 0.0) -> None:
         super().start(now)
@@ -300,6 +306,8 @@ class MoelessPolicy(OnlinePolicy):
                     continue
                 if not self.pool.make_room(layer, g, self.setting.slots_per_gpu, keep, now):
                     continue
+                if not self.pool.make_room(layer, None, self.setting.max_replicas(), keep, now):
+                    return None
                 self.pool.warm_up(layer, [e], [g], now)
                 return e, g
         return None
@@ -322,23 +330,43 @@ class MoelessPolicy(OnlinePolicy):
         return self._finish(layer, expert, gpu, tokens, now)
 
 
-def _warm_within_slots(pool: FunctionPool, layer: int, expert: np.ndarray, gpu: np.ndarray, slots: int, now: float) -> None:
-    """Warm the replicas (expert[r], gpu[r]), making room on full GPUs by retiring idle instances."""
+def _warm_within_slots(pool: FunctionPool, layer: int, expert: np.ndarray, gpu: np.ndarray, slots: int,
+                       budget: int, now: float) -> None:
+    """Warm the replicas (expert[r], gpu[r]), making room on full GPUs (and under the layer's replica
+    budget) by retiring idle instances."""
     keep = set(zip(expert.tolist(), gpu.tolist()))
-    for e, g in keep:
-        if pool.get(layer, e, g) is not None or pool.make_room(layer, g, slots, keep, now):
-            pool.warm_up(layer, [e], [g], now)
+    table = pool.layers.get(layer, {})
+    present = [k for k in keep if k in table]
+    if present:
+        pool.warm_up(layer, [e for e, _ in present], [g for _, g in present], now)
+    missing = sorted(k for k in keep if k not in table)
+    if not missing:
+        return
+    per_gpu = np.bincount([g for _, g in table], minlength=pool.num_gpus)
+    total = len(table)
+    for e, g in missing:
+        if per_gpu[g] >= slots or total >= budget:
+            if not (pool.make_room(layer, g, slots, keep, now) and pool.make_room(layer, None, budget, keep, now)):
+                continue
+            table = pool.layers.get(layer, {})
+            per_gpu = np.bincount([h for _, h in table], minlength=pool.num_gpus)
+            total = len(table)
+        pool.warm_up(layer, [e], [g], now)
+        if (e, g) in pool.layers.get(layer, {}):
+            per_gpu[g] += 1
+            total += 1
 
 
-def _water_filled_plan(load: np.ndarray, num_gpus: int, slots: int) -> LayerPlan:
-    """The best-balanced water-filling placement of the planner for load: [experts], else the paper's greedy."""
+def _water_filled_plan(load: np.ndarray, num_gpus: int, slots: int, max_replicas: int) -> LayerPlan:
+    """The best-balanced water-filling placement of the planner for load: [experts] within the
+    replica budget, else the paper's greedy."""
     from moeless_cli.planning.solvers.greedy import pieces_to_layer, water_fill_candidates
     from moeless_cli.planning.solvers.moeless_paper import moeless_paper_layer
 
     plans = [pieces_to_layer(p, load) for p in water_fill_candidates(load, num_gpus, slots)]
-    plans = [p for p in plans if int(p.slots_used(num_gpus).max()) <= slots]
+    plans = [p for p in plans if int(p.slots_used(num_gpus).max()) <= slots and p.num_replicas <= max_replicas]
     if not plans:
-        problem = PlanningProblem(num_gpus=num_gpus, slots_per_gpu=slots)
+        problem = PlanningProblem(num_gpus=num_gpus, slots_per_gpu=slots, replica_budget=max_replicas)
         return moeless_paper_layer(load, problem, None, 0.0)
     return min(plans, key=lambda p: float(p.gpu_loads(load, num_gpus).max()))
 

@@ -35,7 +35,8 @@ class SimConfig:
     keep_alive_s: float = 5.0  # serverless instances idle this long are reclaimed
     eplb_period: int = 3000  # EPLB: iterations between re-plans (vLLM's default)
     eplb_window: int = 1000  # EPLB: iterations of history per re-plan (vLLM's default)
-    eplb_redundant: int | None = None  # EPLB: redundant replicas per layer; None: max(G, E/4) within memory
+    redundant: int | None = None  # replicas per layer beyond one per expert (EPLB, moeless-paper, moeless);
+    # None: max(G, E/4), rounded up to whole GPUs, within memory
     copy_backlog_s: float = 0.25  # serverless: no new copy into a GPU whose copy link is busy this long
 
     def validate(self) -> None:
@@ -47,8 +48,9 @@ class SimConfig:
             raise MoelessError(f"--keep-alive must be non-negative, got {self.keep_alive_s}")
 
 
-def eplb_replicas(num_experts: int, num_gpus: int, slots: int, redundant: int | None) -> int:
-    """EPLB's replicas per layer: E + redundant, rounded up to a multiple of G, within memory."""
+def replica_budget(num_experts: int, num_gpus: int, slots: int, redundant: int | None) -> int:
+    """Replicas per layer every replicating system may hold (the same memory for all): E + redundant,
+    rounded up to a multiple of G (EPLB fills whole GPUs), within memory."""
     extra = redundant if redundant is not None else max(num_gpus, num_experts // 4)
     wanted = -(-(num_experts + extra) // num_gpus) * num_gpus
     return min(wanted, num_gpus * slots)
@@ -61,7 +63,7 @@ def make_setting(cluster: ClusterModel, routing: RecordedRouting, config: SimCon
         num_layers=routing.num_layers, num_experts=routing.num_experts, num_gpus=cluster.num_gpus,
         slots_per_gpu=slots, history=history, entry_tokens=cluster.entry_tokens,
         eplb_window=config.eplb_window, eplb_period=config.eplb_period, plan=plan,
-        eplb_replicas=eplb_replicas(routing.num_experts, cluster.num_gpus, slots, config.eplb_redundant),
+        replica_budget=replica_budget(routing.num_experts, cluster.num_gpus, slots, config.redundant),
     )
 
 
