@@ -1,7 +1,7 @@
 """Train moeless's built-in MoE language models on CPU, with a fixed seed.
 
-    .venv/bin/python scripts/train_builtin_models.py                     # both models, default steps
-    .venv/bin/python scripts/train_builtin_models.py --steps tiny-mixtral=800,tiny-olmoe=700
+    .venv/bin/python scripts/train_builtin_models.py                     # both, as shipped (800 / 1100 steps)
+    .venv/bin/python scripts/train_builtin_models.py --models tiny-olmoe --steps 300 --out-dir /tmp/x
 
 Each model is a real transformers architecture (MixtralForCausalLM, OlmoeForCausalLM), so the
 loading code that serves real checkpoints serves these too. Output, per model:
@@ -55,9 +55,9 @@ class ModelSpec:
 SPECS = {
     # Mixtral-8x7B's routing shape: 8 experts, top-2
     "tiny-mixtral": ModelSpec("MixtralForCausalLM", experts=8, top_k=2, expert_intermediate=256,
-                              balance="per-layer", aux_coef=0.01),
+                              balance="per-layer", aux_coef=0.01, default_steps=800),
     # OLMoE / Qwen3-MoE's fine-grained shape: 64 small experts, top-8
-    "tiny-olmoe": ModelSpec("OlmoeForCausalLM", experts=64, top_k=8, expert_intermediate=64),
+    "tiny-olmoe": ModelSpec("OlmoeForCausalLM", experts=64, top_k=8, expert_intermediate=64, default_steps=1100),
 }
 
 
