@@ -36,7 +36,7 @@ class SimConfig:
     eplb_period: int = 3000  # EPLB: iterations between re-plans (vLLM's default)
     eplb_window: int = 1000  # EPLB: iterations of history per re-plan (vLLM's default)
     redundant: int | None = None  # replicas per layer beyond one per expert (EPLB, moeless-paper, moeless);
-    # None: max(G, E/4), rounded up to whole GPUs, within memory
+    # None: max(2G, E/4) (two spare slots per GPU, or DeepSeek-like E/4), whole GPUs, within memory
     copy_backlog_s: float = 0.25  # serverless: no new copy into a GPU whose copy link is busy this long
 
     def validate(self) -> None:
@@ -51,7 +51,7 @@ class SimConfig:
 def replica_budget(num_experts: int, num_gpus: int, slots: int, redundant: int | None) -> int:
     """Replicas per layer every replicating system may hold (the same memory for all): E + redundant,
     rounded up to a multiple of G (EPLB fills whole GPUs), within memory."""
-    extra = redundant if redundant is not None else max(num_gpus, num_experts // 4)
+    extra = redundant if redundant is not None else max(2 * num_gpus, num_experts // 4)
     wanted = -(-(num_experts + extra) // num_gpus) * num_gpus
     return min(wanted, num_gpus * slots)
 
