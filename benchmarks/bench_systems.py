@@ -41,8 +41,12 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="only the published setting")
     parser.add_argument("--json", type=Path, help="also write every result here")
     parser.add_argument("--preset", action="append", help="only these presets (repeatable)")
+    parser.add_argument("--render", type=Path, help="print markdown rows from a --json file and exit")
     args = parser.parse_args()
 
+    if args.render:
+        print(markdown_rows(json.loads(args.render.read_text())))
+        return 0
     from moeless_cli.bench.compare import run_bench
     from moeless_cli.bench.pipeline import BenchRequest
     from moeless_cli.errors import MoelessError
@@ -85,6 +89,27 @@ def main() -> int:
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     return 0
+
+
+def markdown_rows(results: list[dict]) -> str:
+    """One markdown table row per (setting, system), bold for moeless."""
+    lines = ["| preset | trace | batching | time model | system | MoE ms | /static | /EPLB | /Oracle | /moeless-paper "
+             "| GB·s /static | GB·s live /static | TTFT p50 s | cold starts |", "|" + "---|" * 14]
+    for result in results:
+        s = result["setting"]
+        live = result["systems"]["static"]["cost"]["gbs_live"]
+        for i, (name, core) in enumerate(result["systems"].items()):
+            r = result["ratios"][name]
+            head = [s["preset"]["name"], s["trace"], s["batching"], s["time_model"]] if i == 0 else ["", "", "", ""]
+            cells = [name + (" (lossy)" if core["lossy"] else ""), f"{core['moe_layer_ms']['mean']:.4f}",
+                     f"{r['moe_vs_static']:.3f}", f"{r['moe_vs_eplb']:.3f}", f"{r['moe_vs_oracle']:.3f}",
+                     f"{r['moe_vs_moeless_paper']:.3f}", f"{r['gbs_vs_static']:.4f}",
+                     f"{core['cost']['gbs_live'] / live:.2f}", f"{core['latency_s']['ttft']['p50']:.3f}",
+                     str(core["functions"]["cold_starts"])]
+            if name == "moeless":
+                cells = [f"**{c}**" for c in cells[:6]] + cells[6:]
+            lines.append("| " + " | ".join(head + cells) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
