@@ -68,6 +68,21 @@ def test_cached_stages_are_reused_and_table_prints(cli, bench_run, prompts):
     assert doc["stages"]["profile"]["reused"] and doc["stages"]["predictor"]["reused"] and doc["stages"]["plan"]["reused"]
 
 
+def test_model_fingerprint_follows_the_weights(tmp_path):
+    import shutil
+
+    from moeless_cli.bench.pipeline import model_fingerprint
+
+    copy = tmp_path / "model"
+    shutil.copytree(cached_tiny_checkpoint("mixtral"), copy)
+    before = model_fingerprint(str(copy))
+    weights = next(copy.glob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # a re-trained model under the same name must not reuse stale cached stages
+    weights.write_bytes(bytes(data))
+    assert model_fingerprint(str(copy)) != before
+
+
 def test_real_mode_runs_every_system_through_serve(cli, bench_run, prompts):
     out, _ = bench_run  # reuses the cached profile and predictor
     result = cli(*_args(out, prompts, "--mode", "real", "--gpus", "2", "--max-requests", "3", "--json"))

@@ -92,6 +92,23 @@ def check_routing_model(model: str, preset: Any) -> dict[str, Any]:
     return {"path": str(path), "experts": experts, "top_k": top_k}
 
 
+def model_fingerprint(model: str) -> str:
+    """sha256 of the checkpoint's config and weight files: a re-shipped model invalidates the cache."""
+    import hashlib
+
+    from moeless_cli.models.loading import resolve_model_path
+
+    path = resolve_model_path(model)
+    digest = hashlib.sha256()
+    for file in sorted([path / "config.json", *path.glob("*.safetensors"), *path.glob("*.bin")]):
+        if file.is_file():
+            digest.update(file.name.encode())
+            with open(file, "rb") as handle:
+                for chunk in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
 def _stages_file(out: Path) -> Path:
     return out / "stages.json"
 
@@ -126,7 +143,7 @@ def profile_stage(request: BenchRequest, model: str, say: Callable[[str], None])
     target = request.out / "profile"
     options = ProfileOptions(num_prompts=request.num_prompts, batch_size=16, max_new_tokens=request.max_new_tokens,
                              max_prompt_tokens=request.max_prompt_tokens, router_samples=1_000_000, seed=0)
-    key = {"model": model, "dataset": request.dataset, **options.as_dict()}
+    key = {"model": model, "fingerprint": model_fingerprint(model), "dataset": request.dataset, **options.as_dict()}
     if _cached(request.out, "profile", key, target):
         return target, True
     say(f"profiling {model} on {request.dataset}")
