@@ -1,6 +1,6 @@
 """Train moeless's built-in MoE language models on CPU, with a fixed seed.
 
-    .venv/bin/python scripts/train_builtin_models.py                     # both, as shipped (800 / 1100 steps)
+    .venv/bin/python scripts/train_builtin_models.py                     # both, as shipped (800 / 600 steps)
     .venv/bin/python scripts/train_builtin_models.py --models tiny-olmoe --steps 300 --out-dir /tmp/x
 
 Each model is a real transformers architecture (MixtralForCausalLM, OlmoeForCausalLM), so the
@@ -13,6 +13,7 @@ The loss log (JSON) and curve (PNG) go to docs/.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 import time
@@ -57,7 +58,8 @@ SPECS = {
     "tiny-mixtral": ModelSpec("MixtralForCausalLM", experts=8, top_k=2, expert_intermediate=256,
                               balance="per-layer", aux_coef=0.01, default_steps=800),
     # OLMoE / Qwen3-MoE's fine-grained shape: 64 small experts, top-8
-    "tiny-olmoe": ModelSpec("OlmoeForCausalLM", experts=64, top_k=8, expert_intermediate=64, default_steps=1100),
+    "tiny-olmoe": ModelSpec("OlmoeForCausalLM", experts=64, top_k=8, expert_intermediate=64,
+                            balance="per-layer", aux_coef=0.01, default_steps=600),
 }
 
 
@@ -235,6 +237,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", default=None, help="N, or NAME=N,NAME=N")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     parser.add_argument("--max-minutes", type=float, default=0, help="per-model wall-clock cap (0: none)")
+    parser.add_argument("--per-layer-balance", action="store_true",
+                        help="force the per-layer router loss (coefficient 0.01) on every selected model")
     parser.add_argument("--eval-windows", type=int, default=48, help="held-out windows per domain")
     args = parser.parse_args(argv)
 
@@ -272,6 +276,8 @@ def main(argv: list[str] | None = None) -> None:
     log["config"] = vars(cfg)
     for name in names:
         spec = SPECS[name]
+        if args.per_layer_balance:
+            spec = dataclasses.replace(spec, balance="per-layer", aux_coef=0.01)
         rows: list[dict] = []
         log[name] = rows
         model, done, seconds = train_one(
