@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from dataclasses import asdict, fields, replace
 from datetime import timedelta
 from pathlib import Path
@@ -111,7 +112,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--options-json", required=True, help="ServeOptions as a JSON object")
     parser.add_argument("--report", required=True, type=Path, help="where rank 0 writes the JSON report")
     args = parser.parse_args(argv)
-    run_rank(options_from_json(json.loads(args.options_json)), args.report)
+    code = 0
+    try:
+        run_rank(options_from_json(json.loads(args.options_json)), args.report)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    # Skip interpreter teardown: after the process group is gone, a native thread that torch or
+    # gloo still holds can be destroyed while joinable at exit ("terminate called without an
+    # active exception", SIGABRT), which torchrun reports as a dead worker although the run
+    # finished and its report is written. Everything worth keeping is flushed above this line.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
