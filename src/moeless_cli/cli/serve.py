@@ -18,7 +18,7 @@ def register(app: typer.Typer) -> None:
 
 @guarded
 def serve_command(
-    model: str = typer.Option(..., "--model", help="Built-in model name or a local checkpoint directory."),
+    model: str = typer.Option("tiny-mixtral", "--model", "-m", help="Built-in model name or a local checkpoint directory."),
     plan: Optional[Path] = typer.Option(None, "--plan", help="Plan file from `moeless plan` (moeless's start)."),
     predictor: Optional[Path] = typer.Option(None, "--predictor", help="Predictor file from `train-predictor`."),
     profile: Optional[Path] = typer.Option(None, "--profile", help="Profile of this model: policies' load history."),
