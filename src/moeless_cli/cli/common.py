@@ -14,8 +14,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from moeless_cli.errors import MoelessError
 
-# Console() without a file follows sys.stdout at write time, so CliRunner captures it.
-console = Console()
+# Console() without a file follows sys.stdout at write time, so CliRunner captures it. Piped
+# output (make demo, CI logs) would otherwise be cut to 80 columns and truncate wide tables.
+_PIPED_WIDTH = 160 if not sys.stdout.isatty() and not os.environ.get("COLUMNS") else None
+console = Console(width=_PIPED_WIDTH)
 err_console = Console(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
