@@ -76,11 +76,11 @@ def water_fill(
         r = min(replicas_of[e], key=lambda r: work[gpu_of[r]])
         tokens[r] = loads[e]
         work[gpu_of[r]] += loads[e] + entry_tokens
-    for _ in range(passes):
-        for e in order:
+    shared = [e for e in order if len(replicas_of[e]) > 1]  # only these can be re-poured
+    for _ in range(passes if shared else 0):
+        before = (tokens[:], work[:])
+        for e in shared:
             rs = replicas_of[e]
-            if len(rs) == 1:
-                continue
             for r in rs:  # lift this expert out, then pour it again over its replicas
                 if tokens[r] > 0:
                     work[gpu_of[r]] -= tokens[r] + entry_tokens
@@ -90,6 +90,8 @@ def water_fill(
             for base, r in entries[:used]:
                 tokens[r] = level - base
                 work[gpu_of[r]] = level
+        if (tokens, work) == before:  # a fixed point: further passes would repeat it exactly
+            break
     return np.asarray(tokens, dtype=np.float64)
 
 
@@ -100,11 +102,12 @@ def round_split(tokens: np.ndarray, expert: np.ndarray, load: np.ndarray) -> np.
     """
     floor = np.floor(tokens + 1e-9).astype(np.int64)
     short = np.rint(load).astype(np.int64) - np.bincount(expert, weights=floor, minlength=load.size).astype(np.int64)
-    remainder = tokens - floor
-    for e in np.flatnonzero(short > 0).tolist():
-        rs = np.flatnonzero(expert == e)
-        best = rs[np.argsort(-remainder[rs], kind="stable")][: short[e]]
-        floor[best] += 1
+    if not (short > 0).any():
+        return floor
+    ranked = np.lexsort((floor - tokens, expert))  # by expert, then largest remainder, ties by replica
+    grouped = expert[ranked]
+    rank = np.arange(ranked.size) - np.searchsorted(grouped, grouped)  # position within its expert
+    floor[ranked[rank < short[grouped]]] += 1
     return floor
 
 

@@ -26,20 +26,24 @@ class ExpertMath:
     is_transposed: bool  # weights stored [in, out] (x @ W) instead of [out, in] (linear)
     apply_gate: Callable[[Any], Any]  # the module's own GLU (or activation) on the first projection
 
+    def __post_init__(self) -> None:
+        import torch.nn.functional as F
+
+        self._linear = F.linear  # looked up once: forward runs per replica per MoE layer call
+        self._up = "gate_up_proj" if self.has_gate else "up_proj"  # first projection's weight name
+        self._up_bias = f"{self._up}_bias"
+
     def forward(self, weights: dict[str, Any], x: Any) -> Any:
         """x: [tokens, hidden] -> [tokens, hidden], with one expert's weights (name -> tensor)."""
-        up_name = "gate_up_proj" if self.has_gate else "up_proj"
-        h = self._project(x, weights[up_name], weights.get(f"{up_name}_bias"))
+        h = self._project(x, weights[self._up], weights.get(self._up_bias))
         h = self.apply_gate(h)
         return self._project(h, weights["down_proj"], weights.get("down_proj_bias"))
 
     def _project(self, x: Any, weight: Any, bias: Any) -> Any:
-        import torch.nn.functional as F
-
         if self.is_transposed:
             out = x @ weight
             return out if bias is None else out + bias
-        return F.linear(x, weight) if bias is None else F.linear(x, weight) + bias
+        return self._linear(x, weight) if bias is None else self._linear(x, weight) + bias
 
 
 def expert_math_of(module: Any, where: str) -> ExpertMath:

@@ -47,6 +47,11 @@ class FunctionLedger:
         self.counters.warm_hits += 1
         self.last_used[key] = now
 
+    def touch_all(self, keys: list[tuple[int, int, int]], now: float) -> None:
+        """`touch` for every key at once (the replicas one MoE layer call ran)."""
+        self.counters.warm_hits += len(keys)
+        self.last_used.update(dict.fromkeys(keys, now))
+
     def retire(self, key: tuple[int, int, int], now: float) -> None:
         self._advance(now)
         if self.last_used.pop(key, None) is not None:

@@ -178,21 +178,18 @@ class ExpertParallelRuntime:
         num_tokens, k = top_k_index.shape
 
         token_of = order // k  # [T*k] token of each pair, grouped by expert
-        x_sorted = hidden[token_of]  # [T*k, H] one gather; each replica takes a contiguous run
-        used = np.flatnonzero(counts)
-        used = used[np.argsort(expert[used], kind="stable")]  # by expert: runs follow `order`
-        bounds = np.concatenate([[0], np.cumsum(counts[used])])  # [used+1]
+        x_sorted = hidden.index_select(0, token_of)  # [T*k, H] one gather; each replica takes a contiguous run
+        by_expert = np.argsort(expert, kind="stable")
+        used = by_expert[counts[by_expert] > 0]  # replicas with tokens, by expert: runs follow `order`
+        used_expert, used_gpu = expert[used].tolist(), gpu[used].tolist()
+        moved = {g: self.workers[g].device != hidden.device for g in set(used_gpu)}  # worker off hidden's device
         jobs: dict[int, list[tuple[int, Any]]] = {}
         slot_of: list[tuple[int, int]] = []  # per used replica: (worker, position in its jobs)
-        now = self.now()
-        for i, r in enumerate(used.tolist()):
-            e, g = int(expert[r]), int(gpu[r])
-            x = x_sorted[bounds[i]: bounds[i + 1]]
-            if x.device != self.workers[g].device:
-                x = x.to(self.workers[g].device)
-            jobs.setdefault(g, []).append((e, x))
-            slot_of.append((g, len(jobs[g]) - 1))
-            self.ledger.touch((layer, e, g), now)
+        for e, g, x in zip(used_expert, used_gpu, x_sorted.split(counts[used].tolist())):
+            job = jobs.setdefault(g, [])
+            slot_of.append((g, len(job)))
+            job.append((e, x.to(self.workers[g].device) if moved[g] else x))
+        self.ledger.touch_all([(layer, e, g) for e, g in zip(used_expert, used_gpu)], self.now())
         dispatched = time.perf_counter()
         outputs, worker_s = {}, [0.0] * len(self.workers)
         for g, job in jobs.items():
@@ -200,8 +197,10 @@ class ExpertParallelRuntime:
         ran = time.perf_counter()
 
         parts = [outputs[g][j] for g, j in slot_of]
-        parts = [p if p.device == hidden.device else p.to(hidden.device) for p in parts]
-        out = (parts[0] if len(parts) == 1 else torch.cat(parts)) * top_k_weights.reshape(-1)[order, None]
+        if any(moved.values()):
+            parts = [p.to(hidden.device) for p in parts]
+        out = (parts[0] if len(parts) == 1 else torch.cat(parts)) * top_k_weights.reshape(-1).index_select(
+            0, order).unsqueeze(1)
         final = torch.zeros_like(hidden)
         if hidden.device.type == "cpu":  # index_add_ adds row by row: ascending expert, as the model does
             final.index_add_(0, token_of, out.to(final.dtype))
@@ -225,14 +224,15 @@ class ExpertParallelRuntime:
         if getattr(self.policy, "perfect_balance", False):  # oracle: overrides the gate (lossy)
             top_k_index = (torch.arange(num_tokens * k, device=top_k_index.device) % self.loaded.num_experts).view(
                 num_tokens, k)
-        flat = top_k_index.reshape(-1)  # [T*k] expert of each (token, slot) pair
-        order = torch.argsort(flat, stable=True)  # pairs grouped by expert, tokens ascending
-        load = torch.bincount(flat, minlength=self.loaded.num_experts).cpu().numpy()  # [E]
+        flat = top_k_index.reshape(-1).cpu().numpy()  # [T*k] expert of each (token, slot) pair
+        order = torch.from_numpy(np.argsort(flat, kind="stable")).to(top_k_index.device)  # grouped by expert
+        load = np.bincount(flat, minlength=self.loaded.num_experts)  # [E]
         plan = self.policy.dispatch(layer, load, self.now())
         expert, gpu = np.asarray(plan.expert), np.asarray(plan.gpu)
         counts = integer_counts(expert, np.asarray(plan.tokens, dtype=np.float64), load)  # [replicas]
-        missing = [(e, g) for e, g, n in zip(expert.tolist(), gpu.tolist(), counts.tolist())
-                   if n > 0 and self.is_local(g) and (layer, e) not in self.workers[g].replicas]
+        busy = np.flatnonzero(counts)
+        missing = [(e, g) for e, g in zip(expert[busy].tolist(), gpu[busy].tolist())
+                   if self.is_local(g) and (layer, e) not in self.workers[g].replicas]
         cold = self._load_replicas(layer, missing) if missing else 0.0  # on the critical path
         self.policy.observe(layer, load)
         if self.predictor is not None:
