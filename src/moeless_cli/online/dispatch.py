@@ -73,7 +73,8 @@ def water_fill(
     if missing:
         raise ValueError(f"experts {missing[:5]} have load but no warm replica")
     for e in order:  # first every expert whole on its least-busy replica (LPT), then re-pour
-        r = min(replicas_of[e], key=lambda r: work[gpu_of[r]])
+        rs = replicas_of[e]
+        r = rs[0] if len(rs) == 1 else min(rs, key=lambda r: work[gpu_of[r]])
         tokens[r] = loads[e]
         work[gpu_of[r]] += loads[e] + entry_tokens
     shared = [e for e in order if len(replicas_of[e]) > 1]  # only these can be re-poured

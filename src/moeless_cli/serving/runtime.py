@@ -203,7 +203,7 @@ class ExpertParallelRuntime:
             0, order).unsqueeze(1)
         final = torch.zeros_like(hidden)
         if hidden.device.type == "cpu":  # index_add_ adds row by row: ascending expert, as the model does
-            final.index_add_(0, token_of, out.to(final.dtype))
+            final.index_add_(0, token_of, out if out.dtype == final.dtype else out.to(final.dtype))
         else:  # GPU index_add_ is atomic: one expert at a time keeps the model's order
             for lo, hi in _expert_runs(load):
                 final.index_add_(0, token_of[lo:hi], out[lo:hi].to(final.dtype))
