@@ -42,6 +42,7 @@ class Route:
 
     top_k_index: Any  # [T, k] experts per token (the gate's, or the oracle's override)
     order: Any  # [T*k] (token, slot) pair positions grouped by expert, tokens ascending
+    token_of: Any  # [T*k] token of each pair in `order`
     load: np.ndarray  # [E] pairs per expert
     expert: np.ndarray  # [r] expert of each replica
     gpu: np.ndarray  # [r] worker of each replica
@@ -177,12 +178,13 @@ class ExpertParallelRuntime:
         cold = route.cold_s
         num_tokens, k = top_k_index.shape
 
-        token_of = order // k  # [T*k] token of each pair, grouped by expert
+        token_of = route.token_of  # [T*k] token of each pair, grouped by expert
         x_sorted = hidden.index_select(0, token_of)  # [T*k, H] one gather; each replica takes a contiguous run
         by_expert = np.argsort(expert, kind="stable")
         used = by_expert[counts[by_expert] > 0]  # replicas with tokens, by expert: runs follow `order`
         used_expert, used_gpu = expert[used].tolist(), gpu[used].tolist()
-        moved = {g: self.workers[g].device != hidden.device for g in set(used_gpu)}  # worker off hidden's device
+        device = hidden.device
+        moved = {g: self.workers[g].device != device for g in set(used_gpu)}  # worker off hidden's device
         jobs: dict[int, list[tuple[int, Any]]] = {}
         slot_of: list[tuple[int, int]] = []  # per used replica: (worker, position in its jobs)
         for e, g, x in zip(used_expert, used_gpu, x_sorted.split(counts[used].tolist())):
@@ -198,11 +200,10 @@ class ExpertParallelRuntime:
 
         parts = [outputs[g][j] for g, j in slot_of]
         if any(moved.values()):
-            parts = [p.to(hidden.device) for p in parts]
-        out = (parts[0] if len(parts) == 1 else torch.cat(parts)) * top_k_weights.reshape(-1).index_select(
-            0, order).unsqueeze(1)
+            parts = [p.to(device) for p in parts]
+        out = (parts[0] if len(parts) == 1 else torch.cat(parts)) * top_k_weights.reshape(-1, 1).index_select(0, order)
         final = torch.zeros_like(hidden)
-        if hidden.device.type == "cpu":  # index_add_ adds row by row: ascending expert, as the model does
+        if device.type == "cpu":  # index_add_ adds row by row: ascending expert, as the model does
             final.index_add_(0, token_of, out if out.dtype == final.dtype else out.to(final.dtype))
         else:  # GPU index_add_ is atomic: one expert at a time keeps the model's order
             for lo, hi in _expert_runs(load):
@@ -225,7 +226,10 @@ class ExpertParallelRuntime:
             top_k_index = (torch.arange(num_tokens * k, device=top_k_index.device) % self.loaded.num_experts).view(
                 num_tokens, k)
         flat = top_k_index.reshape(-1).cpu().numpy()  # [T*k] expert of each (token, slot) pair
-        order = torch.from_numpy(np.argsort(flat, kind="stable")).to(top_k_index.device)  # grouped by expert
+        order = np.argsort(flat, kind="stable")  # [T*k] pairs grouped by expert, tokens ascending
+        order, token_of = torch.from_numpy(order), torch.from_numpy(order // k)
+        if top_k_index.device.type != "cpu":
+            order, token_of = order.to(top_k_index.device), token_of.to(top_k_index.device)
         load = np.bincount(flat, minlength=self.loaded.num_experts)  # [E]
         plan = self.policy.dispatch(layer, load, self.now())
         expert, gpu = np.asarray(plan.expert), np.asarray(plan.gpu)
@@ -237,7 +241,7 @@ class ExpertParallelRuntime:
         self.policy.observe(layer, load)
         if self.predictor is not None:
             self.predictor.observe_load(layer, load)
-        return Route(top_k_index, order, load, expert, gpu, counts, cold)
+        return Route(top_k_index, order, token_of, load, expert, gpu, counts, cold)
 
     def is_local(self, worker: int) -> bool:
         """Whether this process holds worker `worker`'s replicas (all of them in the local backend)."""
