@@ -68,7 +68,7 @@ def water_fill(
     work = [0.0] * num_gpus if gpu_base is None else [float(x) for x in gpu_base]
     tokens = [0.0] * len(gpu_of)
     loads = load.tolist()
-    order = sorted((e for e in replicas_of if loads[e] > 0), key=lambda e: -loads[e])
+    order = sorted((e for e in replicas_of if loads[e] > 0), key=loads.__getitem__, reverse=True)  # stable
     missing = [e for e in range(load.size) if loads[e] > 0 and e not in replicas_of]
     if missing:
         raise ValueError(f"experts {missing[:5]} have load but no warm replica")

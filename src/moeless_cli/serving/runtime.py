@@ -187,7 +187,7 @@ class ExpertParallelRuntime:
         moved = {g: self.workers[g].device != device for g in set(used_gpu)}  # worker off hidden's device
         jobs: dict[int, list[tuple[int, Any]]] = {}
         slot_of: list[tuple[int, int]] = []  # per used replica: (worker, position in its jobs)
-        for e, g, x in zip(used_expert, used_gpu, x_sorted.split(counts[used].tolist())):
+        for e, g, x in zip(used_expert, used_gpu, x_sorted.split_with_sizes(counts[used].tolist())):
             job = jobs.setdefault(g, [])
             slot_of.append((g, len(job)))
             job.append((e, x.to(self.workers[g].device) if moved[g] else x))

@@ -10,9 +10,9 @@ from moeless_cli.serving.experts import ExpertMath, HostStore
 
 
 def _sync(device: Any) -> None:
-    import torch
-
     if device.type == "cuda":
+        import torch
+
         torch.cuda.synchronize(device)
 
 
