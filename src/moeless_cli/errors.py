@@ -1,5 +1,7 @@
 """The one exception type that reaches users as a one-line message (no traceback)."""
 
+from collections.abc import Iterable
+
 
 class MoelessError(Exception):
     """A problem with the user's input or environment, phrased so the user can act on it.
@@ -10,3 +12,10 @@ class MoelessError(Exception):
     def __init__(self, message: str, exit_code: int = 2):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def require_choice(what: str, value: str, choices: Iterable[str]) -> None:
+    """Reject `value` unless it is one of `choices`, naming them all (e.g. what="--policy")."""
+    options = list(choices)
+    if value not in options:
+        raise MoelessError(f"unknown {what} {value!r}; choose one of {', '.join(options)}")

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from moeless_cli.errors import MoelessError
+from moeless_cli.errors import MoelessError, require_choice
 from moeless_cli.fileio import read_json, write_json_atomic
 
 SYSTEMS = ("static", "eplb", "oracle", "moeless-paper", "moeless")
@@ -52,12 +52,9 @@ class BenchRequest:
 
         get_preset(self.preset)
         get_hardware(self.hardware)
-        if self.mode not in MODES:
-            raise MoelessError(f"unknown --mode {self.mode!r}; choose one of {', '.join(MODES)}")
-        if self.batching not in BATCHING:
-            raise MoelessError(f"unknown --batching {self.batching!r}; choose one of {', '.join(BATCHING)}")
-        if self.time_model not in TIME_MODELS:
-            raise MoelessError(f"unknown --time-model {self.time_model!r}; choose one of {', '.join(TIME_MODELS)}")
+        require_choice("--mode", self.mode, MODES)
+        require_choice("--batching", self.batching, BATCHING)
+        require_choice("--time-model", self.time_model, TIME_MODELS)
         if self.gpus < 1:
             raise MoelessError(f"--gpus must be at least 1, got {self.gpus}")
         if self.max_requests < 1:

@@ -11,7 +11,7 @@ from typing import Any, Optional
 import typer
 
 from moeless_cli.cli.common import JSON_OPTION_HELP, console, emit_json, guarded, make_progress
-from moeless_cli.errors import MoelessError
+from moeless_cli.errors import MoelessError, require_choice
 
 HELP = "Solve expert scaling and placement into a plan file."
 plan_app = typer.Typer(help=HELP, invoke_without_command=True, no_args_is_help=False)
@@ -102,8 +102,7 @@ def plan(
 
     if gpus is None:
         raise MoelessError("--gpus is required (expert-parallel GPUs to plan for)")
-    if solver not in SOLVERS:
-        raise MoelessError(f"unknown --solver {solver!r}; choose one of {', '.join(SOLVERS)}")
+    require_choice("--solver", solver, SOLVERS)
     if backend not in ("cbc", "highs"):
         raise MoelessError(f"unknown --backend {backend!r}; choose cbc or highs")
     if backend == "highs":

@@ -32,7 +32,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from moeless_cli.errors import MoelessError
+from moeless_cli.errors import MoelessError, require_choice
 from moeless_cli.online.dispatch import equal_split, gpu_work, share_split, water_fill
 from moeless_cli.online.functions import FunctionPool
 from moeless_cli.planning.plan import LayerPlan, Plan, PlanningProblem
@@ -382,8 +382,7 @@ ONLINE_POLICIES: dict[str, type[OnlinePolicy]] = {
 
 def make_policy(name: str, setting: PolicySetting, pool: FunctionPool) -> OnlinePolicy:
     """Build and start policy `name`."""
-    if name not in ONLINE_POLICIES:
-        raise MoelessError(f"unknown policy {name!r}; choose one of {', '.join(ONLINE_POLICIES)}")
+    require_choice("policy", name, ONLINE_POLICIES)
     policy = ONLINE_POLICIES[name](setting, pool)
     policy.start(0.0)
     return policy

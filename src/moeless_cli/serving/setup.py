@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from moeless_cli.errors import MoelessError
+from moeless_cli.errors import MoelessError, require_choice
 
 POLICIES = ("moeless", "moeless-paper", "static", "eplb", "oracle")
 BACKENDS = ("local", "dist")
@@ -42,12 +42,9 @@ class ServeOptions:
 
 
 def check_options(o: ServeOptions) -> None:
-    if o.policy not in POLICIES:
-        raise MoelessError(f"--policy {o.policy!r}: choose one of {', '.join(POLICIES)}")
-    if o.backend not in BACKENDS:
-        raise MoelessError(f"--backend {o.backend!r}: choose local or dist")
-    if o.batching not in BATCHING:
-        raise MoelessError(f"--batching {o.batching!r}: choose continuous or paper")
+    require_choice("--policy", o.policy, POLICIES)
+    require_choice("--backend", o.backend, BACKENDS)
+    require_choice("--batching", o.batching, BATCHING)
     for name, value in (("--token-budget", o.token_budget), ("--max-batch", o.max_batch), ("--distance", o.distance)):
         if value < 1:
             raise MoelessError(f"{name} must be >= 1, got {value}")

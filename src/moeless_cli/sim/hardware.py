@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from moeless_cli.errors import MoelessError
+from moeless_cli.errors import require_choice
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,5 @@ HARDWARE: dict[str, Hardware] = {
 
 
 def get_hardware(name: str) -> Hardware:
-    if name not in HARDWARE:
-        raise MoelessError(f"unknown hardware {name!r}; choose one of {', '.join(HARDWARE)}")
+    require_choice("hardware", name, HARDWARE)
     return HARDWARE[name]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from moeless_cli.errors import MoelessError
+from moeless_cli.errors import require_choice
 
 
 @dataclass(frozen=True)
@@ -88,8 +88,7 @@ PRESETS: dict[str, ModelPreset] = {
 
 
 def get_preset(name: str) -> ModelPreset:
-    if name not in PRESETS:
-        raise MoelessError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
+    require_choice("model preset", name, PRESETS)
     return PRESETS[name]
 
 

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from moeless_cli.errors import MoelessError
+from moeless_cli.errors import MoelessError, require_choice
 from moeless_cli.online.batching import ContinuousBatcher, PaperBatcher, Request, next_event_s
 from moeless_cli.online.dispatch import round_split
 from moeless_cli.online.functions import FunctionPool
@@ -40,8 +40,7 @@ class SimConfig:
     copy_backlog_s: float = 0.25  # serverless: no new copy into a GPU whose copy link is busy this long
 
     def validate(self) -> None:
-        if self.batching not in BATCHING:
-            raise MoelessError(f"unknown --batching {self.batching!r}; choose one of {', '.join(BATCHING)}")
+        require_choice("--batching", self.batching, BATCHING)
         if self.token_budget < 1 or self.max_batch < 1:
             raise MoelessError("token budget and max batch must be at least 1")
         if self.keep_alive_s < 0:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from moeless_cli.errors import MoelessError
+from moeless_cli.errors import MoelessError, require_choice
 from moeless_cli.sim.hardware import Hardware
 from moeless_cli.sim.presets import ModelPreset
 
@@ -57,8 +57,7 @@ class ClusterModel:
     classes: list[tuple[np.ndarray, float]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if self.time_model not in TIME_MODELS:
-            raise MoelessError(f"unknown --time-model {self.time_model!r}; choose one of {', '.join(TIME_MODELS)}")
+        require_choice("--time-model", self.time_model, TIME_MODELS)
         if self.num_gpus < 1:
             raise MoelessError(f"--gpus must be at least 1, got {self.num_gpus}")
         hw, p = self.hardware, self.preset

@@ -13,7 +13,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from moeless_cli.errors import MoelessError
+from moeless_cli.errors import MoelessError, require_choice
 from moeless_cli.planning.bounds import is_optimal, max_load_lower_bound
 from moeless_cli.planning.plan import LayerInfo, LayerPlan, Plan, PlanningProblem, SolveResult
 from moeless_cli.planning.solvers.eplb import eplb_layer
@@ -100,8 +100,7 @@ SOLVERS: dict[str, SolverFn] = {
 
 def solve(name: str, load: np.ndarray, problem: PlanningProblem, on_layer: ProgressFn | None = None) -> SolveResult:
     """Run solver `name` on load: [layers, experts]."""
-    if name not in SOLVERS:
-        raise MoelessError(f"unknown solver {name!r}; choose one of {', '.join(SOLVERS)}")
+    require_choice("solver", name, SOLVERS)
     return SOLVERS[name](load, problem, on_layer)
 
 
