@@ -28,11 +28,18 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
     """Write `data` to `path` via a temp file in the same directory, then rename."""
     path = Path(path)
     _check_parent_writable(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise MoelessError(f"cannot write {path}: {exc.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise MoelessError(f"cannot write {path}: {exc.strerror}") from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -69,7 +76,10 @@ def atomic_directory(final: str | Path, overwrite: bool = True) -> Iterator[Path
         raise MoelessError(f"output path {final} exists and is not a directory")
     if final.exists() and not overwrite:
         raise MoelessError(f"output directory {final} already exists")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    except OSError as exc:
+        raise MoelessError(f"cannot write {final}: {exc.strerror}") from None
     try:
         yield tmp
         if final.exists():
