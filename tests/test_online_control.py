@@ -89,7 +89,9 @@ def test_function_pool_lifecycle_and_accounting():
     # back-to-back copies into one GPU queue on its link
     queued = pool.warm_up(1, [0, 1], [0, 0], now=1.0)
     assert queued[1].ready_s == pytest.approx(queued[0].ready_s + 0.2)
-    assert pool.warm_up(0, [0], [0], now=1.0) == [] and pool.counters.warm_hits == 1
+    assert pool.warm_up(0, [0], [0], now=1.0) == [] and pool.counters.warm_hits == 0  # not an invocation
+    pool.invoke(1, [0, 1], [0, 0], dispatched_s=1.3, start_s=1.4)  # (1, 1, 0) still loading at 1.3
+    assert pool.counters.warm_hits == 1
     pool.touch(0, [0], [0], now=1.0, busy_s=0.5)
     assert pool.busy_gbs == pytest.approx(1.0)
     retired = pool.reclaim(now=1.9)  # idle > 1 s goes; (0,0,0) was used at 1.0, layer 1 landed at 1.2+
@@ -204,3 +206,18 @@ def test_an_expert_scaled_to_zero_gets_a_cold_start_and_the_layer_waits():
     load[3] = 5.0
     d = policy.dispatch(0, load, now=10.0)
     assert d.start_s == pytest.approx(10.1) and np.allclose(np.bincount(d.expert, weights=d.tokens, minlength=8), load)
+    assert pool.counters.warm_hits == 0  # the layer waited for a copy: a cold start, not a warm hit
+
+
+def test_warm_hits_count_invocations_of_replicas_already_warm():
+    setting = _setting(E=8, G=2, L=2)
+    for name in ("static", "moeless"):
+        pool = FunctionPool(num_gpus=2, expert_bytes=1e9, keep_alive_s=10.0)
+        policy = make_policy(name, setting, pool)
+        invoked = 0
+        for step in range(3):
+            for layer in range(2):
+                policy.prepare(layer, None, float(step))
+                d = policy.dispatch(layer, np.full(8, 4.0), float(step))
+                invoked += int((d.tokens > 0).sum())
+        assert pool.counters.warm_hits == invoked > 0, name  # every replica ran was warm: all hits

@@ -27,6 +27,8 @@ def check_core(report, policy):
     assert set(report["moe_layer_ms"]) == {"mean", "p50", "p99"}
     assert {"gbs_proxy", "serverless_gpu_s", "serverful_gpu_s", "usd_serverless", "usd_serverful"} <= set(report["cost"])
     assert set(report["functions"]) == {"cold_starts", "warm_hits", "created", "retired", "bytes_moved"}
+    if req["completed"]:  # the starting replicas are warm: layers that ran on them are warm hits
+        assert report["functions"]["warm_hits"] > 0
     assert report["throughput_tokens_per_s"] > 0
 
 

@@ -7,8 +7,8 @@ one (GPU-to-GPU link), else from host memory (host-to-device link); copies into 
 its link, so a burst of cold starts takes longer than one.
 
 Accounting, all in one place so serve and the simulator bill the same way:
-- counters: cold_starts (copies started), warm_hits (requested and already there), created,
-  retired, bytes_moved;
+- counters: cold_starts (copies started), warm_hits (invocations of a replica already warm when its
+  layer was dispatched), created, retired, bytes_moved;
 - `live_gbs`: GB·s of every live instance from creation to retirement, keep-alive idle included;
 - `busy_gbs`: GB·s billed per invocation (instance GB x the time its layer ran), the serverless
   billing the MoEless paper's cost proxy uses.
@@ -106,7 +106,6 @@ class FunctionPool:
             key = (e, g)
             inst = table.get(key)
             if inst is not None:
-                self.counters.warm_hits += m
                 inst.last_used_s = max(inst.last_used_s, now)
                 inst.pinned = inst.pinned or pinned
                 continue
@@ -135,6 +134,18 @@ class FunctionPool:
         """When the instance is ready (inf when it does not exist)."""
         inst = self.get(layer, expert, gpu)
         return inst.ready_s if inst is not None else float("inf")
+
+    def invoke(self, layer: int, experts, gpus, dispatched_s: float, start_s: float) -> None:
+        """Record an invocation of replicas (experts[r], gpus[r]) dispatched at dispatched_s that run
+        from start_s: each one already warm at dispatched_s is a warm hit (the others waited for a copy)."""
+        hits = 0
+        table = self._layer(layer)
+        for e, g in zip(np.asarray(experts).tolist(), np.asarray(gpus).tolist()):
+            inst = table.get((e, g))
+            if inst is not None:
+                hits += inst.ready_s <= dispatched_s
+                inst.last_used_s = max(inst.last_used_s, start_s)
+        self.counters.warm_hits += self.times(layer) * hits
 
     def touch(self, layer: int, experts, gpus, now: float, busy_s: float = 0.0) -> None:
         """Record an invocation of replicas (experts[r], gpus[r]) that ran for busy_s seconds."""

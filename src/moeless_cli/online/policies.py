@@ -128,7 +128,7 @@ class OnlinePolicy:
     def _finish(self, layer: int, expert: np.ndarray, gpu: np.ndarray, tokens: np.ndarray, now: float) -> Dispatch:
         used = tokens > 0
         start = max([now] + [self.pool.ready_s(layer, e, g) for e, g in zip(expert[used].tolist(), gpu[used].tolist())])
-        self.pool.touch(layer, expert[used], gpu[used], start)
+        self.pool.invoke(layer, expert[used], gpu[used], now, start)
         return Dispatch(expert, gpu, tokens, start)
 
     def _cold_start(self, layer: int, expert: int, now: float) -> int:
