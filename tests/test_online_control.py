@@ -92,7 +92,8 @@ def test_function_pool_lifecycle_and_accounting():
     assert pool.warm_up(0, [0], [0], now=1.0) == [] and pool.counters.warm_hits == 0  # not an invocation
     pool.invoke(1, [0, 1], [0, 0], dispatched_s=1.3, start_s=1.4)  # (1, 1, 0) still loading at 1.3
     assert pool.counters.warm_hits == 1
-    pool.touch(0, [0], [0], now=1.0, busy_s=0.5)
+    pool.invoke(0, [0], [0], dispatched_s=1.0, start_s=1.0)
+    pool.bill(0, replicas=1, busy_s=0.5)
     assert pool.busy_gbs == pytest.approx(1.0)
     retired = pool.reclaim(now=1.9)  # idle > 1 s goes; (0,0,0) was used at 1.0, layer 1 landed at 1.2+
     assert (0, 0, 0) not in retired and (0, 1, 1) in retired
@@ -107,7 +108,7 @@ def test_pinned_instances_survive_and_make_room_evicts_lru():
     pool.warm_up(0, [0], [0], 0.0, pinned=True, preloaded=True)
     pool.warm_up(0, [1, 2, 3], [0, 0, 0], 0.0, preloaded=True)
     pool.warm_up(0, [1, 2], [1, 1], 0.0, preloaded=True)
-    pool.touch(0, [2], [0], 1.0)
+    pool.invoke(0, [2], [0], 1.0, 1.0)
     assert pool.make_room(0, 0, slots=4, keep=set(), now=1.0)
     # least recently used went; expert 3's only warm instance is never the one to go
     assert pool.get(0, 1, 0) is None and pool.get(0, 2, 0) is not None and pool.get(0, 3, 0) is not None

@@ -147,17 +147,6 @@ class FunctionPool:
                 inst.last_used_s = max(inst.last_used_s, start_s)
         self.counters.warm_hits += self.times(layer) * hits
 
-    def touch(self, layer: int, experts, gpus, now: float, busy_s: float = 0.0) -> None:
-        """Record an invocation of replicas (experts[r], gpus[r]) that ran for busy_s seconds."""
-        n = 0
-        table = self._layer(layer)
-        for e, g in zip(np.asarray(experts).tolist(), np.asarray(gpus).tolist()):
-            inst = table.get((e, g))
-            if inst is not None:
-                inst.last_used_s = max(inst.last_used_s, now)
-                n += 1
-        self.busy_gbs += self.times(layer) * n * self.expert_gb * busy_s
-
     def bill(self, layer: int, replicas: int, busy_s: float) -> None:
         """Per-invocation billing: `replicas` instances of `layer` ran for busy_s seconds."""
         self.busy_gbs += self.times(layer) * replicas * self.expert_gb * busy_s

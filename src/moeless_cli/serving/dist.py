@@ -97,5 +97,5 @@ class DistRuntime(ExpertParallelRuntime):
         self.stats.busy_workers.append(int(np.unique(route.gpu[used]).size))
         pool = getattr(self.policy, "pool", None)
         if pool is not None:
-            pool.touch(layer, route.expert[used], route.gpu[used], self.now(), busy_s=self.stats.layers[-1].moe_s)
+            pool.bill(layer, len(used), self.stats.layers[-1].moe_s)  # the policy recorded their use
         return final

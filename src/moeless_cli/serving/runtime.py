@@ -213,8 +213,8 @@ class ExpertParallelRuntime:
         self.stats.layers.append(timing)
         self.stats.busy_workers.append(len(jobs))
         pool = getattr(self.policy, "pool", None)
-        if pool is not None:  # per-invocation billing of the replicas that ran
-            pool.touch(layer, expert[used], gpu[used], self.now(), busy_s=timing.moe_s)
+        if pool is not None:  # per-invocation billing of the replicas that ran (the policy recorded their use)
+            pool.bill(layer, len(used), timing.moe_s)
         return final
 
     def _route(self, layer: int, top_k_index: Any) -> "Route":
