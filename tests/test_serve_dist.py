@@ -23,6 +23,7 @@ def test_dist_two_processes_match_local(cli):
     assert report["requests"] == {"submitted": 4, "completed": 4, "failed": 0}
     assert report["outputs"] == json.loads(local.stdout)["outputs"]
     assert report["functions_measured"]["created"] >= 8  # each rank copied its own replicas
+    assert report["functions_measured"]["warm_hits"] > 0  # summed over the ranks like the copies
     assert report["moe_layer_ms"]["mean"] > 0
 
 

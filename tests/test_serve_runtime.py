@@ -130,3 +130,26 @@ def test_engine_grows_threads_for_big_gathered_iterations():
                                       do_sample=False, pad_token_id=0)
     assert all(len(v) == 2 for v in engine.generated.values())
     assert engine.generated[0] == plain[0, 3:].tolist()
+
+
+def test_replicas_copied_on_the_critical_path_are_not_warm_hits():
+    import torch
+
+    from moeless_cli.models import load_moe_model
+
+    loaded = load_moe_model(cached_tiny_checkpoint("mixtral"))
+    ids = torch.randint(3, 300, (2, 6), generator=torch.Generator().manual_seed(1))
+    runtime = build_runtime(loaded, "static", 2)
+    c = runtime.ledger.counters
+    with single_thread_torch(), torch.no_grad():
+        loaded.model(input_ids=ids)
+        warm, created = c.warm_hits, c.created
+        assert warm > 0
+        for worker in runtime.workers:  # layer 0's replicas leave and nothing is prepared ahead:
+            for key in [k for k in worker.replicas if k[0] == 0]:  # the next call copies them back in
+                worker.drop(*key)
+        runtime._warm = lambda *args: 0.0
+        loaded.model(input_ids=ids)
+    runtime.uninstall()
+    copied = c.created - created
+    assert copied > 0 and c.warm_hits - warm == warm - copied  # the same replicas ran; copied ones were cold

@@ -70,6 +70,7 @@ class DistRuntime(ExpertParallelRuntime):
             jobs.append((int(e), x_recv[rows]))
             rows_of.append(rows)
         outs, compute_s = worker.run(self.math[layer], layer, jobs)
+        self.ledger.ran(len(jobs), route.copied)
         for rows, out in zip(rows_of, outs):
             out_recv[rows] = out
         back = hidden.new_empty((send.size, hidden.shape[1]))

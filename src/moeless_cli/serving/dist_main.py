@@ -89,13 +89,14 @@ def run_rank(o: ServeOptions, report: Path) -> None:
 
         result = serve_loop(o, loaded, policy, pool, runtime, workload, world, sync_now=sync_now, fatal=True)
         c = runtime.ledger.counters
-        totals = torch.tensor([c.created, c.retired, c.bytes_moved, c.cold_start_s, c.memory_byte_s],
+        totals = torch.tensor([c.created, c.retired, c.bytes_moved, c.cold_start_s, c.memory_byte_s, c.warm_hits],
                               dtype=torch.float64, device=device)
         dist.all_reduce(totals)
         if rank == 0:
             result["functions_measured"].update(
                 created=int(totals[0]), cold_starts=int(totals[0]), retired=int(totals[1]),
-                bytes_moved=int(totals[2]), cold_start_s=float(totals[3]), memory_byte_s=float(totals[4]))
+                bytes_moved=int(totals[2]), cold_start_s=float(totals[3]), memory_byte_s=float(totals[4]),
+                warm_hits=int(totals[5]))
             write_json_atomic(report, result)
     except MoelessError as exc:
         write_bytes_atomic(Path(f"{report}.rank{rank}.error"), str(exc).encode())

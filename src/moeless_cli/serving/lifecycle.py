@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 @dataclass
 class FunctionCounters:
     cold_starts: int = 0  # replicas created by copying weights (includes the initial warm-up)
-    warm_hits: int = 0  # layer calls served by a replica that was already warm
+    warm_hits: int = 0  # replicas a layer call ran that were already on their worker (not copied for it)
     created: int = 0  # instances ever created
     retired: int = 0  # replicas dropped from a worker because the policy reclaimed them
     bytes_moved: int = 0  # weight bytes copied host -> worker
@@ -26,41 +26,33 @@ class FunctionCounters:
 class FunctionLedger:
     expert_bytes: int  # bytes of one replica
     counters: FunctionCounters = field(default_factory=FunctionCounters)
-    last_used: dict[tuple[int, int, int], float] = field(default_factory=dict)  # (layer, expert, worker) -> time
+    live_keys: set[tuple[int, int, int]] = field(default_factory=set)  # (layer, expert, worker) on a worker now
     _last_event: float | None = None
 
     def _advance(self, now: float) -> None:
         if self._last_event is not None and now > self._last_event:
-            self.counters.memory_byte_s += len(self.last_used) * self.expert_bytes * (now - self._last_event)
+            self.counters.memory_byte_s += len(self.live_keys) * self.expert_bytes * (now - self._last_event)
         self._last_event = now if self._last_event is None else max(now, self._last_event)
 
     def created(self, key: tuple[int, int, int], seconds: float, now: float) -> None:
         self._advance(now)
-        self.last_used[key] = now
+        self.live_keys.add(key)
         c = self.counters
         c.cold_starts += 1
         c.created += 1
         c.bytes_moved += self.expert_bytes
         c.cold_start_s += seconds
 
-    def touch(self, key: tuple[int, int, int], now: float) -> None:
-        self.counters.warm_hits += 1
-        self.last_used[key] = now
-
-    def touch_all(self, keys: list[tuple[int, int, int]], now: float) -> None:
-        """`touch` for every key at once (the replicas one MoE layer call ran)."""
-        self.counters.warm_hits += len(keys)
-        self.last_used.update(dict.fromkeys(keys, now))
+    def ran(self, replicas: int, copied: int) -> None:
+        """One MoE layer call ran `replicas` replicas here, `copied` of them copied in for it (cold)."""
+        self.counters.warm_hits += replicas - copied
 
     def retire(self, key: tuple[int, int, int], now: float) -> None:
         self._advance(now)
-        if self.last_used.pop(key, None) is not None:
+        if key in self.live_keys:
+            self.live_keys.remove(key)
             self.counters.retired += 1
 
     def close(self, now: float) -> None:
         """Account memory up to `now` (end of the run)."""
         self._advance(now)
-
-    @property
-    def live(self) -> int:
-        return len(self.last_used)

@@ -48,6 +48,7 @@ class Route:
     gpu: np.ndarray  # [r] worker of each replica
     counts: np.ndarray  # [r] pairs each replica serves (sums to load per expert)
     cold_s: float  # replica copies made on the critical path
+    copied: int  # replicas copied on the critical path (this process's)
 
 
 @dataclass
@@ -191,7 +192,7 @@ class ExpertParallelRuntime:
             job = jobs.setdefault(g, [])
             slot_of.append((g, len(job)))
             job.append((e, x.to(self.workers[g].device) if moved[g] else x))
-        self.ledger.touch_all([(layer, e, g) for e, g in zip(used_expert, used_gpu)], self.now())
+        self.ledger.ran(len(used_expert), route.copied)
         dispatched = time.perf_counter()
         outputs, worker_s = {}, [0.0] * len(self.workers)
         for g, job in jobs.items():
@@ -241,7 +242,7 @@ class ExpertParallelRuntime:
         self.policy.observe(layer, load)
         if self.predictor is not None:
             self.predictor.observe_load(layer, load)
-        return Route(top_k_index, order, token_of, load, expert, gpu, counts, cold)
+        return Route(top_k_index, order, token_of, load, expert, gpu, counts, cold, len(missing))
 
     def is_local(self, worker: int) -> bool:
         """Whether this process holds worker `worker`'s replicas (all of them in the local backend)."""
