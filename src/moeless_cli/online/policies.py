@@ -36,6 +36,7 @@ from moeless_cli.errors import MoelessError, require_choice
 from moeless_cli.online.dispatch import equal_split, gpu_work, share_split, water_fill
 from moeless_cli.online.functions import FunctionPool
 from moeless_cli.planning.plan import LayerPlan, Plan, PlanningProblem
+from moeless_cli.planning.solvers.static import static_placement
 
 
 @dataclass
@@ -101,9 +102,7 @@ class OnlinePolicy:
     predictor_method: ClassVar[str | None] = None  # "paper" / "moeless": forecasts wanted by prepare()
 
     def initial_plan(self, layer: int) -> LayerPlan:
-        E, G = self.setting.num_experts, self.setting.num_gpus
-        experts = np.arange(E, dtype=np.int64)
-        return LayerPlan(experts, experts % G, np.ones(E))
+        return static_placement(self.setting.num_experts, self.setting.num_gpus)
 
     def start(self, now: float = 0.0) -> None:
         """Load the starting replicas (already in place when serving begins)."""

@@ -14,6 +14,7 @@ import numpy as np
 
 from moeless_cli.online.dispatch import round_split, share_split, water_fill
 from moeless_cli.planning.plan import LayerPlan, Plan
+from moeless_cli.planning.solvers.static import static_placement
 
 
 @dataclass
@@ -25,9 +26,7 @@ class Dispatch:
 
 def static_plan(num_layers: int, num_experts: int, num_gpus: int) -> Plan:
     """Megatron-style expert parallelism: expert e on GPU e mod G, one replica each."""
-    experts = np.arange(num_experts, dtype=np.int64)
-    return Plan(num_gpus, num_experts,
-                [LayerPlan(experts.copy(), experts % num_gpus, np.ones(num_experts)) for _ in range(num_layers)])
+    return Plan(num_gpus, num_experts, [static_placement(num_experts, num_gpus) for _ in range(num_layers)])
 
 
 def integer_counts(expert: np.ndarray, tokens: np.ndarray, load: np.ndarray) -> np.ndarray:
