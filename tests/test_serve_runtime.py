@@ -90,8 +90,8 @@ def test_continuous_batching_engine_matches_per_request_generate(family):
     assert max(t.tokens for t in runtime.stats.layers) > 1  # requests really met in one MoE batch
 
 
-def test_integer_counts_keep_every_token():
-    from moeless_cli.serving.control import integer_counts
+def test_round_split_keeps_every_token():
+    from moeless_cli.online.dispatch import round_split
 
     rng = np.random.default_rng(0)
     for _ in range(50):
@@ -99,7 +99,7 @@ def test_integer_counts_keep_every_token():
         expert = np.concatenate([np.arange(6), rng.integers(0, 6, size=4)])
         frac = rng.random(expert.size)
         frac = frac / np.bincount(expert, weights=frac, minlength=6)[expert] * load[expert]
-        counts = integer_counts(expert, frac, load)
+        counts = round_split(frac, expert, load)
         assert np.array_equal(np.bincount(expert, weights=counts, minlength=6).astype(int), load)
         assert (counts >= 0).all()
 

@@ -8,30 +8,17 @@ which replica of the chosen expert serves each token.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from moeless_cli.online.dispatch import round_split, share_split, water_fill
+from moeless_cli.online.dispatch import share_split, water_fill
+from moeless_cli.online.policies import Dispatch
 from moeless_cli.planning.plan import LayerPlan, Plan
 from moeless_cli.planning.solvers.static import static_placement
-
-
-@dataclass
-class Dispatch:
-    expert: np.ndarray  # [r] logical expert of each replica
-    gpu: np.ndarray  # [r] worker holding it
-    tokens: np.ndarray  # [r] tokens it serves (fractional; the runtime rounds with round_split)
 
 
 def static_plan(num_layers: int, num_experts: int, num_gpus: int) -> Plan:
     """Megatron-style expert parallelism: expert e on GPU e mod G, one replica each."""
     return Plan(num_gpus, num_experts, [static_placement(num_experts, num_gpus) for _ in range(num_layers)])
-
-
-def integer_counts(expert: np.ndarray, tokens: np.ndarray, load: np.ndarray) -> np.ndarray:
-    """expert, tokens: [replicas]; load: [experts] integers. Integer split summing to each load."""
-    return round_split(np.asarray(tokens, dtype=np.float64), expert, np.asarray(load, dtype=np.float64))
 
 
 class PlanPolicy:
@@ -54,7 +41,7 @@ class PlanPolicy:
 
     def dispatch(self, layer: int, true_load: np.ndarray, now: float = 0.0) -> Dispatch:
         p = self.plan.layers[layer]
-        return Dispatch(p.expert, p.gpu, self.split(p, np.asarray(true_load, dtype=np.float64)))
+        return Dispatch(p.expert, p.gpu, self.split(p, np.asarray(true_load, dtype=np.float64)), now)
 
     def observe(self, layer: int, true_load: np.ndarray) -> None:
         pass

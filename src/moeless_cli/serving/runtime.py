@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from moeless_cli.online.dispatch import round_split
 from moeless_cli.serving import gather as gather_mod
-from moeless_cli.serving.control import integer_counts
 from moeless_cli.serving.experts import ExpertMath, HostStore, expert_math_of
 from moeless_cli.serving.lifecycle import FunctionLedger
 from moeless_cli.serving.workers import Worker
@@ -234,7 +234,7 @@ class ExpertParallelRuntime:
         load = np.bincount(flat, minlength=self.loaded.num_experts)  # [E]
         plan = self.policy.dispatch(layer, load, self.now())
         expert, gpu = np.asarray(plan.expert), np.asarray(plan.gpu)
-        counts = integer_counts(expert, np.asarray(plan.tokens, dtype=np.float64), load)  # [replicas]
+        counts = round_split(np.asarray(plan.tokens, dtype=np.float64), expert, load)  # [replicas] integers
         busy = np.flatnonzero(counts)
         missing = [(e, g) for e, g in zip(expert[busy].tolist(), gpu[busy].tolist())
                    if self.is_local(g) and (layer, e) not in self.workers[g].replicas]
