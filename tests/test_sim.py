@@ -141,6 +141,22 @@ def test_simulator_runs_every_system_and_costs_add_up(batching):
     assert same["moeless"].mean() <= same["static"].mean()
 
 
+def test_policies_see_one_end_of_iteration_per_iteration(monkeypatch):
+    from moeless_cli.online.policies import EplbPolicy
+
+    calls = []
+    original = EplbPolicy.end_iteration
+    monkeypatch.setattr(EplbPolicy, "end_iteration", lambda self, now: (calls.append(now), original(self, now))[1])
+    cluster = _cluster()
+    routing = build_routing(_fake_profile(), cluster.preset.moe_layers, cluster.preset.num_experts, 2)
+    config = SimConfig(keep_alive_s=1.0)
+    result = simulate("eplb", cluster, routing, _trace(), config)
+    assert len(calls) == result["report"]["iterations"]  # idle waits are not iterations (EPLB's period)
+    calls.clear()
+    replay("eplb", cluster, routing, result["schedule"], config)
+    assert len(calls) == len(result["schedule"])
+
+
 def test_sim_config_errors():
     with pytest.raises(MoelessError, match="batching"):
         SimConfig(batching="weekly").validate()

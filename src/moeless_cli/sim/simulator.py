@@ -162,7 +162,7 @@ def simulate(policy_name: str, cluster: ClusterModel, routing: RecordedRouting, 
             if nxt is None:
                 break
             now = max(now, nxt)
-            run.policy.end_iteration(now)
+            run.pool.reclaim(now)  # idle time passes (not an iteration: EPLB counts those to re-plan)
             continue
         timings = batcher.timings
         slot = lambda rid: rid % routing.num_requests  # noqa: E731
@@ -189,7 +189,7 @@ def replay(policy_name: str, cluster: ClusterModel, routing: RecordedRouting, sc
     """MoE-layer times of one system on a fixed batch sequence (same batches for every system)."""
     run = _start(policy_name, cluster, routing, config, predictor, plan)
     for step in schedule:
-        run.policy.end_iteration(step.start_s)
+        run.pool.reclaim(step.start_s)  # the idle gap before it (run.iteration ends each iteration)
         run.iteration(step)
     return run.layer_times()
 
