@@ -69,10 +69,9 @@ def run_bench(request: BenchRequest, say: Say = lambda _: None,
     routing = build_routing(profile, preset.moe_layers, preset.num_experts, preset.top_k, predictor)
     cluster = ClusterModel(hardware, preset, request.gpus, request.time_model)
     slots = cluster.slots_per_gpu()
-    history = routing.truth.values.sum(axis=0).astype(np.float64)
     config = SimConfig(batching=request.batching, keep_alive_s=request.keep_alive_s)
     budget = replica_budget(routing.num_experts, request.gpus, slots, config.redundant)
-    plan, plan_reused = plan_stage(request, history, slots, budget, say)
+    plan, plan_reused = plan_stage(request, routing.history, slots, budget, say)
 
     systems: dict[str, Any] = {}
     own: dict[str, np.ndarray] = {}

@@ -14,6 +14,7 @@ before, d = 1); so with a predictor only tokens whose router inputs were kept ar
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -63,6 +64,14 @@ class RecordedRouting:
     @property
     def num_requests(self) -> int:
         return len(self.prompts)
+
+    @cached_property
+    def history(self) -> np.ndarray:
+        """[layers, experts] loads of the whole recorded profile (what is known before serving); read-only,
+        shared by every system's run."""
+        history = self.truth.values.sum(axis=0).astype(np.float64)
+        history.setflags(write=False)
+        return history
 
     def decode_token(self, request: int, step: int) -> int:
         decodes = self.decodes[request]

@@ -57,10 +57,9 @@ def replica_budget(num_experts: int, num_gpus: int, slots: int, redundant: int |
 
 def make_setting(cluster: ClusterModel, routing: RecordedRouting, config: SimConfig, plan: Plan | None) -> PolicySetting:
     slots = cluster.slots_per_gpu()
-    history = routing.truth.values.sum(axis=0).astype(np.float64)  # [layers, experts] the whole profile
     return PolicySetting(
         num_layers=routing.num_layers, num_experts=routing.num_experts, num_gpus=cluster.num_gpus,
-        slots_per_gpu=slots, history=history, entry_tokens=cluster.entry_tokens,
+        slots_per_gpu=slots, history=routing.history, entry_tokens=cluster.entry_tokens,
         eplb_window=config.eplb_window, eplb_period=config.eplb_period, plan=plan,
         replica_budget=replica_budget(routing.num_experts, cluster.num_gpus, slots, config.redundant),
     )
