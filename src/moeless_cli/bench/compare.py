@@ -20,12 +20,6 @@ from moeless_cli.online.report import latency_stats
 Say = Callable[[str], None]
 
 
-def _real_mode_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("moeless_cli.serving") is not None
-
-
 def run_bench(request: BenchRequest, say: Say = lambda _: None,
               on_progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
     """The whole pipeline; returns {"mode", "setting", "systems", "ratios", "stages", "moe_layer_s"}."""
@@ -34,8 +28,6 @@ def run_bench(request: BenchRequest, say: Say = lambda _: None,
     from moeless_cli.workloads.traces import load_trace
 
     request.validate()
-    if request.mode == "real" and not _real_mode_available():
-        raise MoelessError("--mode real is not available yet (it needs serve's runtime); use --mode sim")
     preset, hardware = get_preset(request.preset), get_hardware(request.hardware)
     trace = load_trace(request.trace, time_scale=request.time_scale, max_requests=request.max_requests)
     model = request.routing_model()

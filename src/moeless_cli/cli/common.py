@@ -61,14 +61,3 @@ def make_progress(disable: bool = False) -> Progress:
         disable=disable or bool(os.environ.get("MOELESS_NO_PROGRESS")),
         transient=True,
     )
-
-
-def not_available(name: str, issue_hint: str) -> Callable[..., None]:
-    """A placeholder command for a stage that is not built yet: exits non-zero with one line."""
-
-    @guarded
-    def placeholder(ctx: typer.Context) -> None:
-        raise MoelessError(f"`moeless {name}` is not available yet")
-
-    placeholder.__doc__ = f"[not available yet] {issue_hint}"
-    return placeholder
