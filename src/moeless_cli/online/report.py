@@ -17,7 +17,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from moeless_cli.online.functions import FunctionCounters
+from moeless_cli.online.functions import FunctionCounters, FunctionPool
 
 
 @dataclass
@@ -27,6 +27,12 @@ class CostTotals:
     serverless_gpu_s: float  # GPU-seconds of MoE-layer work
     serverful_gpu_s: float  # GPUs x makespan
     usd_per_gpu_hour: float  # hardware price used for the usd fields
+
+
+def pool_gbs(pool: FunctionPool, serverful: bool, now: float) -> tuple[float, float]:
+    """(gbs_proxy, gbs_live) of a run's pool up to `now` (see the module doc)."""
+    live = pool.live_gb_seconds(now)
+    return (live if serverful else pool.busy_gbs), live
 
 
 def latency_stats(values: Iterable[float], percentiles: tuple[int, ...] = (50, 90, 99)) -> dict[str, float | None]:

@@ -176,15 +176,15 @@ def serve_loop(o: ServeOptions, loaded: Any, policy: Any, pool: Any, runtime: An
 
 def _report(o: ServeOptions, policy: Any, pool: Any, runtime: Any, scheduler: Any, makespan: float,
             num_workers: int, loaded: Any) -> dict[str, Any]:
-    from moeless_cli.online.report import CostTotals, build_report, latency_stats
+    from moeless_cli.online.report import CostTotals, build_report, latency_stats, pool_gbs
 
     layers = runtime.stats.layers
     moe_s = np.array([t.moe_s for t in layers], dtype=np.float64)  # [layer calls]
     busy = np.array(runtime.stats.busy_workers, dtype=np.float64)  # [layer calls]
-    live_gbs = pool.live_gb_seconds(makespan)
+    gbs_proxy, gbs_live = pool_gbs(pool, policy.serverful, makespan)
     cost = CostTotals(
-        gbs_proxy=live_gbs if policy.serverful else pool.busy_gbs,
-        gbs_live=live_gbs,
+        gbs_proxy=gbs_proxy,
+        gbs_live=gbs_live,
         serverless_gpu_s=float((moe_s * busy).sum()),
         serverful_gpu_s=num_workers * makespan,
         usd_per_gpu_hour=o.gpu_price_per_hour,

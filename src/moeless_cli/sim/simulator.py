@@ -19,7 +19,7 @@ from moeless_cli.online.batching import ContinuousBatcher, PaperBatcher, Request
 from moeless_cli.online.dispatch import round_split
 from moeless_cli.online.functions import FunctionPool
 from moeless_cli.online.policies import PolicySetting, make_policy
-from moeless_cli.online.report import CostTotals, build_report
+from moeless_cli.online.report import CostTotals, build_report, pool_gbs
 from moeless_cli.planning.plan import Plan
 from moeless_cli.sim.routing import RecordedRouting
 from moeless_cli.sim.timemodel import ClusterModel
@@ -196,9 +196,9 @@ def replay(policy_name: str, cluster: ClusterModel, routing: RecordedRouting, sc
 def _report(run: _Run, timings: Any, generated: int, now: float, replicas_seen: list[int]) -> dict[str, Any]:
     hw, pool, policy = run.cluster.hardware, run.pool, run.policy
     preset_layers = float(sum(run.routing.multiplicity))
-    live = pool.live_gb_seconds(now)
+    gbs_proxy, gbs_live = pool_gbs(pool, policy.serverful, now)
     cost = CostTotals(
-        gbs_proxy=live if policy.serverful else pool.busy_gbs, gbs_live=live, serverless_gpu_s=run.busy_gpu_s,
+        gbs_proxy=gbs_proxy, gbs_live=gbs_live, serverless_gpu_s=run.busy_gpu_s,
         serverful_gpu_s=run.cluster.num_gpus * now, usd_per_gpu_hour=hw.usd_per_gpu_hour,
     )
     seen = np.asarray(replicas_seen or [pool.live_count()], dtype=np.float64)
