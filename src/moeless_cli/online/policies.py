@@ -105,11 +105,13 @@ class OnlinePolicy:
         return static_placement(self.setting.num_experts, self.setting.num_gpus)
 
     def start(self, now: float = 0.0) -> None:
-        """Load the starting replicas (already in place when serving begins)."""
+        """Load the starting replicas (already in place when serving begins). They stay pinned in
+        every system: serverful ones never reclaim, moeless-paper keeps Algorithm 1's starting one
+        replica per expert, and moeless's plan is its provisioned floor of warm instances."""
         self.plans = [self.initial_plan(layer) for layer in range(self.setting.num_layers)]
         self.last_load = [np.asarray(row, dtype=np.float64) for row in self.setting.history]
         for layer, plan in enumerate(self.plans):
-            self.pool.warm_up(layer, plan.expert, plan.gpu, now, pinned=self.serverful, preloaded=True)
+            self.pool.warm_up(layer, plan.expert, plan.gpu, now, pinned=True, preloaded=True)
 
     def forecast(self, layer: int, predicted_load: np.ndarray | None) -> np.ndarray:
         """The predictor's forecast, or the layer's last observed load when there is none."""
@@ -212,12 +214,6 @@ class MoelessPaperPolicy(OnlinePolicy):
     serverful = False
     predictor_method = "paper"
 
-    def start(self, now: float = 0.0) -> None:
-        super().start(now)
-        for layer, plan in enumerate(self.plans):  # Algorithm 1 starts from one replica per expert: keep it
-            for e, g in zip(plan.expert.tolist(), plan.gpu.tolist()):
-                self.pool.get(layer, e, g).pinned = True
-
     def prepare(self, layer: int, predicted_load: np.ndarray | None, now: float) -> tuple[np.ndarray, np.ndarray]:
         from moeless_cli.planning.solvers.moeless_paper import moeless_paper_layer
 
@@ -268,12 +264,6 @@ class MoelessPolicy(OnlinePolicy):
                 return plan
         return _water_filled_plan(np.asarray(s.history[layer], dtype=np.float64), s.num_gpus, s.slots_per_gpu,
                                   s.max_replicas())
-
-    def start(self, now: float = 0.0) -> None:
-        super().start(now)
-        for layer, plan in enumerate(self.plans):  # the plan is the floor of warm instances (provisioned)
-            for e, g in zip(plan.expert.tolist(), plan.gpu.tolist()):
-                self.pool.get(layer, e, g).pinned = True
 
     def prepare(self, layer: int, predicted_load: np.ndarray | None, now: float) -> tuple[np.ndarray, np.ndarray]:
         s = self.setting
