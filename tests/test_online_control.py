@@ -222,3 +222,11 @@ def test_warm_hits_count_invocations_of_replicas_already_warm():
                 d = policy.dispatch(layer, np.full(8, 4.0), float(step))
                 invoked += int((d.tokens > 0).sum())
         assert pool.counters.warm_hits == invoked > 0, name  # every replica ran was warm: all hits
+
+
+def test_a_needed_copy_is_queued_past_a_busy_link():
+    pool = FunctionPool(num_gpus=1, expert_bytes=1e9, keep_alive_s=1.0, host_gbps=1.0, max_backlog_s=0.1)
+    pool.warm_up(0, [0], [0], 0.0)  # the copy link is busy until 1.0
+    assert pool.warm_up(0, [1], [0], 0.0) == [] and pool.get(0, 1, 0) is None  # a pre-warm is refused
+    cold = pool.warm_up(0, [1], [0], 0.0, needed=True)  # a layer waits for this one: queued
+    assert len(cold) == 1 and cold[0].ready_s == pytest.approx(2.0)

@@ -93,10 +93,11 @@ class FunctionPool:
         return any(e == expert and g != gpu and inst.ready_s <= now for (e, g), inst in self._layer(layer).items())
 
     def warm_up(self, layer: int, experts, gpus, now: float, pinned: bool = False,
-                preloaded: bool = False) -> list[ColdStart]:
+                preloaded: bool = False, needed: bool = False) -> list[ColdStart]:
         """Make sure replicas (experts[r], gpus[r]) of `layer` exist; start copies for missing ones.
 
         preloaded: the instances are in place at `now` (a deployment's initial weights), no copy.
+        needed: a layer waits for them, so a busy copy link (max_backlog_s) never refuses them.
         Returns the cold starts begun.
         """
         started = []
@@ -113,7 +114,7 @@ class FunctionPool:
                 table[key] = Instance(now, now, now, pinned)
                 self.counters.created += m
                 continue
-            if self.max_backlog_s is not None and self._link_free_s[g] - now > self.max_backlog_s:
+            if not needed and self.max_backlog_s is not None and self._link_free_s[g] - now > self.max_backlog_s:
                 continue  # the link is saturated: a copy begun now would land too late to matter
             peer = self.peer_gbps is not None and self.has_peer(layer, e, g, now)
             begin = max(now, self._link_free_s[g])

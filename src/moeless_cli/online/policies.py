@@ -138,11 +138,7 @@ class OnlinePolicy:
         counts = [self.pool.count_on(layer, g) for g in range(self.setting.num_gpus)]
         gpu = int(np.argmin(counts))
         self.pool.make_room(layer, gpu, self.setting.slots_per_gpu, set(), now)
-        self.pool.warm_up(layer, [expert], [gpu], now)
-        if self.pool.get(layer, expert, gpu) is None:  # the copy link refused it: queue it anyway
-            backlog, self.pool.max_backlog_s = self.pool.max_backlog_s, None
-            self.pool.warm_up(layer, [expert], [gpu], now)
-            self.pool.max_backlog_s = backlog
+        self.pool.warm_up(layer, [expert], [gpu], now, needed=True)
         return gpu
 
     def observe(self, layer: int, true_load: np.ndarray) -> None:
