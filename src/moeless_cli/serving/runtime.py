@@ -94,9 +94,7 @@ class ExpertParallelRuntime:
         self.predictor = predictor  # LoadPredictor or None
         self.distance = distance  # predict layer l + distance while layer l runs
         # which of the predictor's models the policy wants ("paper" or "moeless"); None: no forecast
-        # (read from the class: OnlinePolicy declares it as a dataclass field whose instance default
-        # would hide the subclass's value)
-        self.predictor_method = getattr(type(policy), "predictor_method", None) if predictor is not None else None
+        self.predictor_method = getattr(policy, "predictor_method", None) if predictor is not None else None
         self.store = HostStore()
         self.math: dict[int, ExpertMath] = {}
         self.stats = RuntimeStats()
