@@ -13,8 +13,8 @@ from moeless_cli.serving.setup import (
     ServeOptions,
     build_workload,
     check_options,
-    check_plan,
     check_plan_cheaply,
+    check_plan_shape,
     check_predictor,
     slots_per_gpu,
     load_history,
@@ -41,13 +41,13 @@ def prepare(o: ServeOptions) -> tuple[Any, Any, Any, Any, Any]:
     chash = _model_identity(o.model)
     if o.predictor is not None:
         check_predictor(o.predictor, chash)
+    plan = None
     if o.plan is not None:  # model and GPU count before loading the model; shapes after
-        check_plan_cheaply(o.plan, chash, o.workers)
+        plan = check_plan_cheaply(o.plan, chash, o.workers)
     device = o.devices[0] if o.devices and o.devices[0].startswith("cuda") else "cpu"
     loaded = load_moe_model(o.model, device=device, dtype=o.dtype)
-    plan = None
-    if o.plan is not None:
-        plan = check_plan(o.plan, chash, loaded.num_moe_layers, loaded.num_experts, o.workers)
+    if plan is not None:
+        check_plan_shape(plan, o.plan, loaded.num_moe_layers, loaded.num_experts)
     workers = o.workers or (plan.num_gpus if plan is not None else 4)
     setting = PolicySetting(
         num_layers=loaded.num_moe_layers, num_experts=loaded.num_experts, num_gpus=workers,

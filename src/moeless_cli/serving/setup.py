@@ -75,15 +75,13 @@ def check_plan_cheaply(plan_path: Path, config_hash: str, workers: int | None) -
     return plan
 
 
-def check_plan(plan_path: Path, config_hash: str, num_layers: int, num_experts: int, workers: int | None) -> Any:
-    """check_plan_cheaply, then the plan's shape against the loaded model's MoE layers and experts."""
-    plan = check_plan_cheaply(plan_path, config_hash, workers)
+def check_plan_shape(plan: Any, plan_path: Path, num_layers: int, num_experts: int) -> None:
+    """After loading the model: the plan (from check_plan_cheaply) against its MoE layers and experts."""
     if plan.num_experts != num_experts or plan.num_layers != num_layers:
         raise MoelessError(
             f"plan {plan_path} has {plan.num_layers} layers x {plan.num_experts} experts; this model has "
             f"{num_layers} MoE layers x {num_experts} experts"
         )
-    return plan
 
 
 def check_predictor(path: Path, config_hash: str) -> None:
