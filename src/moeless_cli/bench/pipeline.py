@@ -47,7 +47,7 @@ class BenchRequest:
     def validate(self) -> None:
         from moeless_cli.sim.hardware import get_hardware
         from moeless_cli.sim.presets import get_preset
-        from moeless_cli.sim.simulator import BATCHING
+        from moeless_cli.online.batching import BATCHING
         from moeless_cli.sim.timemodel import TIME_MODELS
 
         get_preset(self.preset)

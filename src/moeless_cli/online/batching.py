@@ -23,6 +23,8 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
+BATCHING = ("continuous", "paper")  # ContinuousBatcher, PaperBatcher (the published one-second batches)
+
 
 @dataclass(frozen=True)
 class Request:

@@ -10,10 +10,9 @@ from typing import Any
 import numpy as np
 
 from moeless_cli.errors import MoelessError, require_choice
+from moeless_cli.online.batching import BATCHING
 
-POLICIES = ("moeless", "moeless-paper", "static", "eplb", "oracle")
 BACKENDS = ("local", "dist")
-BATCHING = ("continuous", "paper")
 
 
 @dataclass
@@ -22,7 +21,7 @@ class ServeOptions:
     plan: Path | None = None  # moeless.plan/v1 file (replicas, placement, shares)
     predictor: Path | None = None  # train-predictor output
     profile: Path | None = None  # a profile of this model: the policies' starting load history
-    policy: str = "moeless"  # one of POLICIES
+    policy: str = "moeless"  # one of online.policies.ONLINE_POLICIES
     backend: str = "local"  # local: one process; dist: torchrun, one process per worker
     devices: tuple[str, ...] = ("cpu",)  # local workers go round-robin over these
     workers: int | None = None  # expert-parallel workers; None: the plan's GPU count, else 4
@@ -42,7 +41,9 @@ class ServeOptions:
 
 
 def check_options(o: ServeOptions) -> None:
-    require_choice("--policy", o.policy, POLICIES)
+    from moeless_cli.online.policies import ONLINE_POLICIES
+
+    require_choice("--policy", o.policy, ONLINE_POLICIES)
     require_choice("--backend", o.backend, BACKENDS)
     require_choice("--batching", o.batching, BATCHING)
     for name, value in (("--token-budget", o.token_budget), ("--max-batch", o.max_batch), ("--distance", o.distance)):
