@@ -153,16 +153,13 @@ class ExpertParallelRuntime:
         pool = getattr(self.policy, "pool", None)
         if pool is None:
             return
-        for layer in range(self.loaded.num_moe_layers):
-            expert, gpu = pool.layer_replicas(layer)
-            live = set(zip(expert.tolist(), gpu.tolist()))
-            for worker in self.workers:
-                if not self.is_local(worker.index):
-                    continue
-                for lay, e in [key for key in worker.replicas if key[0] == layer]:
-                    if (e, worker.index) not in live:
-                        worker.drop(lay, e)
-                        self.ledger.retire((lay, e, worker.index), now)
+        live = {(layer, e, g) for layer, table in pool.layers.items() for e, g in table}
+        for worker in self.workers:
+            if not self.is_local(worker.index):
+                continue
+            for layer, e in [key for key in worker.replicas if (*key, worker.index) not in live]:
+                worker.drop(layer, e)
+                self.ledger.retire((layer, e, worker.index), now)
 
     # -- the MoE layer -----------------------------------------------------------------------------
     def moe_forward(self, layer: int, hidden: Any, top_k_index: Any, top_k_weights: Any) -> Any:
