@@ -14,23 +14,8 @@ import time
 import numpy as np
 
 
-def lp_optimum(expert: np.ndarray, gpu: np.ndarray, load: np.ndarray, num_gpus: int) -> float:
-    import pulp
-
-    prob = pulp.LpProblem("dispatch", pulp.LpMinimize)
-    peak = pulp.LpVariable("peak")
-    x = [pulp.LpVariable(f"x{r}", 0) for r in range(expert.size)]
-    prob += peak
-    for e in range(load.size):
-        prob += pulp.lpSum(x[r] for r in np.flatnonzero(expert == e)) == load[e]
-    for g in range(num_gpus):
-        prob += pulp.lpSum(x[r] for r in np.flatnonzero(gpu == g)) <= peak
-    prob.solve(pulp.PULP_CBC_CMD(msg=0))
-    return float(peak.value())
-
-
 def main() -> None:
-    from moeless_cli.online.dispatch import equal_split, gpu_work, water_fill
+    from moeless_cli.online.dispatch import equal_split, gpu_work, lp_min_peak, water_fill
     from moeless_cli.planning import PlanningProblem, solve
     from moeless_cli.planning.metrics import static_gpu_loads
 
@@ -51,7 +36,7 @@ def main() -> None:
                 static_gpu_loads(load, num_gpus).max() / mean,
                 gpu_work(plan.gpu, equal_split(plan.expert, load), num_gpus).max() / mean,
                 gpu_work(plan.gpu, tokens, num_gpus).max() / mean,
-                lp_optimum(plan.expert, plan.gpu, load, num_gpus) / mean,
+                lp_min_peak(plan.expert, plan.gpu, load, num_gpus) / mean,
                 ms,
             ))
         s, e, w, lp, ms = np.mean(rows, axis=0)

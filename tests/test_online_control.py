@@ -7,7 +7,7 @@ import pytest
 
 from moeless_cli.errors import MoelessError
 from moeless_cli.online.batching import Request, RequestTiming
-from moeless_cli.online.dispatch import equal_split, gpu_work, round_split, share_split, water_fill
+from moeless_cli.online.dispatch import equal_split, gpu_work, lp_min_peak, round_split, share_split, water_fill
 from moeless_cli.online.functions import FunctionPool
 from moeless_cli.online.policies import ONLINE_POLICIES, PolicySetting, make_policy
 from moeless_cli.online.report import CostTotals, build_report, latency_stats
@@ -38,22 +38,7 @@ def test_water_fill_balances_and_preserves_each_expert():
     work = gpu_work(gpu, tokens, G)
     static = np.bincount(np.arange(E) % G, weights=load, minlength=G)
     assert work.max() <= static.max()
-    assert work.max() <= 1.02 * _lp_optimum(expert, gpu, load, G)
-
-
-def _lp_optimum(expert, gpu, load, G) -> float:
-    import pulp
-
-    prob = pulp.LpProblem("dispatch", pulp.LpMinimize)
-    peak = pulp.LpVariable("peak")
-    x = [pulp.LpVariable(f"x{r}", 0) for r in range(expert.size)]
-    prob += peak
-    for e in range(load.size):
-        prob += pulp.lpSum(x[r] for r in np.flatnonzero(expert == e)) == load[e]
-    for g in range(G):
-        prob += pulp.lpSum(x[r] for r in np.flatnonzero(gpu == g)) <= peak
-    prob.solve(pulp.PULP_CBC_CMD(msg=0))
-    return float(peak.value())
+    assert work.max() <= 1.02 * lp_min_peak(expert, gpu, load, G)
 
 
 def test_water_fill_entry_cost_keeps_small_experts_whole():

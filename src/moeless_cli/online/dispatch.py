@@ -116,3 +116,24 @@ def gpu_work(gpu: np.ndarray, tokens: np.ndarray, num_gpus: int, entry_tokens: f
     """gpu, tokens: [replicas]. Work per GPU (tokens + entry cost of used replicas): [num_gpus]."""
     used = (tokens > 0).astype(np.float64)
     return np.bincount(gpu, weights=tokens + entry_tokens * used, minlength=num_gpus)
+
+
+def lp_min_peak(expert: np.ndarray, gpu: np.ndarray, load: np.ndarray, num_gpus: int) -> float:
+    """The exact optimum water-filling approximates: the smallest possible busiest-GPU load.
+
+    A reference for tests and benchmarks (solved with CBC; far too slow for the online path).
+    expert: [replicas] logical expert of each warm replica; gpu: [replicas] its GPU;
+    load: [experts] tokens routed to each expert; every expert needs at least one replica.
+    """
+    import pulp
+
+    prob = pulp.LpProblem("dispatch", pulp.LpMinimize)
+    peak = pulp.LpVariable("peak")
+    tokens = [pulp.LpVariable(f"x{r}", 0) for r in range(expert.size)]  # tokens per replica
+    prob += peak
+    for e in range(load.size):
+        prob += pulp.lpSum(tokens[r] for r in np.flatnonzero(expert == e)) == load[e]
+    for g in range(num_gpus):
+        prob += pulp.lpSum(tokens[r] for r in np.flatnonzero(gpu == g)) <= peak
+    prob.solve(pulp.PULP_CBC_CMD(msg=0))
+    return float(peak.value())
