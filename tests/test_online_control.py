@@ -7,7 +7,8 @@ import pytest
 
 from moeless_cli.errors import MoelessError
 from moeless_cli.online.batching import Request, RequestTiming
-from moeless_cli.online.dispatch import equal_split, gpu_work, lp_min_peak, round_split, share_split, water_fill
+from moeless_cli.online.dispatch import balance_whole, balanced_split, equal_split, gpu_work, lp_min_peak, round_split, \
+    share_split, water_fill
 from moeless_cli.online.functions import FunctionPool
 from moeless_cli.online.policies import ONLINE_POLICIES, PolicySetting, make_policy
 from moeless_cli.online.report import CostTotals, build_report, latency_stats
@@ -61,6 +62,36 @@ def test_round_split_sums_exactly():
     out = round_split(tokens, expert, np.array([10, 7]))
     assert out.dtype.kind == "i"
     assert np.bincount(expert, weights=out).tolist() == [10, 7]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_balanced_split_reaches_the_whole_token_optimum(seed):
+    """Few tokens (decode) and many (prefill), fine- and coarse-grained: the busiest GPU carries
+    exactly ceil(LP optimum) whole tokens, the best any lossless split of whole tokens can do."""
+    rng = np.random.default_rng(seed)
+    G = 8
+    for num_experts, top_k in ((8, 2), (64, 8)):
+        for num_tokens in (1, 3, 40, 700):
+            pairs = {(e, e % G) for e in range(num_experts)}
+            pairs |= {(int(e), int(g)) for e, g in zip(rng.integers(0, num_experts, 2 * G), rng.integers(0, G, 2 * G))}
+            expert = np.array([e for e, _ in sorted(pairs)])
+            gpu = np.array([g for _, g in sorted(pairs)])
+            load = np.zeros(num_experts)
+            for _ in range(num_tokens):
+                load[rng.choice(num_experts, top_k, replace=False)] += 1
+            tokens = balanced_split(expert, gpu, load, G)
+            assert np.array_equal(tokens, np.rint(tokens)) and (tokens >= 0).all()
+            assert np.array_equal(np.bincount(expert, weights=tokens, minlength=num_experts), load)
+            assert gpu_work(gpu, tokens, G).max() == np.ceil(lp_min_peak(expert, gpu, load, G) - 1e-6)
+
+
+def test_balance_whole_fixes_two_experts_of_one_token_on_one_gpu():
+    # Expert 0 lives on GPUs 0 and 1, expert 1 on GPUs 1 and 2, expert 2 on GPU 2 only; one token
+    # routed to all three, first put 0 -> GPU 1 and 1 -> GPU 1: the path GPU 1 -(e1)-> GPU 2 is
+    # blocked by expert 2, so the token of expert 0 must move back to GPU 0.
+    expert, gpu = np.array([0, 0, 1, 1, 2]), np.array([0, 1, 1, 2, 2])
+    tokens = balance_whole(np.array([0, 1, 1, 0, 1]), expert, gpu, 3)
+    assert gpu_work(gpu, tokens.astype(float), 3).tolist() == [1, 1, 1]
 
 
 def test_function_pool_lifecycle_and_accounting():

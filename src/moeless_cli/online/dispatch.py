@@ -3,7 +3,7 @@
 Three ways, one per family of systems:
 - `share_split`: a plan's fixed shares (static EP, EPLB);
 - `equal_split`: each expert's tokens evenly over its replicas (the MoEless paper, step 4);
-- `water_fill`: minimise the busiest GPU's work given the true loads (moeless). Experts are poured
+- `water_fill`: minimise the busiest GPU's work given the true loads (moeless's first step). Experts are poured
   heaviest first into their replicas' GPUs, filling the emptiest GPU up to a common level (classic
   water-filling), after a first pass that puts each expert whole on its least-busy replica (LPT);
   then every expert is lifted out and poured again (Gauss-Seidel passes; within ~1% of the LP
@@ -11,6 +11,8 @@ Three ways, one per family of systems:
   Using a replica at all costs `entry_tokens` extra work (its weights must be streamed from HBM
   once), so a small expert is not smeared over many GPUs. Pure Python on short lists: ~0.3 ms for
   64 experts x 8 GPUs.
+- `balanced_split` (moeless): `water_fill`, rounded to whole tokens, then `balance_whole` moves
+  whole tokens along augmenting paths, which makes it the integer optimum (no token cost of entry).
 
 All functions take the replicas as parallel arrays `expert: [replicas]`, `gpu: [replicas]` and the
 layer's true load `load: [experts]` (token-to-expert assignments), and return tokens per replica
@@ -110,6 +112,101 @@ def round_split(tokens: np.ndarray, expert: np.ndarray, load: np.ndarray) -> np.
     rank = np.arange(ranked.size) - np.searchsorted(grouped, grouped)  # position within its expert
     floor[ranked[rank < short[grouped]]] += 1
     return floor
+
+
+def balance_whole(
+    tokens: np.ndarray,
+    expert: np.ndarray,
+    gpu: np.ndarray,
+    num_gpus: int,
+    entry_tokens: float = 0.0,
+    max_moves: int = 10_000,
+) -> np.ndarray:
+    """Move whole tokens along augmenting paths until the busiest GPU cannot shed any more.
+
+    tokens: [replicas] integer split (e.g. `round_split` of `water_fill`); expert, gpu: [replicas].
+    Returns the new integer split [replicas], same sum per expert.
+
+    Why: tokens are indivisible, and with few of them (a decode step of top-8 routing is 8
+    assignments) rounding a fractional split can put two of one token's experts on one GPU while
+    another GPU idles. A path busiest GPU -(expert a)-> GPU x -(expert b)-> ... -> lighter GPU moves
+    a token of a to its replica on x, one of b out of x, and so on: only the two ends change load.
+    With entry_tokens = 0 the result is the integer optimum: when the busiest GPU reaches no GPU at
+    least 2 lighter, the GPUs it reaches hold only experts whose replicas are all among them, and
+    are already as even as whole tokens allow. With an entry cost, paths only pass through replicas
+    already in use, so no GPU but the last gains a weight read.
+    """
+    out = np.rint(tokens).astype(np.int64)
+    counts = out.tolist()
+    gpu_of = gpu.tolist()
+    expert_of = expert.tolist()
+    replicas_of: dict[int, list[int]] = {}
+    on_gpu: list[list[int]] = [[] for _ in range(num_gpus)]
+    for r, e in enumerate(expert_of):
+        replicas_of.setdefault(e, []).append(r)
+        on_gpu[gpu_of[r]].append(r)
+    if all(len(rs) == 1 for rs in replicas_of.values()):
+        return out  # nothing can move
+    work = [0.0] * num_gpus
+    for r, c in enumerate(counts):
+        if c:
+            work[gpu_of[r]] += c + entry_tokens
+    for _ in range(max_moves):
+        source = max(range(num_gpus), key=work.__getitem__)
+        came_from: dict[int, tuple[int, int, int]] = {source: (-1, -1, -1)}  # gpu -> (giver, taker, prev gpu)
+        frontier, target, best = [source], -1, work[source]
+        while frontier and target < 0:
+            nxt = []
+            for g in frontier:
+                for r in on_gpu[g]:
+                    if not counts[r]:
+                        continue
+                    for r2 in replicas_of[expert_of[r]]:
+                        h = gpu_of[r2]
+                        if h in came_from:
+                            continue
+                        gained = 1 + (entry_tokens if not counts[r2] else 0.0)
+                        if work[h] + gained < best - 1e-9:  # both ends end below the busiest's load
+                            came_from[h] = (r, r2, g)
+                            target = h
+                            break
+                        if counts[r2] or not entry_tokens:
+                            came_from[h] = (r, r2, g)
+                            nxt.append(h)
+                    if target >= 0:
+                        break
+                if target >= 0:
+                    break
+            frontier = nxt
+        if target < 0:
+            break
+        path, h = [], target
+        while h != source:
+            r, r2, g = came_from[h]
+            path.append((r, r2))
+            h = g
+        extra = entry_tokens if not counts[path[0][1]] else 0.0
+        room = int((work[source] - work[target] - extra) // 2)
+        amount = max(1, min([room] + [counts[r] for r, _ in path]))
+        for r, r2 in path:
+            for rr, sign in ((r, -1), (r2, 1)):
+                before = counts[rr]
+                counts[rr] += sign * amount
+                work[gpu_of[rr]] += sign * amount + entry_tokens * ((counts[rr] > 0) - (before > 0))
+    return np.asarray(counts, dtype=np.int64)
+
+
+def balanced_split(expert: np.ndarray, gpu: np.ndarray, load: np.ndarray, num_gpus: int,
+                   entry_tokens: float = 0.0) -> np.ndarray:
+    """moeless's dispatch: water-fill, round to whole tokens, then shed the busiest GPU's excess
+    along augmenting paths. expert, gpu: [replicas]; load: [experts] integer counts.
+    Returns whole tokens per replica as float64 [replicas] (the water-filled fractional split when
+    the loads are not whole, e.g. a forecast)."""
+    fractional = water_fill(expert, gpu, load, num_gpus, entry_tokens)
+    if not np.array_equal(load, np.rint(load)):
+        return fractional
+    whole = round_split(fractional, expert, load)
+    return balance_whole(whole, expert, gpu, num_gpus, entry_tokens).astype(np.float64)
 
 
 def gpu_work(gpu: np.ndarray, tokens: np.ndarray, num_gpus: int, entry_tokens: float = 0.0) -> np.ndarray:

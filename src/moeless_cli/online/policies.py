@@ -33,7 +33,7 @@ from typing import ClassVar
 import numpy as np
 
 from moeless_cli.errors import MoelessError, require_choice
-from moeless_cli.online.dispatch import equal_split, gpu_work, share_split, water_fill
+from moeless_cli.online.dispatch import balanced_split, equal_split, gpu_work, share_split, water_fill
 from moeless_cli.online.functions import FunctionPool
 from moeless_cli.planning.plan import LayerPlan, Plan, PlanningProblem
 from moeless_cli.planning.solvers.static import static_placement
@@ -311,7 +311,7 @@ class MoelessPolicy(OnlinePolicy):
             elif not ready[mine].any():
                 ready[mine[np.argmin([self.pool.ready_s(layer, e, int(g)) for g in gpu[mine]])]] = True
         expert, gpu = expert[ready], gpu[ready]
-        tokens = water_fill(expert, gpu, load, s.num_gpus, s.entry_tokens)
+        tokens = balanced_split(expert, gpu, load, s.num_gpus, s.entry_tokens)
         return self._finish(layer, expert, gpu, tokens, now)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from moeless_cli.online.dispatch import share_split, water_fill
+from moeless_cli.online.dispatch import balanced_split, share_split
 from moeless_cli.online.policies import Dispatch
 from moeless_cli.planning.plan import LayerPlan, Plan
 from moeless_cli.planning.solvers.static import static_placement
@@ -51,10 +51,10 @@ class PlanPolicy:
 
 
 class RebalancingPolicy(PlanPolicy):
-    """The plan's replicas; each layer's tokens water-filled over GPUs once the true load is known."""
+    """The plan's replicas; each layer's tokens balanced over GPUs once the true load is known."""
 
     def split(self, p: LayerPlan, load: np.ndarray) -> np.ndarray:
-        return water_fill(p.expert, p.gpu, load, self.plan.num_gpus)
+        return balanced_split(p.expert, p.gpu, load, self.plan.num_gpus)
 
 
 def make_plan_policy(name: str, plan: Plan) -> PlanPolicy:
