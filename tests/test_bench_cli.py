@@ -42,6 +42,7 @@ def test_json_core_and_files(bench_run):
     setting = doc["setting"]
     assert setting["preset"]["name"] == "mixtral-8x7b" and setting["hardware"] == "a6000" and setting["gpus"] == 8
     assert setting["trace"] == "azure-conv" and setting["requests"] == 6
+    assert setting["serverless_replica_cap_per_layer"] == 8 * setting["slots_per_gpu_per_layer"]  # within memory
     for name, core in doc["systems"].items():
         assert core["policy"] == name
         assert core["requests"] == {"submitted": 6, "completed": 6, "failed": 0}
@@ -60,11 +61,13 @@ def test_json_core_and_files(bench_run):
 
 def test_cached_stages_are_reused_and_table_prints(cli, bench_run, prompts):
     out, _ = bench_run
-    result = cli(*_args(out, prompts, "--batching", "paper"))
+    result = cli(*_args(out, prompts, "--batching", "paper", "--equal-budget"))
     assert result.exit_code == 0, result.output
     assert result.stdout.strip()  # a table, not JSON
     doc = json.loads((out / "bench.json").read_text())
     assert doc["setting"]["batching"] == "paper"
+    setting = doc["setting"]
+    assert setting["serverless_replica_cap_per_layer"] == setting["replica_budget_per_layer"]  # --equal-budget
     assert doc["stages"]["profile"]["reused"] and doc["stages"]["predictor"]["reused"] and doc["stages"]["plan"]["reused"]
 
 

@@ -12,7 +12,7 @@ from moeless_cli.online.dispatch import round_split
 from moeless_cli.sim.hardware import HARDWARE, get_hardware
 from moeless_cli.sim.presets import PRESETS, get_preset
 from moeless_cli.sim.routing import TokenTable, build_routing
-from moeless_cli.sim.simulator import SimConfig, replay, simulate
+from moeless_cli.sim.simulator import SimConfig, replay, replica_budget, simulate
 from moeless_cli.sim.timemodel import ClusterModel
 from moeless_cli.workloads.traces import Trace
 
@@ -139,6 +139,18 @@ def test_simulator_runs_every_system_and_costs_add_up(batching):
     assert static["cost"]["gbs_proxy"] == pytest.approx(static["makespan_s"] * 32 * 8 * cluster.preset.expert_bytes / 1e9)
     assert results["moeless"]["report"]["cost"]["gbs_proxy"] < static["cost"]["gbs_proxy"]
     assert same["moeless"].mean() <= same["static"].mean()
+
+
+def test_serverless_systems_scale_within_memory_unless_held_to_eplbs_budget():
+    cluster = _cluster("olmoe-1b-7b")  # 64 experts: memory holds far more replicas than EPLB's budget
+    routing = build_routing(_fake_profile(num_experts=64, top_k=8), cluster.preset.moe_layers, 64, 8)
+    budget = replica_budget(64, 8, cluster.slots_per_gpu(), None)
+    assert budget < 8 * cluster.slots_per_gpu()
+    most = {}
+    for equal in (False, True):
+        result = simulate("moeless", cluster, routing, _trace(), SimConfig(keep_alive_s=1.0, equal_budget=equal))
+        most[equal] = result["report"]["replicas"]["max_per_layer"]
+    assert most[True] <= budget < most[False] <= 8 * cluster.slots_per_gpu()
 
 
 def test_policies_see_one_end_of_iteration_per_iteration(monkeypatch):

@@ -61,7 +61,7 @@ def run_bench(request: BenchRequest, say: Say = lambda _: None,
     routing = build_routing(profile, preset.moe_layers, preset.num_experts, preset.top_k, predictor)
     cluster = ClusterModel(hardware, preset, request.gpus, request.time_model)
     slots = cluster.slots_per_gpu()
-    config = SimConfig(batching=request.batching, keep_alive_s=request.keep_alive_s)
+    config = SimConfig(batching=request.batching, keep_alive_s=request.keep_alive_s, equal_budget=request.equal_budget)
     budget = replica_budget(routing.num_experts, request.gpus, slots, config.redundant)
     plan, plan_reused = plan_stage(request, routing.history, slots, budget, say)
 
@@ -86,6 +86,7 @@ def run_bench(request: BenchRequest, say: Say = lambda _: None,
     setting = {
         "model": model, "preset": preset.as_dict(), "hardware": hardware.name, "hardware_description": hardware.description,
         "gpus": request.gpus, "slots_per_gpu_per_layer": slots, "replica_budget_per_layer": budget,
+        "serverless_replica_cap_per_layer": budget if request.equal_budget else slots * request.gpus,
         "trace": request.trace, "requests": len(trace),
         "dataset": request.dataset, "batching": request.batching, "time_model": request.time_model,
         "keep_alive_s": request.keep_alive_s, "time_scale": request.time_scale,

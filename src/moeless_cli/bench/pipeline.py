@@ -35,6 +35,7 @@ class BenchRequest:
     max_requests: int = 200  # first requests of the trace
     time_scale: float = 1.0  # >1 compresses arrivals
     keep_alive_s: float = 5.0  # serverless keep-alive
+    equal_budget: bool = False  # hold the serverless systems to EPLB's replicas per layer (else: memory)
     num_prompts: int = 64  # profile: prompts recorded
     max_new_tokens: int = 16  # profile: decode steps recorded per prompt
     max_prompt_tokens: int = 128  # profile: prompt truncation

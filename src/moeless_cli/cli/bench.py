@@ -26,6 +26,10 @@ def bench(
     max_requests: int = typer.Option(200, "--max-requests", help="First requests of the trace."),
     time_scale: float = typer.Option(1.0, "--time-scale", help=">1 compresses arrivals."),
     keep_alive: float = typer.Option(5.0, "--keep-alive", help="Serverless keep-alive, seconds."),
+    equal_budget: bool = typer.Option(
+        False, "--equal-budget",
+        help="Hold moeless-paper and moeless to EPLB's replicas per layer (default: they scale within GPU memory).",
+    ),
     num_prompts: int = typer.Option(64, "--num-prompts", help="Prompts profiled for routing."),
     epochs: int = typer.Option(30, "--epochs", help="Predictor training epochs."),
     devices: str = typer.Option("cpu", "--devices", help="Real mode: comma-separated devices (cpu, cuda:0, ...)."),
@@ -40,7 +44,7 @@ def bench(
 
     request = BenchRequest(model=model, preset=preset, hardware=hardware, gpus=gpus, trace=trace, dataset=dataset,
                            batching=batching, mode=mode, time_model=time_model, max_requests=max_requests,
-                           time_scale=time_scale, keep_alive_s=keep_alive, num_prompts=num_prompts, epochs=epochs,
+                           time_scale=time_scale, keep_alive_s=keep_alive, equal_budget=equal_budget, num_prompts=num_prompts, epochs=epochs,
                            out=out, devices=tuple(d.strip() for d in devices.split(",") if d.strip()) or ("cpu",))
     with make_progress(disable=json_output) as progress:
         task = progress.add_task("bench", total=None)

@@ -9,7 +9,7 @@ Every system runs through the same loop (serve's runtime or the simulator), per 
 
 Registry (`ONLINE_POLICIES`):
 - static: Megatron-LM expert parallelism, expert e on GPU e mod G, pinned, no replicas.
-- eplb: DeepSeek EPLB with the same replica budget as the others (`replica_budget`), re-planned every
+- eplb: DeepSeek EPLB with a fixed replica budget (`replica_budget`: its redundant experts), re-planned every
   `eplb_period` iterations from the last `eplb_window` iterations' loads; new copies load in the
   background and the plan switches when they are in place.
 - oracle: static placement, but tokens are balanced perfectly over GPUs whatever the gate said
@@ -55,7 +55,9 @@ class PolicySetting:
     plan: Plan | None = None  # moeless: starting placement; None: water-filling on `history`
     max_new_per_layer: int = 2  # moeless: replicas pre-warmed per layer and iteration at most
     gain_threshold: float = 0.02  # moeless: pre-warm only while the forecast straggles by more
-    replica_budget: int | None = None  # most replicas per layer for EPLB, moeless-paper, moeless; None: all slots
+    replica_budget: int | None = None  # most replicas per layer for EPLB (its redundant experts); None: all slots
+    serverless_budget: int | None = None  # most live replicas per layer for moeless-paper and moeless;
+    # None: all slots (serverless instances scale within memory and are paid for while live)
 
     def __post_init__(self) -> None:
         if self.num_gpus * self.slots_per_gpu < self.num_experts:
@@ -65,14 +67,17 @@ class PolicySetting:
         if self.history.shape != (self.num_layers, self.num_experts):
             raise MoelessError(f"history must be [{self.num_layers}, {self.num_experts}], got {self.history.shape}")
 
-    def problem(self) -> PlanningProblem:
-        return PlanningProblem(num_gpus=self.num_gpus, slots_per_gpu=self.slots_per_gpu,
-                               cv_threshold=self.cv_threshold, replica_budget=self.replica_budget)
+    def budget(self, serverless: bool) -> int | None:
+        return self.serverless_budget if serverless else self.replica_budget
 
-    def max_replicas(self) -> int:
-        """Replicas one layer may hold: all slots, capped by the budget."""
-        cap = self.num_gpus * self.slots_per_gpu
-        return cap if self.replica_budget is None else min(cap, self.replica_budget)
+    def problem(self, serverless: bool = False) -> PlanningProblem:
+        return PlanningProblem(num_gpus=self.num_gpus, slots_per_gpu=self.slots_per_gpu,
+                               cv_threshold=self.cv_threshold, replica_budget=self.budget(serverless))
+
+    def max_replicas(self, serverless: bool = False) -> int:
+        """Replicas one layer may hold: all slots, capped by the (serverful or serverless) budget."""
+        cap, budget = self.num_gpus * self.slots_per_gpu, self.budget(serverless)
+        return cap if budget is None else min(cap, budget)
 
 
 @dataclass
@@ -214,10 +219,10 @@ class MoelessPaperPolicy(OnlinePolicy):
         from moeless_cli.planning.solvers.moeless_paper import moeless_paper_layer
 
         forecast = self.forecast(layer, predicted_load)
-        plan = moeless_paper_layer(forecast, self.setting.problem(), self.plans[layer], 0.0)
+        plan = moeless_paper_layer(forecast, self.setting.problem(serverless=True), self.plans[layer], 0.0)
         self.plans[layer] = plan
         _warm_within_slots(self.pool, layer, plan.expert, plan.gpu, self.setting.slots_per_gpu,
-                           self.setting.max_replicas(), now)
+                           self.setting.max_replicas(serverless=True), now)
         return plan.expert, plan.gpu
 
     def dispatch(self, layer: int, true_load: np.ndarray, now: float) -> Dispatch:
@@ -256,10 +261,11 @@ class MoelessPolicy(OnlinePolicy):
                     f"not {s.num_experts} on {s.num_gpus}"
                 )
             plan = s.plan.layers[layer % s.plan.num_layers]
-            if int(plan.slots_used(s.num_gpus).max()) <= s.slots_per_gpu and plan.num_replicas <= s.max_replicas():
+            cap = s.max_replicas(serverless=True)
+            if int(plan.slots_used(s.num_gpus).max()) <= s.slots_per_gpu and plan.num_replicas <= cap:
                 return plan
         return _water_filled_plan(np.asarray(s.history[layer], dtype=np.float64), s.num_gpus, s.slots_per_gpu,
-                                  s.max_replicas())
+                                  s.max_replicas(serverless=True))
 
     def prepare(self, layer: int, predicted_load: np.ndarray | None, now: float) -> tuple[np.ndarray, np.ndarray]:
         s = self.setting
@@ -291,7 +297,7 @@ class MoelessPolicy(OnlinePolicy):
                     continue
                 if not self.pool.make_room(layer, g, self.setting.slots_per_gpu, keep, now):
                     continue
-                if not self.pool.make_room(layer, None, self.setting.max_replicas(), keep, now):
+                if not self.pool.make_room(layer, None, self.setting.max_replicas(serverless=True), keep, now):
                     return None
                 self.pool.warm_up(layer, [e], [g], now)
                 return e, g

@@ -33,8 +33,9 @@ class SimConfig:
     keep_alive_s: float = 5.0  # serverless instances idle this long are reclaimed
     eplb_period: int = 3000  # EPLB: iterations between re-plans (vLLM's default)
     eplb_window: int = 1000  # EPLB: iterations of history per re-plan (vLLM's default)
-    redundant: int | None = None  # replicas per layer beyond one per expert (EPLB, moeless-paper, moeless);
+    redundant: int | None = None  # EPLB's replicas per layer beyond one per expert (its redundant experts);
     # None: max(2G, E/4) (two spare slots per GPU, or DeepSeek-like E/4), whole GPUs, within memory
+    equal_budget: bool = False  # cap moeless-paper and moeless at EPLB's replicas too (else: memory only)
     copy_backlog_s: float = 0.25  # serverless: no new copy into a GPU whose copy link is busy this long
 
     def validate(self) -> None:
@@ -46,8 +47,9 @@ class SimConfig:
 
 
 def replica_budget(num_experts: int, num_gpus: int, slots: int, redundant: int | None) -> int:
-    """Replicas per layer every replicating system may hold (the same memory for all): E + redundant,
-    rounded up to a multiple of G (EPLB fills whole GPUs), within memory."""
+    """EPLB's replicas per layer (the serverful budget): E + redundant, rounded up to a multiple of G
+    (EPLB fills whole GPUs), within memory. The serverless systems scale within memory, paying for
+    live instances, unless `equal_budget` holds them to this too."""
     extra = redundant if redundant is not None else max(2 * num_gpus, num_experts // 4)
     wanted = -(-(num_experts + extra) // num_gpus) * num_gpus
     return min(wanted, num_gpus * slots)
@@ -55,11 +57,12 @@ def replica_budget(num_experts: int, num_gpus: int, slots: int, redundant: int |
 
 def make_setting(cluster: ClusterModel, routing: RecordedRouting, config: SimConfig, plan: Plan | None) -> PolicySetting:
     slots = cluster.slots_per_gpu()
+    budget = replica_budget(routing.num_experts, cluster.num_gpus, slots, config.redundant)
     return PolicySetting(
         num_layers=routing.num_layers, num_experts=routing.num_experts, num_gpus=cluster.num_gpus,
         slots_per_gpu=slots, history=routing.history, entry_tokens=cluster.entry_tokens,
         eplb_window=config.eplb_window, eplb_period=config.eplb_period, plan=plan,
-        replica_budget=replica_budget(routing.num_experts, cluster.num_gpus, slots, config.redundant),
+        replica_budget=budget, serverless_budget=budget if config.equal_budget else None,
     )
 
 
