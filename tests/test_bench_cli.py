@@ -95,7 +95,16 @@ def test_real_mode_runs_every_system_through_serve(cli, bench_run, prompts):
     for name, core in doc["systems"].items():
         assert core["policy"] == name and core["requests"]["completed"] == 3
         assert core["moe_layer_ms"]["mean"] > 0
+        assert "layer_records" not in core  # used for the simulator check, not printed
     assert doc["stages"]["profile"]["reused"]
+    check = doc["simulator_check"]  # the time model fitted on static EP, its error on the other runs
+    assert check["fit_on"] == "static" and set(check["systems"]) == SYSTEMS and check["workers"] == 2
+    for name, row in check["systems"].items():
+        assert row["calls"] > 0 and row["real_ms"] == pytest.approx(doc["systems"][name]["moe_layer_ms"]["mean"])
+        assert row["sim_ms"] > 0 and row["error"] == pytest.approx(row["sim_ms"] / row["data_plane_ms"] - 1)
+        assert row["real_ms"] == pytest.approx(row["data_plane_ms"] + row["control_ms"])
+    assert check["held_out_max_abs_error"] == max(abs(r["error"]) for n, r in check["systems"].items() if n != "static")
+    assert "Simulator vs real mode" in (out / "report.md").read_text()
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ from moeless_cli.errors import MoelessError
 from moeless_cli.online.report import latency_stats
 
 Say = Callable[[str], None]
+SPARE_BATCHES = 128  # sample batches the moeless plan's spare replicas are chosen on
 
 
 def run_bench(request: BenchRequest, say: Say = lambda _: None,
@@ -63,7 +64,7 @@ def run_bench(request: BenchRequest, say: Say = lambda _: None,
     slots = cluster.slots_per_gpu()
     config = SimConfig(batching=request.batching, keep_alive_s=request.keep_alive_s, equal_budget=request.equal_budget)
     budget = replica_budget(routing.num_experts, request.gpus, slots, config.redundant)
-    plan, plan_reused = plan_stage(request, routing.history, slots, budget, say)
+    plan, plan_reused = plan_stage(request, routing.history, routing.sample_batches(SPARE_BATCHES), slots, budget, say)
 
     systems: dict[str, Any] = {}
     own: dict[str, np.ndarray] = {}

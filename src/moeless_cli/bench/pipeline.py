@@ -2,7 +2,7 @@
 
   profile/                  `moeless profile` of the routing model on the prompts (router inputs kept)
   predictor.safetensors     `moeless train-predictor` on that profile (d = 1)
-  plan-<preset>-<hw>-<G>.json   `moeless plan` (ilp) for the preset's experts on the cluster
+  plan-<preset>-<hw>-<G>.json   `moeless plan --spares` (ilp) for the preset's experts on the cluster
   stages.json               the inputs each cached stage was made from
 """
 
@@ -175,15 +175,17 @@ def _profile_key(request: BenchRequest) -> Any:
     return stages.get("profile") if isinstance(stages, dict) else None
 
 
-def plan_stage(request: BenchRequest, history: np.ndarray, slots: int, budget: int,
+def plan_stage(request: BenchRequest, history: np.ndarray, batches: np.ndarray, slots: int, budget: int,
                say: Callable[[str], None]) -> tuple[Any, bool]:
-    """The moeless starting plan for history: [layers, experts] on the cluster (ilp). Returns (Plan, reused)."""
+    """The moeless starting plan for history: [layers, experts] on the cluster: ilp, then spare replicas
+    up to the budget where the sample batches [batches, layers, experts] straggle. Returns (Plan, reused)."""
     from moeless_cli.plan_io import read_plan, write_plan
     from moeless_cli.planning import PlanningProblem, solve
+    from moeless_cli.planning.spares import fill_plan_spares
 
     target = request.out / f"plan-{request.preset}-{request.hardware}-{request.gpus}.json"
     key = {"profile": _profile_key(request), "gpus": request.gpus, "slots": slots, "budget": budget,
-           "layers": int(history.shape[0]),
+           "layers": int(history.shape[0]), "spare_batches": int(batches.shape[0]),
            "experts": int(history.shape[1]), "seconds": request.plan_seconds}
     if _cached(request.out, f"plan-{request.preset}-{request.hardware}-{request.gpus}", key, target):
         return read_plan(target)[0], True
@@ -191,6 +193,8 @@ def plan_stage(request: BenchRequest, history: np.ndarray, slots: int, budget: i
     problem = PlanningProblem(num_gpus=request.gpus, slots_per_gpu=slots, replica_budget=budget,
                               time_limit_s=request.plan_seconds)
     plan = solve("ilp", history, problem).plan
+    say("spare replicas")
+    plan = fill_plan_spares(plan, batches, slots, budget)
     write_plan(target, plan, {"source": "moeless bench", "preset": request.preset, "hardware": request.hardware})
     _remember(request.out, f"plan-{request.preset}-{request.hardware}-{request.gpus}", key)
     return plan, False

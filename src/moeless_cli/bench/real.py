@@ -3,6 +3,10 @@
 The routing model itself is executed (the preset's sizes do not apply); each system is one
 `serve` run over the same trace, prompts, profile (load history) and predictor. Times are measured,
 so they include the runtime's own overheads.
+
+With the local backend every run also records each MoE layer call (rows, replicas and seconds per
+worker), and the simulator is checked against them (`sim/calibration.py`): its time model is fitted
+on static EP's run and predicts the other systems' MoE-layer times from their own dispatches.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from moeless_cli.bench.pipeline import SYSTEMS, BenchRequest
+
+CALIBRATION_RUN = "static"  # the run the time model is fitted on; the others are held out
 
 
 def run_real(request: BenchRequest, model: str, profile_dir: Path, predictor_path: Path,
@@ -27,13 +33,31 @@ def run_real(request: BenchRequest, model: str, profile_dir: Path, predictor_pat
             model=model, predictor=predictor_path, profile=profile_dir, policy=name, workers=request.gpus,
             dataset=request.dataset, trace=request.trace, time_scale=request.time_scale,
             max_requests=request.max_requests, batching=request.batching, keep_alive_s=request.keep_alive_s,
-            devices=tuple(request.devices),
+            devices=tuple(request.devices), record_layers=True,
         )
         systems[name] = serve(options)
+    records = {name: core.pop("layer_records") for name, core in systems.items()}
     setting = {
         "model": model, "preset": None, "hardware": ",".join(request.devices), "gpus": request.gpus,
         "trace": request.trace, "requests": systems["static"]["requests"]["submitted"], "dataset": request.dataset,
         "batching": request.batching, "time_model": "measured", "keep_alive_s": request.keep_alive_s,
         "time_scale": request.time_scale,
     }
-    return {"mode": "real", "setting": setting, "systems": systems, "ratios": ratios(systems), "moe_layer_s": {}}
+    return {"mode": "real", "setting": setting, "systems": systems, "ratios": ratios(systems), "moe_layer_s": {},
+            "simulator_check": simulator_check(model, records)}
+
+
+def simulator_check(model: str, records: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The simulator's time model fitted on the calibration run, its error on every other run."""
+    from moeless_cli.models.loading import read_model_config, resolve_model_path
+    from moeless_cli.sim.calibration import LayerRecords, calibrate
+    from moeless_cli.sim.presets import preset_from_profile
+
+    config = read_model_config(resolve_model_path(model))
+    hidden = int(config.get("hidden_size") or 1)
+    intermediate = int(next((config[k] for k in ("moe_intermediate_size", "intermediate_size", "ffn_dim")
+                             if config.get(k)), 1))
+    runs = {name: LayerRecords.from_dict(doc) for name, doc in records.items()}
+    width = runs[CALIBRATION_RUN].worker_s.shape[1]
+    preset = preset_from_profile(str(model), 1, 1, 1, hidden, intermediate)
+    return calibrate(runs, CALIBRATION_RUN, preset) | {"workers": width}

@@ -56,7 +56,7 @@ def bench(
             progress.update(task, description=f"simulating {name}", completed=done, total=total)
 
         result = run_bench(request, say, on_progress)
-    core = {k: result[k] for k in ("mode", "setting", "systems", "ratios", "stages")}
+    core = {k: result[k] for k in ("mode", "setting", "systems", "ratios", "stages", "simulator_check") if k in result}
     files = [write_json_atomic(out / "bench.json", core)]
     files.append(write_bytes_atomic(out / "report.md", markdown_report(result).encode()))
     files += write_plots(result, out)
@@ -88,6 +88,12 @@ def _print_table(result: dict) -> None:
     same = "measured in each system's own run" if result["mode"] == "real" else "on the same batches for every system"
     console.print(f"MoE-layer latency {same}; ratios are of the mean. GB·s: the paper's memory x time proxy "
                   "(serverful: reserved for the run; serverless: per invocation).")
+    check = result.get("simulator_check")
+    if check:
+        errors = ", ".join(f"{name} {row['error']:+.1%} (decision {row['control_ms']:.3f} ms, not simulated)"
+                           for name, row in check["systems"].items() if name != check["fit_on"])
+        console.print(f"Simulator vs real (time model fitted on {check['fit_on']}): error of the mean MoE-layer time "
+                      f"without the policy's decision: {errors}.")
 
 
 def register(app: typer.Typer) -> None:

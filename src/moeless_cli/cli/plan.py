@@ -37,8 +37,20 @@ def _read_loads(profile: Optional[Path], loads: Optional[Path], where: list[str]
     prof = load_profile(profile)
     load = np.asarray(prof.load, dtype=np.float64).sum(axis=0)  # [layers, experts]
     meta = {"profile": str(profile), "model_id": prof.model_id, "config_hash": prof.config_hash,
-            "expert_bytes": prof.manifest.get("expert_bytes"), "moe_layer_ids": prof.moe_layer_ids}
+            "expert_bytes": prof.manifest.get("expert_bytes"), "moe_layer_ids": prof.moe_layer_ids,
+            "_routing": (prof.topk_ids, prof.token_request, prof.token_phase)}
     return load, meta, profile.name
+
+
+def _spare_batches(source: dict[str, Any], num_experts: int) -> Any:
+    """Sample batches [batches, layers, experts] from the profile's per-token routing, for --spares."""
+    from moeless_cli.planning.spares import sample_token_batches
+
+    topk, request, phase = source.get("_routing") or (None, None, None)
+    if topk is None or request is None or phase is None:
+        raise MoelessError("--spares needs a --profile with per-token routing (record one with `moeless profile`); "
+                           "a --loads CSV or an imported profile has only counts")
+    return sample_token_batches(topk, request, phase, num_experts)
 
 
 def _slots(num_layers: int, num_experts: int, gpus: int, memory_gb: Optional[float], expert_mb: Optional[float],
@@ -81,6 +93,11 @@ def plan(
         None, "--replica-budget", help="Most replicas per layer (joint: in all)."
     ),
     joint: bool = typer.Option(False, "--joint", help="Share the budgets across layers (skewed layers get more)."),
+    spares: bool = typer.Option(
+        False, "--spares",
+        help="Fill unused slots (within the budget) with spare replicas where single batches of the profile "
+             "straggle; for runtimes that balance each batch (serve --policy moeless). Spares get share 0.",
+    ),
     previous_plan: Optional[Path] = typer.Option(None, "--previous-plan", help="Plan now loaded (moves cost)."),
     solver: str = typer.Option("ilp", "--solver", help="ilp, eplb, moeless-paper or static."),
     backend: str = typer.Option("cbc", "--backend", help="ILP backend: cbc or highs."),
@@ -115,6 +132,9 @@ def plan(
     if gpus < 1 or nodes < 1 or gpus % nodes:
         raise MoelessError(f"--gpus ({gpus}) must be a positive multiple of --nodes ({nodes})")
     load, source, source_name = _read_loads(profile, loads, where)
+    if spares and joint:
+        raise MoelessError("--spares fills each layer's own slots; it does not combine with --joint")
+    batches = _spare_batches(source, load.shape[1]) if spares else None
     if expert_mb is None and source.get("expert_bytes"):
         expert_mb = float(source["expert_bytes"]) / 2**20  # the profiled model's expert size
     num_layers, num_experts = load.shape
@@ -130,6 +150,15 @@ def plan(
     with make_progress(disable=json_out) as progress:
         task = progress.add_task(f"planning ({solver})", total=num_layers)
         result = solve(solver, load, problem, on_layer=lambda i: progress.advance(task))
+        straggle = None
+        if batches is not None:
+            from moeless_cli.planning.spares import fill_plan_spares, straggle_per_layer
+
+            progress.update(task, description="spare replicas")
+            before = straggle_per_layer(result.plan, batches)
+            result.plan = fill_plan_spares(result.plan, batches, problem.slots_for(num_experts),
+                                           problem.max_replicas(num_experts))
+            straggle = list(zip(before, straggle_per_layer(result.plan, batches)))
     seconds = time.perf_counter() - start
     pair_cost = pair_seconds_per_gb(build_topology(gpus, nodes, intra_gbps, inter_gbps))
     metrics = plan_metrics(result.plan, load, CostModel(expert_gb=(expert_mb or 0.0) / 1024), previous, pair_cost)
@@ -151,6 +180,8 @@ def plan(
             "cost_gbs": m.cost_gbs,
             "seconds": info.seconds,
         })
+        if straggle is not None:  # busiest GPU / ceil(T / G) over the profile's sample batches, optimal split
+            rows[-1].update({"batch_straggle_before_spares": straggle[i][0], "batch_straggle_after_spares": straggle[i][1]})
     extra = {
         "solver": solver,
         "num_nodes": nodes,
@@ -161,6 +192,7 @@ def plan(
         "moe_layer_ids": source.get("moe_layer_ids"),
         "loads_hash": hashlib.sha256(np.ascontiguousarray(load).tobytes()).hexdigest()[:16],
         "source": {k: v for k, v in source.items() if k in ("loads", "where", "profile")},
+        "spares": spares,
         "solve_seconds": seconds,
         "metrics": [{k: r[k] for k in ("imbalance_after", "replicas", "gap", "lower_bound", "status", "moved")}
                     for r in rows],

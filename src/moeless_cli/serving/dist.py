@@ -94,7 +94,8 @@ class DistRuntime(ExpertParallelRuntime):
         worker_s[self.rank] = compute_s
         # Wall-clock pieces of this rank: the all-to-alls include waiting for the slowest rank.
         self.stats.layers.append(LayerTiming(layer, num_tokens, dispatched - start - route.cold_s,
-                                             worker_s, end - ran + (ran - dispatched - compute_s), route.cold_s))
+                                             worker_s, end - ran + (ran - dispatched - compute_s), route.cold_s,
+                                             route.decide_s))
         self.stats.busy_workers.append(int(np.unique(route.gpu[used]).size))
         pool = getattr(self.policy, "pool", None)
         if pool is not None:

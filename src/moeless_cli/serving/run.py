@@ -209,6 +209,7 @@ def _report(o: ServeOptions, policy: Any, pool: Any, runtime: Any, scheduler: An
             "slowest_worker": latency_stats([max(t.worker_s) * 1e3 for t in layers], (50, 99)),
             "mean_worker": latency_stats(worker_ms.mean(axis=1) if layers else [], (50, 99)),
             "combine": latency_stats([t.combine_s * 1e3 for t in layers], (50, 99)),
+            "decide": latency_stats([t.decide_s * 1e3 for t in layers], (50, 99)),  # within dispatch
         },
         "online_step_ms": latency_stats(np.array(runtime.stats.predict_s) * 1e3, (50, 99)),
         "predictor": {"path": None if o.predictor is None else str(o.predictor),
@@ -217,4 +218,13 @@ def _report(o: ServeOptions, policy: Any, pool: Any, runtime: Any, scheduler: An
         "options": {k: (str(v) if v is not None and not isinstance(v, (int, float, str, bool, list, tuple)) else v)
                     for k, v in asdict(o).items()},
     })
+    if o.record_layers:  # the local backend's workers only (a dist rank times its own worker)
+        report["layer_records"] = {
+            "worker_s": [t.worker_s for t in layers if t.worker_tokens],
+            "worker_rows": [t.worker_tokens for t in layers if t.worker_tokens],
+            "worker_replicas": [t.worker_replicas for t in layers if t.worker_tokens],
+            "exchange_s": [t.dispatch_s + t.combine_s - t.decide_s for t in layers if t.worker_tokens],
+            "decide_s": [t.decide_s for t in layers if t.worker_tokens],
+            "cold_s": [t.cold_s for t in layers if t.worker_tokens],
+        }
     return report

@@ -29,6 +29,9 @@ class LayerTiming:
     worker_s: list[float]  # expert compute per worker, each measured on its own
     combine_s: float  # weighting and summing the experts' outputs back
     cold_s: float = 0.0  # replica copies that had to happen on the critical path
+    decide_s: float = 0.0  # the policy's dispatch decision (control plane; part of dispatch_s)
+    worker_tokens: list[int] = field(default_factory=list)  # (token, expert) rows each worker computed
+    worker_replicas: list[int] = field(default_factory=list)  # replicas each worker ran
 
     @property
     def moe_s(self) -> float:
@@ -49,6 +52,7 @@ class Route:
     counts: np.ndarray  # [r] pairs each replica serves (sums to load per expert)
     cold_s: float  # replica copies made on the critical path
     copied: int  # replicas copied on the critical path (this process's)
+    decide_s: float = 0.0  # the policy's dispatch decision
 
 
 @dataclass
@@ -205,7 +209,10 @@ class ExpertParallelRuntime:
             for lo, hi in _expert_runs(load):
                 final.index_add_(0, token_of[lo:hi], out[lo:hi].to(final.dtype))
         end = time.perf_counter()
-        timing = LayerTiming(layer, num_tokens, dispatched - start - cold, worker_s, end - ran, cold)
+        busy_gpu = gpu[used]
+        timing = LayerTiming(layer, num_tokens, dispatched - start - cold, worker_s, end - ran, cold, route.decide_s,
+                             np.bincount(busy_gpu, weights=counts[used], minlength=len(self.workers)).astype(int).tolist(),
+                             np.bincount(busy_gpu, minlength=len(self.workers)).tolist())
         self.stats.layers.append(timing)
         self.stats.busy_workers.append(len(jobs))
         pool = getattr(self.policy, "pool", None)
@@ -227,9 +234,11 @@ class ExpertParallelRuntime:
         if top_k_index.device.type != "cpu":
             order, token_of = order.to(top_k_index.device), token_of.to(top_k_index.device)
         load = np.bincount(flat, minlength=self.loaded.num_experts)  # [E]
+        decide = time.perf_counter()
         plan = self.policy.dispatch(layer, load, self.now())
         expert, gpu = np.asarray(plan.expert), np.asarray(plan.gpu)
         counts = round_split(np.asarray(plan.tokens, dtype=np.float64), expert, load)  # [replicas] integers
+        decide_s = time.perf_counter() - decide
         busy = np.flatnonzero(counts)
         missing = [(e, g) for e, g in zip(expert[busy].tolist(), gpu[busy].tolist())
                    if self.is_local(g) and (layer, e) not in self.workers[g].replicas]
@@ -237,7 +246,7 @@ class ExpertParallelRuntime:
         self.policy.observe(layer, load)
         if self.predictor is not None:
             self.predictor.observe_load(layer, load)
-        return Route(top_k_index, order, token_of, load, expert, gpu, counts, cold, len(missing))
+        return Route(top_k_index, order, token_of, load, expert, gpu, counts, cold, len(missing), decide_s)
 
     def is_local(self, worker: int) -> bool:
         """Whether this process holds worker `worker`'s replicas (all of them in the local backend)."""

@@ -38,6 +38,7 @@ class ServeOptions:
     gpu_price_per_hour: float = 2.0  # USD per GPU-hour for the cost figures
     distance: int = 1  # predict layer l + d while layer l runs
     dtype: str | None = None  # model dtype (default float32 on CPU)
+    record_layers: bool = False  # keep every MoE layer call's per-worker rows, replicas and seconds (calibration)
 
 
 def check_options(o: ServeOptions) -> None:

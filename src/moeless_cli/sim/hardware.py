@@ -27,6 +27,9 @@ class Hardware:
     network_gbps: float  # per-GPU GB/s between nodes
     gpus_per_node: int  # GPUs in one node
     usd_per_gpu_hour: float  # rough on-demand cloud price (2025), for the usd cost fields
+    layer_fixed_s: float = 0.0  # fixed seconds per MoE layer besides experts and all-to-all (0: not modelled)
+    host_copy_gbps: float = 0.0  # >0: workers share one host (CPU workers in one process): dispatch and
+    # combine copy every (token, expert) row through host memory at this rate, instead of over links
 
 
 HARDWARE: dict[str, Hardware] = {

@@ -90,6 +90,21 @@ class RecordedRouting:
             out += table.values[idx].sum(axis=0)
         return out
 
+    def sample_batches(self, count: int, seed: int = 0) -> np.ndarray:
+        """[count, layers, experts] loads of sample batches from the recorded requests, for planning spare
+        replicas: half decode steps of 1-8 requests, half prefill chunks of 16-512 tokens of one request."""
+        rng = np.random.default_rng(seed)
+        out = np.zeros((count, self.num_layers, self.num_experts))
+        for i in range(count):
+            if i % 2 == 0:
+                size = int(rng.choice([1, 2, 4, 8]))
+                decode = [(int(r), int(rng.integers(0, 1 << 16))) for r in rng.integers(0, self.num_requests, size)]
+                out[i] = self.batch(self.truth, [], decode)
+            else:
+                request = int(rng.integers(0, self.num_requests))
+                out[i] = self.batch(self.truth, [(request, int(rng.integers(0, 1 << 16)), int(rng.choice([16, 64, 256, 512])))], [])
+        return out
+
     def fold(self, load: np.ndarray) -> np.ndarray:
         """Preset-expert loads [..., E * f] -> recorded-expert loads [..., E]."""
         return load.reshape(*load.shape[:-1], self.split, -1).sum(axis=-2)

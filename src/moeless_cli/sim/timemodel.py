@@ -14,6 +14,9 @@ Time models (`--time-model`):
   token (its weights are streamed once): small decode batches are memory-bound, and replicas that
   split an expert add weight reads. Oracle: max(sum_e (w + c t_e) / G, w + c T / G), still a floor
   (the busiest GPU does at least the average work, and at least one weight read plus 1/G of T).
+- host workers (`Hardware.host_copy_gbps` > 0, the CPU calibration of `sim/calibration.py`): the
+  exchange is every row copied through one host memory, one copy after another, plus a fixed
+  per-layer cost (`layer_fixed_s`).
 - paper: each replica's time as if it ran alone, the slowest one sets the layer time
   (c max_r t_r + 2 max_g comm_g), as in the MoEless paper; for comparison only.
 """
@@ -122,9 +125,15 @@ class ClusterModel:
         else:
             work = np.bincount(gpu, weights=replica_s, minlength=G)
             gpu_tokens = np.bincount(gpu, weights=tokens, minlength=G)
-        comm = self.comm_s(gpu_tokens)
+        if self.hardware.host_copy_gbps > 0:  # one host: every row is copied once each way, one after another
+            comm = np.full(G, float(tokens.sum()) * self.token_bytes / (self.hardware.host_copy_gbps * 1e9) / G)
+            exchange = float(comm.sum())
+        else:
+            comm = self.comm_s(gpu_tokens)
+            exchange = float(comm.max())
         compute = float(replica_s.max(initial=0.0)) if self.time_model == "paper" and not perfect_balance else float(work.max())
-        return compute + 2 * float(comm.max()), float((work + 2 * comm).sum())
+        fixed = self.hardware.layer_fixed_s if tokens.sum() > 0 else 0.0
+        return fixed + compute + 2 * exchange, float((work + 2 * comm).sum()) + fixed * G
 
     def misc_s(self, batch_tokens: int, context_tokens: int) -> float:
         """Non-MoE seconds of one iteration (attention, shared experts, dense layers, LM head), data-parallel.
