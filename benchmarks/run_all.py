@@ -22,6 +22,7 @@ ORDER = (
     "profile_overhead",
     "serve_throughput",
     "predictor_accuracy",
+    "sim_calibration",
     "bench_systems",
 )
 

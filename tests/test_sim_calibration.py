@@ -51,3 +51,12 @@ def test_bad_calibration_input():
                                 "cold_s": [], "decide_s": []})
     with pytest.raises(MoelessError, match="missing"):
         calibrate({"eplb": _records(0)}, "static", preset_from_profile("tiny", 1, 8, 2, 64, 128))
+
+
+def test_host_stalls_in_the_calibration_run_do_not_skew_the_fit():
+    run = _records(0)
+    run.worker_s[::50, 0] += 5e-3  # a few calls stalled by the OS: 100x a normal worker's time
+    run.exchange_s[::70] += 5e-3
+    fit = fit_time_model(run)
+    assert (fit.replica_s, fit.row_s, fit.layer_fixed_s, fit.exchange_row_s) == pytest.approx((W_S, C_S, A_S, B_S),
+                                                                                             rel=1e-6)

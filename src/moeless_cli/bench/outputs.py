@@ -112,7 +112,8 @@ def _markdown_real(result: dict[str, Any]) -> str:
              f"- model {s['model']} executed by serve's runtime on {s['hardware']} with {s['gpus']} expert-parallel workers",
              f"- trace {s['trace']} ({s['requests']} requests), prompts `{s['dataset']}`, {s['batching']} batching", "",
              "Times are measured (each system's own run); costs as in serve.", ""]
-    return "\n".join(lines + _tables(result) + simulator_check_lines(result.get("simulator_check")))
+    plots = ["![MoE-layer latency CDF](moe_latency_cdf.png)", "", "![Cost](cost.png)", ""]
+    return "\n".join(lines + _tables(result) + simulator_check_lines(result.get("simulator_check")) + plots)
 
 
 def simulator_check_lines(check: dict[str, Any] | None) -> list[str]:

@@ -43,21 +43,24 @@ def run_real(request: BenchRequest, model: str, profile_dir: Path, predictor_pat
         "batching": request.batching, "time_model": "measured", "keep_alive_s": request.keep_alive_s,
         "time_scale": request.time_scale,
     }
-    return {"mode": "real", "setting": setting, "systems": systems, "ratios": ratios(systems), "moe_layer_s": {},
-            "simulator_check": simulator_check(model, records)}
+    from moeless_cli.sim.calibration import LayerRecords
+
+    runs = {name: LayerRecords.from_dict(doc) for name, doc in records.items()}
+    return {"mode": "real", "setting": setting, "systems": systems, "ratios": ratios(systems),
+            "moe_layer_s": {name: run.moe_s for name, run in runs.items()},  # for the CDF plot
+            "simulator_check": simulator_check(model, runs)}
 
 
-def simulator_check(model: str, records: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def simulator_check(model: str, runs: dict[str, Any]) -> dict[str, Any]:
     """The simulator's time model fitted on the calibration run, its error on every other run."""
     from moeless_cli.models.loading import read_model_config, resolve_model_path
-    from moeless_cli.sim.calibration import LayerRecords, calibrate
+    from moeless_cli.sim.calibration import calibrate
     from moeless_cli.sim.presets import preset_from_profile
 
     config = read_model_config(resolve_model_path(model))
     hidden = int(config.get("hidden_size") or 1)
     intermediate = int(next((config[k] for k in ("moe_intermediate_size", "intermediate_size", "ffn_dim")
                              if config.get(k)), 1))
-    runs = {name: LayerRecords.from_dict(doc) for name, doc in records.items()}
     width = runs[CALIBRATION_RUN].worker_s.shape[1]
     preset = preset_from_profile(str(model), 1, 1, 1, hidden, intermediate)
     return calibrate(runs, CALIBRATION_RUN, preset) | {"workers": width}

@@ -309,12 +309,13 @@ class MoelessPolicy(OnlinePolicy):
         expert, gpu = self.pool.layer_replicas(layer)
         ready = np.array([self.pool.ready(layer, e, g, now) for e, g in zip(expert.tolist(), gpu.tolist())], dtype=bool)
         # An expert with load and no warm replica waits for its earliest copy (rare: one is pinned).
-        for e in np.flatnonzero(load > 0).tolist():
+        warm_count = np.bincount(expert[ready], minlength=load.size)  # [experts]
+        for e in np.flatnonzero((load > 0) & (warm_count == 0)).tolist():
             mine = np.flatnonzero(expert == e)
             if not mine.size:
                 g = self._cold_start(layer, e, now)
                 expert, gpu, ready = np.append(expert, e), np.append(gpu, g), np.append(ready, True)
-            elif not ready[mine].any():
+            else:
                 ready[mine[np.argmin([self.pool.ready_s(layer, e, int(g)) for g in gpu[mine]])]] = True
         expert, gpu = expert[ready], gpu[ready]
         tokens = balanced_split(expert, gpu, load, s.num_gpus, s.entry_tokens)

@@ -28,6 +28,8 @@ from moeless_cli.sim.hardware import Hardware
 from moeless_cli.sim.presets import ModelPreset
 from moeless_cli.sim.timemodel import ClusterModel
 
+OUTLIER_MADS = 5.0  # fit samples further than this many median absolute deviations off are dropped
+
 
 @dataclass
 class LayerRecords:
@@ -87,13 +89,23 @@ def _nonnegative_lstsq(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.zeros(x.shape[1])
 
 
+def _robust_fit(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """`_nonnegative_lstsq`, refitted without samples whose residual is far out (a host stall or a
+    preemption on a shared machine is not what the time model describes)."""
+    coef = _nonnegative_lstsq(x, y)
+    residual = y - x @ coef
+    spread = np.median(np.abs(residual - np.median(residual)))
+    keep = np.abs(residual - np.median(residual)) <= OUTLIER_MADS * max(spread, 1e-12)
+    return _nonnegative_lstsq(x[keep], y[keep]) if keep.sum() >= x.shape[1] else coef
+
+
 def fit_time_model(records: LayerRecords) -> TimeFit:
     """Least-squares fit of the per-worker and exchange costs on one run's layer calls."""
     busy = records.worker_rows > 0  # [calls, workers]
     x = np.stack([records.worker_replicas[busy], records.worker_rows[busy]], axis=1)  # [samples, 2]
-    w, c = _nonnegative_lstsq(x, records.worker_s[busy])
+    w, c = _robust_fit(x, records.worker_s[busy])
     rows = records.worker_rows.sum(axis=1)  # [calls]
-    a, b = _nonnegative_lstsq(np.stack([np.ones_like(rows), rows], axis=1), records.exchange_s)
+    a, b = _robust_fit(np.stack([np.ones_like(rows), rows], axis=1), records.exchange_s)
     return TimeFit(float(w), float(c), float(a), float(b))
 
 
