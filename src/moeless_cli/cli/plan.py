@@ -218,12 +218,20 @@ def _print_table(summary: dict[str, Any]) -> None:
     from rich.table import Table
 
     table = Table(title=f"moeless plan ({summary['solver']}, {summary['num_gpus']} GPUs)")
-    for col in ("layer", "imbalance before", "imbalance after", "replicas", "gap", "status"):
+    spares = "batch_straggle_after_spares" in summary["layers"][0]
+    columns = ["layer", "imbalance before", "imbalance after", "replicas", "gap", "status"]
+    for col in columns + (["batch straggle", "with spares"] if spares else []):
         table.add_column(col, justify="right")
     for r in summary["layers"]:
-        table.add_row(str(r["layer"]), f"{r['imbalance_before']:.4f}", f"{r['imbalance_after']:.4f}",
-                      str(r["replicas"]), f"{100 * r['gap']:.3f}%", r["status"])
+        cells = [str(r["layer"]), f"{r['imbalance_before']:.4f}", f"{r['imbalance_after']:.4f}",
+                 str(r["replicas"]), f"{100 * r['gap']:.3f}%", r["status"]]
+        if spares:
+            cells += [f"{r['batch_straggle_before_spares']:.4f}", f"{r['batch_straggle_after_spares']:.4f}"]
+        table.add_row(*cells)
     console.print(table)
+    if spares:
+        console.print("batch straggle: busiest GPU / ceil(tokens / GPUs) over sample batches of the profile, "
+                      "after the best whole-token split (1.0 = Oracle's floor)")
     console.print(f"wrote {summary['out']} in {summary['solve_seconds']:.2f} s; worst imbalance "
                   f"{summary['max_imbalance_after']:.4f}, worst gap {100 * summary['max_gap']:.3f}%")
 
