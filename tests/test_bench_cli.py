@@ -126,3 +126,17 @@ def test_bad_input_is_one_line(cli, tmp_path, prompts, extra, message):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
     assert not (out / "bench.json").exists()
+
+
+def test_auto_mode_simulates_a_cluster_larger_than_the_machine():
+    from moeless_cli.bench.pipeline import BenchRequest
+
+    request = BenchRequest(gpus=8)
+    request.resolve_mode(cuda_devices=0)
+    assert request.mode == "sim"
+    request = BenchRequest(gpus=2)
+    request.resolve_mode(cuda_devices=4)
+    assert request.mode == "real" and request.devices == ("cuda:0", "cuda:1")
+    request = BenchRequest(gpus=2, mode="sim")
+    request.resolve_mode(cuda_devices=4)
+    assert request.mode == "sim"  # an explicit mode is kept

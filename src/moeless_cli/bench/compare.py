@@ -29,6 +29,7 @@ def run_bench(request: BenchRequest, say: Say = lambda _: None,
     from moeless_cli.workloads.traces import load_trace
 
     request.validate()
+    request.resolve_mode()
     preset, hardware = get_preset(request.preset), get_hardware(request.hardware)
     trace = load_trace(request.trace, time_scale=request.time_scale, max_requests=request.max_requests)
     model = request.routing_model()

@@ -18,7 +18,7 @@ from moeless_cli.errors import MoelessError, require_choice
 from moeless_cli.fileio import read_json, write_json_atomic
 
 SYSTEMS = ("static", "eplb", "oracle", "moeless-paper", "moeless")
-MODES = ("sim", "real")
+MODES = ("auto", "sim", "real")
 
 
 @dataclass
@@ -30,7 +30,7 @@ class BenchRequest:
     trace: str = "azure-conv"  # arrivals and request lengths
     dataset: str = "mix"  # prompts whose routing is recorded
     batching: str = "continuous"  # or "paper": the published one-second batches
-    mode: str = "sim"  # "sim" or "real"
+    mode: str = "auto"  # "sim", "real", or "auto": real when this machine has --gpus CUDA devices, else sim
     time_model: str = "default"  # "default", "roofline" or "paper"
     max_requests: int = 200  # first requests of the trace
     time_scale: float = 1.0  # >1 compresses arrivals
@@ -65,6 +65,20 @@ class BenchRequest:
         for name in self.systems:
             if name not in SYSTEMS:
                 raise MoelessError(f"unknown system {name!r}; choose from {', '.join(SYSTEMS)}")
+
+    def resolve_mode(self, cuda_devices: int | None = None) -> None:
+        """Settle "auto": the requested cluster runs for real when this machine has that many CUDA
+        devices (workers on cuda:0..G-1), and is simulated when it is larger than the machine."""
+        if self.mode != "auto":
+            return
+        if cuda_devices is None:
+            import torch
+
+            cuda_devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if cuda_devices >= self.gpus:
+            self.mode, self.devices = "real", tuple(f"cuda:{i}" for i in range(self.gpus))
+        else:
+            self.mode = "sim"
 
     def routing_model(self) -> str:
         from moeless_cli.sim.presets import get_preset

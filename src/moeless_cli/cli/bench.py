@@ -21,7 +21,10 @@ def bench(
     trace: str = typer.Option("azure-conv", "--trace", help="Arrival trace (built-in name or CSV/JSONL)."),
     dataset: str = typer.Option("mix", "--dataset", help="Prompts whose routing is recorded."),
     batching: str = typer.Option("continuous", "--batching", help="continuous, or paper (one-second batches)."),
-    mode: str = typer.Option("sim", "--mode", help="sim (simulated cluster) or real (serve's runtime)."),
+    mode: str = typer.Option(
+        "auto", "--mode",
+        help="sim (simulated cluster), real (serve's runtime), or auto: real when this machine has --gpus CUDA devices.",
+    ),
     time_model: str = typer.Option("default", "--time-model", help="default, roofline, or paper (comparison only)."),
     max_requests: int = typer.Option(200, "--max-requests", help="First requests of the trace."),
     time_scale: float = typer.Option(1.0, "--time-scale", help=">1 compresses arrivals."),
