@@ -21,6 +21,8 @@ layer's true load `load: [experts]` (token-to-expert assignments), and return to
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 
@@ -224,13 +226,17 @@ def lp_min_peak(expert: np.ndarray, gpu: np.ndarray, load: np.ndarray, num_gpus:
     """
     import pulp
 
+    from moeless_cli.planning.solvers.milp import _variable
+
     prob = pulp.LpProblem("dispatch", pulp.LpMinimize)
-    peak = pulp.LpVariable("peak")
-    tokens = [pulp.LpVariable(f"x{r}", 0) for r in range(expert.size)]  # tokens per replica
+    peak = _variable(prob, "peak")
+    tokens = [_variable(prob, f"x{r}", lowBound=0) for r in range(expert.size)]  # tokens per replica
     prob += peak
     for e in range(load.size):
         prob += pulp.lpSum(tokens[r] for r in np.flatnonzero(expert == e)) == load[e]
     for g in range(num_gpus):
         prob += pulp.lpSum(tokens[r] for r in np.flatnonzero(gpu == g)) <= peak
-    prob.solve(pulp.PULP_CBC_CMD(msg=0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # PULP_CBC_CMD is the bundled CBC in PuLP 3
+        prob.solve(pulp.PULP_CBC_CMD(msg=0))
     return float(peak.value())
