@@ -33,7 +33,7 @@ from typing import ClassVar
 import numpy as np
 
 from moeless_cli.errors import MoelessError, require_choice
-from moeless_cli.online.dispatch import balanced_split, equal_split, gpu_work, share_split, water_fill
+from moeless_cli.online.dispatch import balanced_split, equal_split, gpu_work, round_split, share_split, water_fill
 from moeless_cli.online.functions import FunctionPool
 from moeless_cli.planning.plan import LayerPlan, Plan, PlanningProblem
 from moeless_cli.planning.solvers.static import static_placement
@@ -86,7 +86,7 @@ class Dispatch:
 
     expert: np.ndarray  # [r] logical expert
     gpu: np.ndarray  # [r] GPU
-    tokens: np.ndarray  # [r] float64 tokens each replica serves (sums to the true load per expert)
+    tokens: np.ndarray  # [r] float64 tokens each replica serves (sums to the true load per expert; whole when it is)
     start_s: float  # earliest time the layer can run (later than `now` when it waits for a copy)
 
 
@@ -129,9 +129,15 @@ class OnlinePolicy:
     def dispatch(self, layer: int, true_load: np.ndarray, now: float) -> Dispatch:
         plan = self.plans[layer]
         tokens = share_split(plan.expert, plan.share, np.asarray(true_load, dtype=np.float64))
-        return self._finish(layer, plan.expert, plan.gpu, tokens, now)
+        return self._finish(layer, plan.expert, plan.gpu, tokens, now, true_load)
 
-    def _finish(self, layer: int, expert: np.ndarray, gpu: np.ndarray, tokens: np.ndarray, now: float) -> Dispatch:
+    def _finish(self, layer: int, expert: np.ndarray, gpu: np.ndarray, tokens: np.ndarray, now: float,
+                load: np.ndarray) -> Dispatch:
+        """Whole tokens (when the load is whole: the function pool bills the replicas that really run),
+        then invoke the used replicas; the layer starts when the last of them is ready."""
+        load = np.asarray(load, dtype=np.float64)
+        if np.array_equal(load, np.rint(load)):
+            tokens = round_split(tokens, expert, load).astype(np.float64)
         used = tokens > 0
         start = max([now] + [self.pool.ready_s(layer, e, g) for e, g in zip(expert[used].tolist(), gpu[used].tolist())])
         self.pool.invoke(layer, expert[used], gpu[used], now, start)
@@ -244,7 +250,7 @@ class MoelessPaperPolicy(OnlinePolicy):
             gpu.append(np.asarray(warm, dtype=np.int64))
         expert_all, gpu_all = np.concatenate(expert), np.concatenate(gpu)
         tokens = equal_split(expert_all, load)
-        return self._finish(layer, expert_all, gpu_all, tokens, now)
+        return self._finish(layer, expert_all, gpu_all, tokens, now, load)
 
 
 class MoelessPolicy(OnlinePolicy):
@@ -319,7 +325,7 @@ class MoelessPolicy(OnlinePolicy):
                 ready[mine[np.argmin([self.pool.ready_s(layer, e, int(g)) for g in gpu[mine]])]] = True
         expert, gpu = expert[ready], gpu[ready]
         tokens = balanced_split(expert, gpu, load, s.num_gpus, s.entry_tokens)
-        return self._finish(layer, expert, gpu, tokens, now)
+        return self._finish(layer, expert, gpu, tokens, now, load)
 
 
 def _warm_within_slots(pool: FunctionPool, layer: int, expert: np.ndarray, gpu: np.ndarray, slots: int,
