@@ -1,18 +1,19 @@
 """Dispatch: split each expert's tokens of one MoE layer over its warm replicas, after the gate.
 
-Three ways, one per family of systems:
+One way per family of systems:
 - `share_split`: a plan's fixed shares (static EP, EPLB);
 - `equal_split`: each expert's tokens evenly over its replicas (the MoEless paper, step 4);
-- `water_fill`: minimise the busiest GPU's work given the true loads (moeless's first step). Experts are poured
-  heaviest first into their replicas' GPUs, filling the emptiest GPU up to a common level (classic
-  water-filling), after a first pass that puts each expert whole on its least-busy replica (LPT);
-  then every expert is lifted out and poured again (Gauss-Seidel passes; within ~1% of the LP
-  optimum in our checks against CBC).
+- `water_fill`: minimise the busiest GPU's work given the true loads (moeless's first step).
+  Experts are poured heaviest first into their replicas' GPUs, filling the emptiest GPU up to a
+  common level (classic water-filling), after a first pass that puts each expert whole on its
+  least-busy replica (LPT); then every expert is lifted out and poured again (Gauss-Seidel passes;
+  within a few % of the LP optimum in `benchmarks/bench_dispatch.py`).
   Using a replica at all costs `entry_tokens` extra work (its weights must be streamed from HBM
   once), so a small expert is not smeared over many GPUs. Pure Python on short lists: ~0.3 ms for
   64 experts x 8 GPUs.
 - `balanced_split` (moeless): `water_fill`, rounded to whole tokens, then `balance_whole` moves
-  whole tokens along augmenting paths, which makes it the integer optimum (no token cost of entry).
+  whole tokens along augmenting paths, which makes it the whole-token optimum (exact when there is
+  no entry cost); ~0.1-0.2 ms per layer.
 
 All functions take the replicas as parallel arrays `expert: [replicas]`, `gpu: [replicas]` and the
 layer's true load `load: [experts]` (token-to-expert assignments), and return tokens per replica
@@ -226,11 +227,11 @@ def lp_min_peak(expert: np.ndarray, gpu: np.ndarray, load: np.ndarray, num_gpus:
     """
     import pulp
 
-    from moeless_cli.planning.solvers.milp import _variable
+    from moeless_cli.planning.solvers.milp import lp_variable
 
     prob = pulp.LpProblem("dispatch", pulp.LpMinimize)
-    peak = _variable(prob, "peak")
-    tokens = [_variable(prob, f"x{r}", lowBound=0) for r in range(expert.size)]  # tokens per replica
+    peak = lp_variable(prob, "peak")
+    tokens = [lp_variable(prob, f"x{r}", lowBound=0) for r in range(expert.size)]  # tokens per replica
     prob += peak
     for e in range(load.size):
         prob += pulp.lpSum(tokens[r] for r in np.flatnonzero(expert == e)) == load[e]

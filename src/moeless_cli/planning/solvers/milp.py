@@ -34,7 +34,7 @@ class MilpOutcome:
     z_bound: float  # proven lower bound on max GPU tokens (0 if not proven)
 
 
-def _variable(prob, name: str, **kwargs):
+def lp_variable(prob, name: str, **kwargs):
     """PuLP 3.3 prefers prob.add_variable; older versions only have LpVariable."""
     import pulp
 
@@ -79,9 +79,9 @@ def solve_milp(
     mu = SECONDARY_WEIGHT / (2 * max_replicas * max(float(price.max()), 1e-12))
     prob = pulp.LpProblem("moeless_layer", pulp.LpMinimize)
     E, G = range(num_experts), range(num_gpus)
-    x = {(e, g): _variable(prob, f"x_{e}_{g}", cat="Binary") for e in E for g in G}
-    y = {(e, g): _variable(prob, f"y_{e}_{g}", lowBound=0) for e in E for g in G}
-    z = _variable(prob, "z", lowBound=0)
+    x = {(e, g): lp_variable(prob, f"x_{e}_{g}", cat="Binary") for e in E for g in G}
+    y = {(e, g): lp_variable(prob, f"y_{e}_{g}", lowBound=0) for e in E for g in G}
+    z = lp_variable(prob, "z", lowBound=0)
     prob += z + lam * pulp.lpSum(x.values()) + mu * pulp.lpSum(
         float(price[e, g]) * x[e, g] for e in E for g in G if price[e, g] > 0
     )
