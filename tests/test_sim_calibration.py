@@ -33,13 +33,13 @@ def test_fit_recovers_the_constants_and_the_prediction_matches_exactly():
     predicted = predict_moe_s(calibrated_cluster(fit, preset, 4), runs["moeless"])
     assert predicted == pytest.approx(runs["moeless"].data_plane_s, rel=1e-6)
     assert runs["moeless"].moe_s == pytest.approx(runs["moeless"].data_plane_s + 5e-6)
-    check = calibrate(runs, "static", preset)
-    assert abs(check["systems"]["moeless"]["error"]) < 1e-6 and check["held_out_max_abs_error"] < 1e-6
+    check = calibrate(runs, preset)  # each run predicted from the other's fit
+    assert check["method"] == "leave-one-system-out" and check["max_abs_error"] < 1e-6
 
 
 def test_noisy_runs_give_a_small_but_honest_error():
     runs = {"static": _records(0, noise=0.2), "eplb": _records(2, noise=0.2)}
-    check = calibrate(runs, "static", preset_from_profile("tiny", 1, 8, 2, 64, 128))
+    check = calibrate(runs, preset_from_profile("tiny", 1, 8, 2, 64, 128))
     error = check["systems"]["eplb"]["error"]
     assert 0 < abs(error) < 0.1  # noise does not cancel exactly, and does not bias the fit much
     assert check["systems"]["eplb"]["median_abs_layer_error"] > 0.01
@@ -49,8 +49,11 @@ def test_bad_calibration_input():
     with pytest.raises(MoelessError, match="no MoE layer calls"):
         LayerRecords.from_dict({"worker_s": [], "worker_rows": [], "worker_replicas": [], "exchange_s": [],
                                 "cold_s": [], "decide_s": []})
-    with pytest.raises(MoelessError, match="missing"):
-        calibrate({"eplb": _records(0)}, "static", preset_from_profile("tiny", 1, 8, 2, 64, 128))
+    preset = preset_from_profile("tiny", 1, 8, 2, 64, 128)
+    with pytest.raises(MoelessError, match="at least two"):
+        calibrate({"eplb": _records(0)}, preset)
+    with pytest.raises(MoelessError, match="worker counts"):
+        calibrate({"eplb": _records(0), "static": _records(1, workers=2)}, preset)
 
 
 def test_host_stalls_in_the_calibration_run_do_not_skew_the_fit():
@@ -60,3 +63,6 @@ def test_host_stalls_in_the_calibration_run_do_not_skew_the_fit():
     fit = fit_time_model(run)
     assert (fit.replica_s, fit.row_s, fit.layer_fixed_s, fit.exchange_row_s) == pytest.approx((W_S, C_S, A_S, B_S),
                                                                                              rel=1e-6)
+    check = calibrate({"static": _records(1), "moeless": run}, preset_from_profile("tiny", 1, 8, 2, 64, 128))
+    row = check["systems"]["moeless"]
+    assert row["stalls"] >= 6 and abs(row["error_without_stalls"]) < 1e-6 < abs(row["error"])

@@ -5,8 +5,8 @@ The routing model itself is executed (the preset's sizes do not apply); each sys
 so they include the runtime's own overheads.
 
 With the local backend every run also records each MoE layer call (rows, replicas and seconds per
-worker), and the simulator is checked against them (`sim/calibration.py`): its time model is fitted
-on static EP's run and predicts the other systems' MoE-layer times from their own dispatches.
+worker), and the simulator is checked against them (`sim/calibration.py`): each system's MoE-layer
+times are predicted from its own dispatches by the time model fitted on the other systems' runs.
 """
 
 from __future__ import annotations
@@ -15,9 +15,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 from moeless_cli.bench.pipeline import SYSTEMS, BenchRequest
-
-CALIBRATION_RUN = "static"  # the run the time model is fitted on; the others are held out
-
 
 def run_real(request: BenchRequest, model: str, profile_dir: Path, predictor_path: Path,
              on_progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
@@ -52,7 +49,7 @@ def run_real(request: BenchRequest, model: str, profile_dir: Path, predictor_pat
 
 
 def simulator_check(model: str, runs: dict[str, Any]) -> dict[str, Any]:
-    """The simulator's time model fitted on the calibration run, its error on every other run."""
+    """The simulator's time model checked against the real runs, one held out at a time."""
     from moeless_cli.models.loading import read_model_config, resolve_model_path
     from moeless_cli.sim.calibration import calibrate
     from moeless_cli.sim.presets import preset_from_profile
@@ -61,6 +58,6 @@ def simulator_check(model: str, runs: dict[str, Any]) -> dict[str, Any]:
     hidden = int(config.get("hidden_size") or 1)
     intermediate = int(next((config[k] for k in ("moe_intermediate_size", "intermediate_size", "ffn_dim")
                              if config.get(k)), 1))
-    width = runs[CALIBRATION_RUN].worker_s.shape[1]
+    width = next(iter(runs.values())).worker_s.shape[1]
     preset = preset_from_profile(str(model), 1, 1, 1, hidden, intermediate)
-    return calibrate(runs, CALIBRATION_RUN, preset) | {"workers": width}
+    return calibrate(runs, preset) | {"workers": width}
