@@ -9,19 +9,22 @@ Every system runs through the same loop (serve's runtime or the simulator), per 
 
 Registry (`ONLINE_POLICIES`):
 - static: Megatron-LM expert parallelism, expert e on GPU e mod G, pinned, no replicas.
-- eplb: DeepSeek EPLB with a fixed replica budget (`replica_budget`: its redundant experts), re-planned every
-  `eplb_period` iterations from the last `eplb_window` iterations' loads; new copies load in the
-  background and the plan switches when they are in place.
+- eplb: DeepSeek EPLB with a fixed replica budget (`replica_budget`: its redundant experts),
+  re-planned every `eplb_period` iterations from the last `eplb_window` iterations' loads; new
+  copies load in the background and the plan switches when they are in place.
 - oracle: static placement, but tokens are balanced perfectly over GPUs whatever the gate said
   (lossy: it changes the model's output); its time is the floor under the default time model.
 - moeless-paper: the published Algorithms 1 + 2 on the gate-copy predictor's forecast, every layer
   and iteration, equal split over the planned replicas already warm (falling back to any warm
   instance of an expert; waiting only when an expert has none). One instance per expert (the
   starting static placement) stays pinned, as Algorithm 1 starts from one replica per expert.
-- moeless: starts from the `moeless plan` placement, pre-warms replicas where the predictor's
-  forecast says the water-filled dispatch would still straggle, dispatches by water-filling over
-  the replicas that are already warm (never waits for a copy), and lets the extra replicas go after
-  the keep-alive; the plan's own replicas stay pinned (provisioned instances, sized by `plan`).
+- moeless: starts from the `moeless plan` placement (best with `--spares`), pre-warms replicas
+  where the predictor's forecast says the water-filled dispatch would still straggle, splits whole
+  tokens optimally over the replicas that are already warm (`balanced_split`; never waits for a
+  copy), and lets the extra replicas go after the keep-alive; the plan's own replicas stay pinned
+  (provisioned instances, sized by `plan`).
+The serverless two (moeless-paper, moeless) scale within the GPUs' slots unless `serverless_budget`
+caps them (`bench --equal-budget`: EPLB's budget).
 """
 
 from __future__ import annotations
