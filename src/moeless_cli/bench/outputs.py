@@ -158,7 +158,8 @@ def write_plots(result: dict[str, Any], out: Path) -> list[Path]:
         if values.size:
             ax.plot(values, np.arange(1, values.size + 1) / values.size, label=name)
     ax.set_xscale("log")
-    ax.set_xlabel("MoE-layer latency (ms, same batches)")
+    measured = "measured, each system's own run" if result["mode"] == "real" else "same batches"
+    ax.set_xlabel(f"MoE-layer latency (ms, {measured})")
     ax.set_ylabel("CDF")
     ax.legend()
     ax.grid(alpha=0.3)
