@@ -48,8 +48,8 @@ SETTINGS = [
     Setting("olmoe-1b-7b", "azure-conv", max_requests=100),
     Setting("olmoe-1b-7b", "azure-code", max_requests=100),
     Setting("olmoe-1b-7b", "azure-conv", max_requests=100, equal_budget=True),
-    Setting("qwen3-30b-a3b", "azure-conv", max_requests=40),
-    Setting("deepseek-v3", "azure-conv", hardware="h200", max_requests=20),
+    Setting("qwen3-30b-a3b", "azure-conv", max_requests=100),
+    Setting("deepseek-v3", "azure-conv", hardware="h200", max_requests=50),
 ]
 
 

@@ -30,7 +30,7 @@ import numpy as np
 from moeless_cli.errors import MoelessError
 from moeless_cli.sim.hardware import Hardware
 from moeless_cli.sim.presets import ModelPreset
-from moeless_cli.sim.timemodel import ClusterModel
+from moeless_cli.sim.timemodel import ACTIVATION_BYTES, ClusterModel
 
 OUTLIER_MADS = 5.0  # fit samples further than this many median absolute deviations off are dropped
 
@@ -86,8 +86,10 @@ class TimeFit:
 
 
 def _nonnegative_lstsq(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """x: [n, p], y: [n]. Least squares with every coefficient >= 0 (a negative one is dropped and
-    the rest refitted; p is 2 here, so this is exact)."""
+    """x: [n, p], y: [n]. Least squares with every coefficient >= 0: the most negative one is
+    dropped (set to 0) and the rest refitted until none is negative. A shortcut of the active-set
+    method, exact for p = 2; with p = 4 (the layer fit) close enough for constants that are all
+    positive in practice, and it keeps the dependencies to numpy."""
     keep = list(range(x.shape[1]))
     while keep:
         coef, *_ = np.linalg.lstsq(x[:, keep], y, rcond=None)
@@ -135,9 +137,9 @@ def fit_time_model(records: LayerRecords, rounds: int = 6) -> TimeFit:
 def calibrated_cluster(fit: TimeFit, preset: ModelPreset, num_workers: int, name: str = "this machine") -> ClusterModel:
     """The simulator's cluster model with the fitted constants as its hardware (roofline time model)."""
     tiny = 1e-15  # a constant fitted to zero: its rate is effectively infinite
-    token_bytes = preset.hidden * 2  # timemodel.ACTIVATION_BYTES
+    token_bytes = preset.hidden * ACTIVATION_BYTES
     hardware = Hardware(
-        name=name, description=f"{name}, calibrated from a real run", memory_gb=0.0,
+        name=name, description=f"{name}, calibrated on real runs", memory_gb=0.0,
         tflops=preset.expert_flops_per_token / max(fit.row_s, tiny) / 1e12,
         hbm_gbps=preset.expert_bytes / max(fit.replica_s, tiny) / 1e9,
         fast_link_gbps=1.0, fast_link_group=1, pcie_gbps=1.0, host_gbps=1.0, network_gbps=1.0,
