@@ -43,6 +43,7 @@ def test_json_core_and_files(bench_run):
     setting = doc["setting"]
     assert setting["preset"]["name"] == "mixtral-8x7b" and setting["hardware"] == "a6000" and setting["gpus"] == 8
     assert setting["trace"] == "azure-conv" and setting["requests"] == 6
+    assert setting["model_path"] == setting["model"]  # the checkpoint directory the test built (a local path wins)
     assert setting["serverless_replica_cap_per_layer"] == 8 * setting["slots_per_gpu_per_layer"]  # within memory
     for name, core in doc["systems"].items():
         assert core["policy"] == name

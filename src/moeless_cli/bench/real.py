@@ -19,6 +19,7 @@ from moeless_cli.bench.pipeline import SYSTEMS, BenchRequest
 def run_real(request: BenchRequest, model: str, profile_dir: Path, predictor_path: Path,
              on_progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
     from moeless_cli.bench.compare import ratios
+    from moeless_cli.models.loading import resolve_model_path
     from moeless_cli.serving.run import serve
     from moeless_cli.serving.setup import ServeOptions
 
@@ -35,7 +36,7 @@ def run_real(request: BenchRequest, model: str, profile_dir: Path, predictor_pat
         systems[name] = serve(options)
     records = {name: core.pop("layer_records") for name, core in systems.items()}
     setting = {
-        "model": model, "preset": None, "hardware": ",".join(request.devices), "gpus": request.gpus,
+        "model": model, "model_path": str(resolve_model_path(model)), "preset": None, "hardware": ",".join(request.devices), "gpus": request.gpus,
         "trace": request.trace, "requests": systems["static"]["requests"]["submitted"], "dataset": request.dataset,
         "batching": request.batching, "time_model": "measured", "keep_alive_s": request.keep_alive_s,
         "time_scale": request.time_scale,
