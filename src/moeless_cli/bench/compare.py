@@ -87,7 +87,8 @@ def run_bench(request: BenchRequest, say: Say = lambda _: None,
     if on_progress is not None:
         on_progress("done", len(SYSTEMS), len(SYSTEMS))
     setting = {
-        "model": model, "model_path": str(resolve_model_path(model)), "preset": preset.as_dict(), "hardware": hardware.name, "hardware_description": hardware.description,
+        "model": model, "model_path": str(resolve_model_path(model)), "preset": preset.as_dict(),
+        "hardware": hardware.name, "hardware_description": hardware.description,
         "gpus": request.gpus, "slots_per_gpu_per_layer": slots, "replica_budget_per_layer": budget,
         "serverless_replica_cap_per_layer": budget if request.equal_budget else slots * request.gpus,
         "trace": request.trace, "requests": len(trace),

@@ -70,8 +70,9 @@ def markdown_report(result: dict[str, Any]) -> str:
         f"{s['slots_per_gpu_per_layer']} replica slots per GPU per layer",
         f"- model sizes: {preset['name']} ({preset['moe_layers']} MoE layers, {preset['num_experts']} experts "
         f"top-{preset['top_k']}, {preset['expert_mb']} MB per expert)",
-        f"- routing: recorded from {s['model']} ({s.get('model_path', s['model'])}) on `{s['dataset']}` ({s['simulated_layers']} layers mapped cyclically, "
-        f"each expert split {s['expert_split']}x); predictor layers {s['predictor_layers']}",
+        f"- routing: recorded from {s['model']} ({s.get('model_path', s['model'])}) on `{s['dataset']}` "
+        f"({s['simulated_layers']} layers mapped cyclically, each expert split {s['expert_split']}x); "
+        f"predictor layers {s['predictor_layers']}",
         f"- trace: {s['trace']}, {s['requests']} requests (time scale {s['time_scale']}); keep-alive {s['keep_alive_s']} s",
         "",
         "MoE-layer latency is measured on the same batches for every system (static EP's iteration sequence);",

@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from moeless_cli.bench.pipeline import SYSTEMS, BenchRequest
 
+
 def run_real(request: BenchRequest, model: str, profile_dir: Path, predictor_path: Path,
              on_progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
     from moeless_cli.bench.compare import ratios
@@ -36,7 +37,8 @@ def run_real(request: BenchRequest, model: str, profile_dir: Path, predictor_pat
         systems[name] = serve(options)
     records = {name: core.pop("layer_records") for name, core in systems.items()}
     setting = {
-        "model": model, "model_path": str(resolve_model_path(model)), "preset": None, "hardware": ",".join(request.devices), "gpus": request.gpus,
+        "model": model, "model_path": str(resolve_model_path(model)), "preset": None,
+        "hardware": ",".join(request.devices), "gpus": request.gpus,
         "trace": request.trace, "requests": systems["static"]["requests"]["submitted"], "dataset": request.dataset,
         "batching": request.batching, "time_model": "measured", "keep_alive_s": request.keep_alive_s,
         "time_scale": request.time_scale,

@@ -47,8 +47,9 @@ def bench(
 
     request = BenchRequest(model=model, preset=preset, hardware=hardware, gpus=gpus, trace=trace, dataset=dataset,
                            batching=batching, mode=mode, time_model=time_model, max_requests=max_requests,
-                           time_scale=time_scale, keep_alive_s=keep_alive, equal_budget=equal_budget, num_prompts=num_prompts, epochs=epochs,
-                           out=out, devices=tuple(d.strip() for d in devices.split(",") if d.strip()) or ("cpu",))
+                           time_scale=time_scale, keep_alive_s=keep_alive, equal_budget=equal_budget,
+                           num_prompts=num_prompts, epochs=epochs, out=out,
+                           devices=tuple(d.strip() for d in devices.split(",") if d.strip()) or ("cpu",))
     with make_progress(disable=json_output) as progress:
         task = progress.add_task("bench", total=None)
 

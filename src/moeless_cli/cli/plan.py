@@ -181,7 +181,8 @@ def plan(
             "seconds": info.seconds,
         })
         if straggle is not None:  # busiest GPU / ceil(T / G) over the profile's sample batches, optimal split
-            rows[-1].update({"batch_straggle_before_spares": straggle[i][0], "batch_straggle_after_spares": straggle[i][1]})
+            rows[-1].update({"batch_straggle_before_spares": straggle[i][0],
+                             "batch_straggle_after_spares": straggle[i][1]})
     extra = {
         "solver": solver,
         "num_nodes": nodes,

@@ -209,10 +209,10 @@ class ExpertParallelRuntime:
             for lo, hi in _expert_runs(load):
                 final.index_add_(0, token_of[lo:hi], out[lo:hi].to(final.dtype))
         end = time.perf_counter()
-        busy_gpu = gpu[used]
+        busy_gpu, width = gpu[used], len(self.workers)
         timing = LayerTiming(layer, num_tokens, dispatched - start - cold, worker_s, end - ran, cold, route.decide_s,
-                             np.bincount(busy_gpu, weights=counts[used], minlength=len(self.workers)).astype(int).tolist(),
-                             np.bincount(busy_gpu, minlength=len(self.workers)).tolist())
+                             np.bincount(busy_gpu, weights=counts[used], minlength=width).astype(int).tolist(),
+                             np.bincount(busy_gpu, minlength=width).tolist())
         self.stats.layers.append(timing)
         self.stats.busy_workers.append(len(jobs))
         pool = getattr(self.policy, "pool", None)

@@ -101,8 +101,8 @@ class RecordedRouting:
                 decode = [(int(r), int(rng.integers(0, 1 << 16))) for r in rng.integers(0, self.num_requests, size)]
                 out[i] = self.batch(self.truth, [], decode)
             else:
-                request = int(rng.integers(0, self.num_requests))
-                out[i] = self.batch(self.truth, [(request, int(rng.integers(0, 1 << 16)), int(rng.choice([16, 64, 256, 512])))], [])
+                request, start = int(rng.integers(0, self.num_requests)), int(rng.integers(0, 1 << 16))
+                out[i] = self.batch(self.truth, [(request, start, int(rng.choice([16, 64, 256, 512])))], [])
         return out
 
     def fold(self, load: np.ndarray) -> np.ndarray:
