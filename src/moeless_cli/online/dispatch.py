@@ -13,8 +13,9 @@ One way per family of systems:
   64 experts x 8 GPUs.
 - `balanced_split` (moeless): `water_fill`, rounded to whole tokens, then `balance_whole` moves
   whole tokens along augmenting paths, which makes it the whole-token optimum (exact when there is
-  no entry cost; then the water-filling is its first pass only): ~20-50 us per layer for decode
-  steps and for 64 experts x 8 GPUs, 0.1-0.2 ms for 2048-token batches (8 or 256 experts).
+  no entry cost; then the water-filling is its first pass only): 0.06-0.14 ms per decode layer
+  and 0.2-0.7 ms per 2048-token layer from 8 x 8 to 256 experts x 32 GPUs
+  (`benchmarks/bench_dispatch.py`, one call each, this 2-core CPU).
 
 All functions take the replicas as parallel arrays `expert: [replicas]`, `gpu: [replicas]` and the
 layer's true load `load: [experts]` (token-to-expert assignments), and return tokens per replica
@@ -208,8 +209,9 @@ def balanced_split(expert: np.ndarray, gpu: np.ndarray, load: np.ndarray, num_gp
     the loads are not whole, e.g. a forecast)."""
     whole_load = np.array_equal(load, np.rint(load))
     # Without an entry cost the augmenting paths reach the optimum from any start, so water-filling's
-    # re-pour passes are skipped (1.5-3x faster, except few experts with huge batches: 1.6x slower);
-    # with an entry cost they still pick which replicas to use.
+    # re-pour passes are skipped: decode steps get 1.5-2x faster, 2048-token batches up to 1.6x slower
+    # (more augmenting paths); decode steps are most layer calls. With an entry cost the passes still
+    # pick which replicas to use.
     passes = 0 if whole_load and entry_tokens == 0 else 4
     fractional = water_fill(expert, gpu, load, num_gpus, entry_tokens, passes=passes)
     if not whole_load:
