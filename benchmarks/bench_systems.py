@@ -21,7 +21,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-PUBLISHED = {"moe_vs_static": 0.5681, "moe_vs_eplb": 0.7811, "gbs_vs_static": 0.0732}
 SHAREGPT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sharegpt-1k" / "ShareGPT_V3_filtered_1000.json"
 
 
@@ -67,6 +66,7 @@ def main() -> int:
         print(markdown_rows(json.loads(args.render.read_text())))
         return 0
     from moeless_cli.bench.compare import run_bench
+    from moeless_cli.bench.outputs import PUBLISHED
     from moeless_cli.bench.pipeline import BenchRequest
     from moeless_cli.errors import MoelessError
     from moeless_cli.models.loading import builtin_names

@@ -59,6 +59,7 @@ def test_json_core_and_files(bench_run):
     assert (out / "moe_latency_cdf.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((out / "bench.json").read_text())["systems"]["moeless"]["policy"] == "moeless"
     assert "| moeless |" in (out / "report.md").read_text()
+    assert "Against the paper: moeless / static EP" in (out / "report.md").read_text()
 
 
 def test_cached_stages_are_reused_and_table_prints(cli, bench_run, prompts):

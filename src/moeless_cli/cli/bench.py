@@ -92,6 +92,10 @@ def _print_table(result: dict) -> None:
     same = "measured in each system's own run" if result["mode"] == "real" else "on the same batches for every system"
     console.print(f"MoE-layer latency {same}; ratios are of the mean. GB·s: the paper's memory x time proxy "
                   "(serverful: reserved for the run; serverless: per invocation).")
+    if result["mode"] == "sim":
+        from moeless_cli.bench.outputs import against_the_paper
+
+        console.print(f"Against the paper: {against_the_paper(result)}")
     check = result.get("simulator_check")
     if check:
         errors = ", ".join(f"{name} {row['error']:+.1%} (decision {row['control_ms']:.3f} ms, not simulated)"
