@@ -66,7 +66,7 @@ def main() -> int:
         print(markdown_rows(json.loads(args.render.read_text())))
         return 0
     from moeless_cli.bench.compare import run_bench
-    from moeless_cli.bench.outputs import PUBLISHED
+    from moeless_cli.bench.outputs import against_the_paper
     from moeless_cli.bench.pipeline import BenchRequest
     from moeless_cli.errors import MoelessError
     from moeless_cli.models.loading import builtin_names
@@ -109,10 +109,7 @@ def main() -> int:
                   f"{core['moe_layer_ms']['mean']:8.4f} {r['moe_vs_static']:7.3f} {r['moe_vs_eplb']:6.3f} "
                   f"{r['moe_vs_oracle']:7.3f} {r['moe_vs_moeless_paper']:6.3f} {r['gbs_vs_static']:11.4f} "
                   f"{core['latency_s']['ttft']['p50']:8.3f} {core['functions']['cold_starts']:6d}")
-        floor = result["ratios"]["oracle"]["moe_vs_static"]
-        print(f"  floor Oracle/static = {floor:.3f}; published moeless/static = {PUBLISHED['moe_vs_static']}, "
-              f"/EPLB = {PUBLISHED['moe_vs_eplb']}, GB·s/static = {PUBLISHED['gbs_vs_static']}; "
-              f"{seconds:.0f} s")
+        print(f"  {against_the_paper(result)} {seconds:.0f} s")
         results.append({k: result[k] for k in ("setting", "systems", "ratios")} | {"chat": setting.chat})
         print(f"  {setting_label(results[-1])}")
         if args.json:  # after every setting: a long run that stops early keeps what it measured
