@@ -27,8 +27,8 @@ def _batch_load(rng: np.random.Generator, popularity: np.ndarray, tokens: int, t
 
 
 def main() -> None:
-    from moeless_cli.online.dispatch import balanced_split, equal_split, gpu_work, lp_min_peak, water_fill
     from moeless_cli.planning import PlanningProblem, solve
+    from moeless_cli.planning.dispatch import balanced_split, equal_split, gpu_work, lp_min_peak, water_fill
     from moeless_cli.planning.metrics import static_gpu_loads
 
     print(f"{'E x G':>9s} {'batch':>8s} {'static':>7s} {'equal':>7s} {'water':>7s} {'whole':>7s} {'optimum':>7s} "

@@ -7,11 +7,11 @@ import pytest
 
 from moeless_cli.errors import MoelessError
 from moeless_cli.online.batching import Request, RequestTiming
-from moeless_cli.online.dispatch import balance_whole, balanced_split, equal_split, gpu_work, lp_min_peak, round_split, \
-    share_split, water_fill
 from moeless_cli.online.functions import FunctionPool
 from moeless_cli.online.policies import ONLINE_POLICIES, PolicySetting, make_policy
 from moeless_cli.online.report import CostTotals, build_report, latency_stats
+from moeless_cli.planning.dispatch import (balance_whole, balanced_split, equal_split, gpu_work, lp_min_peak,
+                                           round_split, share_split, water_fill)
 
 
 def _zipf(num_experts: int, seed: int = 0) -> np.ndarray:

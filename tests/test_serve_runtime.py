@@ -91,7 +91,7 @@ def test_continuous_batching_engine_matches_per_request_generate(family):
 
 
 def test_round_split_keeps_every_token():
-    from moeless_cli.online.dispatch import round_split
+    from moeless_cli.planning.dispatch import round_split
 
     rng = np.random.default_rng(0)
     for _ in range(50):

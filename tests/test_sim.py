@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from moeless_cli.errors import MoelessError
-from moeless_cli.online.dispatch import round_split
+from moeless_cli.planning.dispatch import round_split
 from moeless_cli.sim.hardware import HARDWARE, get_hardware
 from moeless_cli.sim.presets import PRESETS, get_preset
 from moeless_cli.sim.routing import TokenTable, build_routing

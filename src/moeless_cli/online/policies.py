@@ -36,8 +36,8 @@ from typing import ClassVar
 import numpy as np
 
 from moeless_cli.errors import MoelessError, require_choice
-from moeless_cli.online.dispatch import balanced_split, equal_split, gpu_work, round_split, share_split, water_fill
 from moeless_cli.online.functions import FunctionPool
+from moeless_cli.planning.dispatch import balanced_split, equal_split, gpu_work, round_split, share_split, water_fill
 from moeless_cli.planning.plan import LayerPlan, Plan, PlanningProblem
 from moeless_cli.planning.solvers.static import static_placement
 

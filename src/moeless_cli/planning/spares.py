@@ -3,7 +3,7 @@
 The ilp plan balances the *mean* load with the fewest replicas. One batch's load is not the mean:
 a code prompt favours other experts than prose, and a decode step of one token needs its top-k
 experts on k different GPUs to reach Oracle's floor ceil(T / G). moeless's dispatch
-(`online.dispatch.balanced_split`) reaches the best whole-token split the replicas allow, so what
+(`planning.dispatch.balanced_split`) reaches the best whole-token split the replicas allow, so what
 limits it is which (expert, GPU) pairs exist. A spare replica of expert e on GPU g lets g take
 e's tokens in any batch.
 
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from moeless_cli.online.dispatch import balanced_split, gpu_work
+from moeless_cli.planning.dispatch import balanced_split, gpu_work
 from moeless_cli.planning.plan import LayerPlan, Plan
 
 CANDIDATES_SCORED = 6  # spares scored exactly per round (the most promising by vote)

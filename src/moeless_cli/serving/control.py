@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from moeless_cli.online.dispatch import balanced_split, share_split
+from moeless_cli.planning.dispatch import balanced_split, share_split
 from moeless_cli.online.policies import Dispatch
 from moeless_cli.planning.plan import LayerPlan, Plan
 from moeless_cli.planning.solvers.static import static_placement

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from moeless_cli.online.dispatch import round_split
+from moeless_cli.planning.dispatch import round_split
 from moeless_cli.serving import gather as gather_mod
 from moeless_cli.serving.experts import ExpertMath, HostStore, expert_math_of
 from moeless_cli.serving.lifecycle import FunctionLedger

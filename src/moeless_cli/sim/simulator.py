@@ -16,10 +16,10 @@ import numpy as np
 
 from moeless_cli.errors import MoelessError, require_choice
 from moeless_cli.online.batching import BATCHING, ContinuousBatcher, PaperBatcher, Request, next_event_s
-from moeless_cli.online.dispatch import round_split
 from moeless_cli.online.functions import FunctionPool
 from moeless_cli.online.policies import PolicySetting, make_policy
 from moeless_cli.online.report import CostTotals, build_report, pool_gbs
+from moeless_cli.planning.dispatch import round_split
 from moeless_cli.planning.plan import Plan
 from moeless_cli.sim.routing import RecordedRouting
 from moeless_cli.sim.timemodel import ClusterModel

@@ -1,5 +1,8 @@
 """Dispatch: split each expert's tokens of one MoE layer over its warm replicas, after the gate.
 
+Shared by the online policies (`online/policies.py`, at every layer call) and the offline planner
+(`planning/spares.py` scores spare replicas by the split they allow), so it lives in planning.
+
 One way per family of systems:
 - `share_split`: a plan's fixed shares (static EP, EPLB);
 - `equal_split`: each expert's tokens evenly over its replicas (the MoEless paper, step 4);
