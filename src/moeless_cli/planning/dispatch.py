@@ -122,6 +122,83 @@ def round_split(tokens: np.ndarray, expert: np.ndarray, load: np.ndarray) -> np.
     return floor
 
 
+class _WholeTokenMover:
+    """Whole tokens per replica and work per GPU, changed by moving tokens along augmenting paths.
+
+    counts: [replicas] tokens; expert_of, gpu_of: [replicas]; work: [num_gpus] tokens plus the entry
+    cost of every used replica.
+    """
+
+    def __init__(self, counts: list[int], expert_of: list[int], gpu_of: list[int], num_gpus: int,
+                 entry_tokens: float):
+        self.counts, self.expert_of, self.gpu_of, self.entry_tokens = counts, expert_of, gpu_of, entry_tokens
+        self.replicas_of: dict[int, list[int]] = {}
+        self.on_gpu: list[list[int]] = [[] for _ in range(num_gpus)]
+        for r, e in enumerate(expert_of):
+            self.replicas_of.setdefault(e, []).append(r)
+            self.on_gpu[gpu_of[r]].append(r)
+        self.work = [0.0] * num_gpus
+        for r, c in enumerate(counts):
+            if c:
+                self.work[gpu_of[r]] += c + entry_tokens
+
+    def can_move(self) -> bool:
+        """Whether some expert has two replicas (else no token can change GPU)."""
+        return any(len(rs) > 1 for rs in self.replicas_of.values())
+
+    def _scan(self, g: int, best: float, came_from: dict[int, tuple[int, int, int]], reached: list[int]) -> int:
+        """Extend the search through the used replicas on GPU g: returns a GPU that ends below `best`
+        after taking a token, else -1 (GPUs reached on the way are added to came_from and `reached`)."""
+        counts, gpu_of, work, entry_tokens = self.counts, self.gpu_of, self.work, self.entry_tokens
+        for r in self.on_gpu[g]:
+            if not counts[r]:
+                continue
+            for r2 in self.replicas_of[self.expert_of[r]]:
+                h = gpu_of[r2]
+                if h in came_from:
+                    continue
+                gained = 1 + (entry_tokens if not counts[r2] else 0.0)
+                if work[h] + gained < best - 1e-9:  # both ends end below the busiest's load
+                    came_from[h] = (r, r2, g)
+                    return h
+                if counts[r2] or not entry_tokens:
+                    came_from[h] = (r, r2, g)
+                    reached.append(h)
+        return -1
+
+    def path_from(self, source: int) -> list[tuple[int, int]]:
+        """Breadth-first: (giving replica, taking replica) steps from a lighter GPU back to `source`;
+        empty when the source reaches no GPU that would end below its load."""
+        came_from: dict[int, tuple[int, int, int]] = {source: (-1, -1, -1)}  # gpu -> (giver, taker, prev gpu)
+        frontier, target, best = [source], -1, self.work[source]
+        while frontier and target < 0:
+            reached: list[int] = []
+            for g in frontier:
+                target = self._scan(g, best, came_from, reached)
+                if target >= 0:
+                    break
+            frontier = reached
+        path, h = [], target
+        while target >= 0 and h != source:
+            r, r2, g = came_from[h]
+            path.append((r, r2))
+            h = g
+        return path
+
+    def shift(self, path: list[tuple[int, int]], source: int) -> None:
+        """Move as many whole tokens along `path` (from `path_from(source)`) as evens its two ends."""
+        counts, gpu_of, work, entry_tokens = self.counts, self.gpu_of, self.work, self.entry_tokens
+        target = gpu_of[path[0][1]]
+        extra = entry_tokens if not counts[path[0][1]] else 0.0
+        room = int((work[source] - work[target] - extra) // 2)
+        amount = max(1, min([room] + [counts[r] for r, _ in path]))
+        for r, r2 in path:
+            for rr, sign in ((r, -1), (r2, 1)):
+                before = counts[rr]
+                counts[rr] += sign * amount
+                work[gpu_of[rr]] += sign * amount + entry_tokens * ((counts[rr] > 0) - (before > 0))
+
+
 def balance_whole(
     tokens: np.ndarray,
     expert: np.ndarray,
@@ -145,63 +222,16 @@ def balance_whole(
     already in use, so no GPU but the last gains a weight read.
     """
     out = np.rint(tokens).astype(np.int64)
-    counts = out.tolist()
-    gpu_of = gpu.tolist()
-    expert_of = expert.tolist()
-    replicas_of: dict[int, list[int]] = {}
-    on_gpu: list[list[int]] = [[] for _ in range(num_gpus)]
-    for r, e in enumerate(expert_of):
-        replicas_of.setdefault(e, []).append(r)
-        on_gpu[gpu_of[r]].append(r)
-    if all(len(rs) == 1 for rs in replicas_of.values()):
-        return out  # nothing can move
-    work = [0.0] * num_gpus
-    for r, c in enumerate(counts):
-        if c:
-            work[gpu_of[r]] += c + entry_tokens
+    mover = _WholeTokenMover(out.tolist(), expert.tolist(), gpu.tolist(), num_gpus, entry_tokens)
+    if not mover.can_move():
+        return out
     for _ in range(max_moves):
-        source = max(range(num_gpus), key=work.__getitem__)
-        came_from: dict[int, tuple[int, int, int]] = {source: (-1, -1, -1)}  # gpu -> (giver, taker, prev gpu)
-        frontier, target, best = [source], -1, work[source]
-        while frontier and target < 0:
-            nxt = []
-            for g in frontier:
-                for r in on_gpu[g]:
-                    if not counts[r]:
-                        continue
-                    for r2 in replicas_of[expert_of[r]]:
-                        h = gpu_of[r2]
-                        if h in came_from:
-                            continue
-                        gained = 1 + (entry_tokens if not counts[r2] else 0.0)
-                        if work[h] + gained < best - 1e-9:  # both ends end below the busiest's load
-                            came_from[h] = (r, r2, g)
-                            target = h
-                            break
-                        if counts[r2] or not entry_tokens:
-                            came_from[h] = (r, r2, g)
-                            nxt.append(h)
-                    if target >= 0:
-                        break
-                if target >= 0:
-                    break
-            frontier = nxt
-        if target < 0:
+        source = max(range(num_gpus), key=mover.work.__getitem__)
+        path = mover.path_from(source)
+        if not path:
             break
-        path, h = [], target
-        while h != source:
-            r, r2, g = came_from[h]
-            path.append((r, r2))
-            h = g
-        extra = entry_tokens if not counts[path[0][1]] else 0.0
-        room = int((work[source] - work[target] - extra) // 2)
-        amount = max(1, min([room] + [counts[r] for r, _ in path]))
-        for r, r2 in path:
-            for rr, sign in ((r, -1), (r2, 1)):
-                before = counts[rr]
-                counts[rr] += sign * amount
-                work[gpu_of[rr]] += sign * amount + entry_tokens * ((counts[rr] > 0) - (before > 0))
-    return np.asarray(counts, dtype=np.int64)
+        mover.shift(path, source)
+    return np.asarray(mover.counts, dtype=np.int64)
 
 
 def balanced_split(expert: np.ndarray, gpu: np.ndarray, load: np.ndarray, num_gpus: int,
