@@ -68,7 +68,7 @@ def skewed_plan(num_layers: int, num_experts: int, workers: int):
 
 def throughput(args) -> None:
     from moeless_cli.models import load_moe_model
-    from moeless_cli.serving.control import make_plan_policy
+    from moeless_cli.online.policies import fixed_plan_policy
     from moeless_cli.serving.runtime import ExpertParallelRuntime
     from moeless_cli.serving.workers import make_local_workers
 
@@ -80,7 +80,8 @@ def throughput(args) -> None:
     vocab = int(loaded.model.config.vocab_size)
     work = batches(vocab, args.batches, args.batch_size, args.prompt_len)
     plan = skewed_plan(loaded.num_moe_layers, loaded.num_experts, args.workers)
-    runtime = ExpertParallelRuntime(loaded, make_local_workers(args.workers, ["cpu"]), make_plan_policy("moeless", plan))
+    policy = fixed_plan_policy(plan, balanced=True)  # moeless's dispatch over the plan's replicas
+    runtime = ExpertParallelRuntime(loaded, make_local_workers(args.workers, ["cpu"]), policy)
     kwargs = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False, pad_token_id=0)
 
     def run(expert_parallel: bool):

@@ -81,7 +81,7 @@ def test_serve_other_policies(cli, policy, extra):
 
 def write_plan_file(path, num_experts, num_layers, gpus, config_hash):
     from moeless_cli.plan_io import write_plan
-    from moeless_cli.serving.control import static_plan
+    from moeless_cli.planning.solvers.static import static_plan
 
     write_plan(path, static_plan(num_layers, num_experts, gpus), {"config_hash": config_hash, "model_id": "x"})
     return path

@@ -41,7 +41,7 @@ def test_dist_dead_worker_is_named(cli, monkeypatch):
 
 def test_dist_checks_plan_before_starting_processes(cli, tmp_path):
     from moeless_cli.plan_io import write_plan
-    from moeless_cli.serving.control import static_plan
+    from moeless_cli.planning.solvers.static import static_plan
 
     plan = tmp_path / "plan.json"
     write_plan(plan, static_plan(3, 8, 4), {"config_hash": None})

@@ -23,12 +23,13 @@ def uneven_plan(num_experts: int, num_layers: int, workers: int):
 
 
 def build_runtime(loaded, policy: str, workers: int):
-    from moeless_cli.serving.control import make_plan_policy
+    from moeless_cli.online.policies import fixed_plan_policy
     from moeless_cli.serving.runtime import ExpertParallelRuntime
     from moeless_cli.serving.workers import make_local_workers
 
     plan = uneven_plan(loaded.num_experts, loaded.num_moe_layers, workers)
-    runtime = ExpertParallelRuntime(loaded, make_local_workers(workers, ["cpu"]), make_plan_policy(policy, plan))
+    fixed = fixed_plan_policy(plan, balanced=policy == "moeless")  # moeless balances whole tokens at dispatch
+    runtime = ExpertParallelRuntime(loaded, make_local_workers(workers, ["cpu"]), fixed)
     runtime.install()
     return runtime
 

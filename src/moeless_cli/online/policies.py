@@ -1,11 +1,20 @@
 """Online policies: which replicas are warm for each MoE layer and how its tokens spread over them.
 
-Every system runs through the same loop (serve's runtime or the simulator), per iteration and layer:
+The `Policy` protocol: what serve's runtime (`serving/runtime.py`, `serving/dist.py`) and the
+simulator (`sim/simulator.py`) see of a system. Every system runs through the same loop, per
+iteration and layer:
   `prepare(layer, predicted_load, now)`  d layers ahead: make the replicas the layer needs warm
                                           (cold starts begin here; returns the warm set)
   `dispatch(layer, true_load, now)`      after the gate: tokens per replica (+ when it may start)
   `observe(layer, true_load)`            feed history
   `end_iteration(now)`                   keep-alive reclaim, periodic re-planning
+and reads these attributes:
+  `name`              the system's name in reports
+  `lossy`             it changes the model's output (oracle)
+  `serverful`         bills reserved memory for the whole run (else per invocation)
+  `perfect_balance`   the time model (and serve's gate) spread its work perfectly (oracle)
+  `predictor_method`  "paper" / "moeless": the forecasts `prepare` wants; None: no forecast
+  `pool`              its expert function instances (`online/functions.py`): what is live, billing
 
 Registry (`ONLINE_POLICIES`):
 - static: Megatron-LM expert parallelism, expert e on GPU e mod G, pinned, no replicas.
@@ -25,13 +34,16 @@ Registry (`ONLINE_POLICIES`):
   (provisioned instances, sized by `plan`).
 The serverless two (moeless-paper, moeless) scale within the GPUs' slots unless `serverless_budget`
 caps them (`bench --equal-budget`: EPLB's budget).
+Outside the registry, `fixed_plan_policy` follows a given plan exactly (its replicas pinned, its
+shares or `balanced_split` over them) with no online state: for tests and the throughput benchmark,
+where the split must be controlled. Routing is never changed, only which replica serves a token.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 import numpy as np
 
@@ -93,9 +105,36 @@ class Dispatch:
     start_s: float  # earliest time the layer can run (later than `now` when it waits for a copy)
 
 
+class Policy(Protocol):
+    """What the runtime and the simulator use of a system (see the module docstring)."""
+
+    name: ClassVar[str]
+    lossy: ClassVar[bool]
+    serverful: ClassVar[bool]
+    perfect_balance: ClassVar[bool]
+    predictor_method: ClassVar[str | None]
+    pool: FunctionPool
+
+    def prepare(self, layer: int, predicted_load: np.ndarray | None, now: float) -> tuple[np.ndarray, np.ndarray]:
+        """predicted_load: [experts] or None. Warm what the layer needs; returns (expert, gpu): [replicas]."""
+        ...
+
+    def dispatch(self, layer: int, true_load: np.ndarray, now: float) -> Dispatch:
+        """true_load: [experts] the gate's token counts. Tokens per replica and when the layer may start."""
+        ...
+
+    def observe(self, layer: int, true_load: np.ndarray) -> None:
+        """true_load: [experts]. Feed the layer's history."""
+        ...
+
+    def end_iteration(self, now: float) -> None:
+        """After every iteration: keep-alive reclaim, periodic re-planning."""
+        ...
+
+
 @dataclass
 class OnlinePolicy:
-    """Base: a fixed plan, pinned, plan shares. Subclasses override what differs."""
+    """Base of every `Policy`: a fixed plan, pinned, plan shares. Subclasses override what differs."""
 
     setting: PolicySetting
     pool: FunctionPool
@@ -331,6 +370,27 @@ class MoelessPolicy(OnlinePolicy):
         return self._finish(layer, expert, gpu, tokens, now, load)
 
 
+class FixedPlanPolicy(OnlinePolicy):
+    """`setting.plan`'s replicas warm throughout; tokens follow the plan's shares."""
+
+    name = "fixed-plan"
+
+    def initial_plan(self, layer: int) -> LayerPlan:
+        return self.setting.plan.layers[layer]
+
+
+class BalancedPlanPolicy(FixedPlanPolicy):
+    """`setting.plan`'s replicas; each layer's whole tokens balanced over GPUs once the true load is known."""
+
+    name = "fixed-plan-balanced"
+
+    def dispatch(self, layer: int, true_load: np.ndarray, now: float) -> Dispatch:
+        plan = self.plans[layer]
+        load = np.asarray(true_load, dtype=np.float64)
+        tokens = balanced_split(plan.expert, plan.gpu, load, self.setting.num_gpus, self.setting.entry_tokens)
+        return self._finish(layer, plan.expert, plan.gpu, tokens, now, load)
+
+
 def _warm_within_slots(pool: FunctionPool, layer: int, expert: np.ndarray, gpu: np.ndarray, slots: int,
                        budget: int, now: float) -> None:
     """Warm the replicas (expert[r], gpu[r]), making room on full GPUs (and under the layer's replica
@@ -385,5 +445,17 @@ def make_policy(name: str, setting: PolicySetting, pool: FunctionPool) -> Online
     """Build and start policy `name`."""
     require_choice("policy", name, ONLINE_POLICIES)
     policy = ONLINE_POLICIES[name](setting, pool)
+    policy.start(0.0)
+    return policy
+
+
+def fixed_plan_policy(plan: Plan, balanced: bool = False) -> OnlinePolicy:
+    """A started policy that follows `plan` exactly: its replicas pinned, tokens by the plan's shares
+    (balanced: `balanced_split` over the plan's replicas)."""
+    slots = max(int(layer.slots_used(plan.num_gpus).max()) for layer in plan.layers)
+    setting = PolicySetting(num_layers=plan.num_layers, num_experts=plan.num_experts, num_gpus=plan.num_gpus,
+                            slots_per_gpu=slots, history=np.ones((plan.num_layers, plan.num_experts)), plan=plan)
+    pool = FunctionPool(plan.num_gpus, expert_bytes=0.0, keep_alive_s=0.0)
+    policy = (BalancedPlanPolicy if balanced else FixedPlanPolicy)(setting, pool)
     policy.start(0.0)
     return policy

@@ -17,11 +17,12 @@ from typing import Any
 
 import numpy as np
 
+from moeless_cli.online.policies import Policy
 from moeless_cli.serving.runtime import ExpertParallelRuntime, LayerTiming
 
 
 class DistRuntime(ExpertParallelRuntime):
-    def __init__(self, loaded: Any, workers: list[Any], policy: Any, predictor: Any, distance: int,
+    def __init__(self, loaded: Any, workers: list[Any], policy: Policy, predictor: Any, distance: int,
                  rank: int, world: int):
         super().__init__(loaded, workers, policy, predictor, distance)
         self.rank = rank  # this process's worker index
@@ -97,7 +98,5 @@ class DistRuntime(ExpertParallelRuntime):
                                              worker_s, end - ran + (ran - dispatched - compute_s), route.cold_s,
                                              route.decide_s))
         self.stats.busy_workers.append(int(np.unique(route.gpu[used]).size))
-        pool = getattr(self.policy, "pool", None)
-        if pool is not None:
-            pool.bill(layer, len(used), self.stats.layers[-1].moe_s)  # the policy recorded their use
+        self.policy.pool.bill(layer, len(used), self.stats.layers[-1].moe_s)  # the policy recorded their use
         return final

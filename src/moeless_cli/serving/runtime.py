@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from moeless_cli.online.policies import Policy
 from moeless_cli.planning.dispatch import round_split
 from moeless_cli.serving import gather as gather_mod
 from moeless_cli.serving.experts import ExpertMath, HostStore, expert_math_of
@@ -91,14 +92,14 @@ def _expert_runs(load: np.ndarray) -> list[tuple[int, int]]:
 class ExpertParallelRuntime:
     """Owns the host store, the workers' replicas, the policy, and per-layer timing."""
 
-    def __init__(self, loaded: Any, workers: list[Worker], policy: Any, predictor: Any = None, distance: int = 1):
+    def __init__(self, loaded: Any, workers: list[Worker], policy: Policy, predictor: Any = None, distance: int = 1):
         self.loaded = loaded  # LoadedModel
         self.workers = workers
-        self.policy = policy  # prepare / dispatch / observe (see control.py)
+        self.policy = policy  # prepare / dispatch / observe (see online/policies.py)
         self.predictor = predictor  # LoadPredictor or None
         self.distance = distance  # predict layer l + distance while layer l runs
         # which of the predictor's models the policy wants ("paper" or "moeless"); None: no forecast
-        self.predictor_method = getattr(policy, "predictor_method", None) if predictor is not None else None
+        self.predictor_method = policy.predictor_method if predictor is not None else None
         self.store = HostStore()
         self.math: dict[int, ExpertMath] = {}
         self.stats = RuntimeStats()
@@ -154,10 +155,7 @@ class ExpertParallelRuntime:
         drop from the workers whatever its function pool no longer holds."""
         now = self.now()
         self.policy.end_iteration(now)
-        pool = getattr(self.policy, "pool", None)
-        if pool is None:
-            return
-        live = {(layer, e, g) for layer, table in pool.layers.items() for e, g in table}
+        live = {(layer, e, g) for layer, table in self.policy.pool.layers.items() for e, g in table}
         for worker in self.workers:
             if not self.is_local(worker.index):
                 continue
@@ -215,9 +213,8 @@ class ExpertParallelRuntime:
                              np.bincount(busy_gpu, minlength=width).tolist())
         self.stats.layers.append(timing)
         self.stats.busy_workers.append(len(jobs))
-        pool = getattr(self.policy, "pool", None)
-        if pool is not None:  # per-invocation billing of the replicas that ran (the policy recorded their use)
-            pool.bill(layer, len(used), timing.moe_s)
+        # per-invocation billing of the replicas that ran (the policy recorded their use)
+        self.policy.pool.bill(layer, len(used), timing.moe_s)
         return final
 
     def _route(self, layer: int, top_k_index: Any) -> "Route":
@@ -225,7 +222,7 @@ class ExpertParallelRuntime:
         import torch
 
         num_tokens, k = top_k_index.shape
-        if getattr(self.policy, "perfect_balance", False):  # oracle: overrides the gate (lossy)
+        if self.policy.perfect_balance:  # oracle: overrides the gate (lossy)
             top_k_index = (torch.arange(num_tokens * k, device=top_k_index.device) % self.loaded.num_experts).view(
                 num_tokens, k)
         flat = top_k_index.reshape(-1).cpu().numpy()  # [T*k] expert of each (token, slot) pair

@@ -17,7 +17,7 @@ import numpy as np
 from moeless_cli.errors import MoelessError, require_choice
 from moeless_cli.online.batching import BATCHING, ContinuousBatcher, PaperBatcher, Request, next_event_s
 from moeless_cli.online.functions import FunctionPool
-from moeless_cli.online.policies import PolicySetting, make_policy
+from moeless_cli.online.policies import Policy, PolicySetting, make_policy
 from moeless_cli.online.report import CostTotals, build_report, pool_gbs
 from moeless_cli.planning.dispatch import round_split
 from moeless_cli.planning.plan import Plan
@@ -83,7 +83,7 @@ class _Run:
 
     cluster: ClusterModel
     routing: RecordedRouting
-    policy: Any
+    policy: Policy
     pool: FunctionPool
     predictor: Any
     method: str | None
