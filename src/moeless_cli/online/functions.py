@@ -43,6 +43,9 @@ class ColdStart:
 
 @dataclass
 class FunctionCounters:
+    """The function pool's modelled lifecycle counts (every layer times its multiplicity); what serve
+    really copied is `serving.lifecycle.MeasuredFunctionCounters`."""
+
     cold_starts: int = 0
     warm_hits: int = 0
     created: int = 0

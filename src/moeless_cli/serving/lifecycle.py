@@ -12,7 +12,10 @@ from dataclasses import dataclass, field
 
 
 @dataclass
-class FunctionCounters:
+class MeasuredFunctionCounters:
+    """What the runtime measured of its replicas (serve's `functions_measured`); the function pool's
+    modelled counts are `online.functions.FunctionCounters`."""
+
     cold_starts: int = 0  # replicas created by copying weights (includes the initial warm-up)
     warm_hits: int = 0  # replicas a layer call ran that were already on their worker (not copied for it)
     created: int = 0  # instances ever created
@@ -25,7 +28,7 @@ class FunctionCounters:
 @dataclass
 class FunctionLedger:
     expert_bytes: int  # bytes of one replica
-    counters: FunctionCounters = field(default_factory=FunctionCounters)
+    counters: MeasuredFunctionCounters = field(default_factory=MeasuredFunctionCounters)
     live_keys: set[tuple[int, int, int]] = field(default_factory=set)  # (layer, expert, worker) on a worker now
     _last_event: float | None = None
 
