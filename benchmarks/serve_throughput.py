@@ -128,6 +128,7 @@ def throughput(args) -> None:
 def online_step(args) -> None:
     from moeless_cli.online.functions import FunctionPool
     from moeless_cli.online.policies import PolicySetting, make_policy
+    from moeless_cli.planning.plan import balanced_slots_per_gpu
     from moeless_cli.predictor.store import LoadPredictor
 
     E, G, H, T, K, L = 64, 8, args.hidden, args.tokens, 8, 2
@@ -140,7 +141,7 @@ def online_step(args) -> None:
                "moeless.d1.l1.calib_scale": np.array([1.0], dtype=np.float32),
                "moeless.d1.l1.calib_offset": np.zeros(E, dtype=np.float32)}
     predictor = LoadPredictor(manifest, tensors)
-    setting = PolicySetting(num_layers=L, num_experts=E, num_gpus=G, slots_per_gpu=(E + G - 1 + G - 1) // G,
+    setting = PolicySetting(num_layers=L, num_experts=E, num_gpus=G, slots_per_gpu=balanced_slots_per_gpu(E, G),
                             history=history)
     policy = make_policy("moeless", setting, FunctionPool(num_gpus=G, expert_bytes=2e6, keep_alive_s=60.0))
     hidden = torch.from_numpy(rng.normal(size=(T, H)).astype(np.float32))

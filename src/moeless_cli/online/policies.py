@@ -50,7 +50,7 @@ import numpy as np
 from moeless_cli.errors import MoelessError, require_choice
 from moeless_cli.online.functions import FunctionPool
 from moeless_cli.planning.dispatch import balanced_split, equal_split, gpu_work, round_split, share_split, water_fill
-from moeless_cli.planning.plan import LayerPlan, Plan, PlanningProblem
+from moeless_cli.planning.plan import LayerPlan, Plan, PlanningProblem, replica_cap
 from moeless_cli.planning.solvers.static import static_placement
 
 
@@ -91,8 +91,7 @@ class PolicySetting:
 
     def max_replicas(self, serverless: bool = False) -> int:
         """Replicas one layer may hold: all slots, capped by the (serverful or serverless) budget."""
-        cap, budget = self.num_gpus * self.slots_per_gpu, self.budget(serverless)
-        return cap if budget is None else min(cap, budget)
+        return replica_cap(self.num_gpus, self.slots_per_gpu, self.budget(serverless))
 
 
 @dataclass

@@ -8,6 +8,18 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
+def balanced_slots_per_gpu(num_experts: int, num_gpus: int) -> int:
+    """Slots per GPU per layer that hold E + G - 1 replicas, what perfect balance needs at most with
+    unequal shares: ceil((E + G - 1) / G)."""
+    return math.ceil((num_experts + num_gpus - 1) / num_gpus)
+
+
+def replica_cap(num_gpus: int, slots_per_gpu: int, budget: int | None) -> int:
+    """Replicas one layer may hold: all its slots, capped by a replica budget (None: no cap)."""
+    cap = num_gpus * slots_per_gpu
+    return cap if budget is None else min(cap, budget)
+
+
 @dataclass
 class LayerPlan:
     """The replicas of one MoE layer; three parallel arrays, one entry per replica."""
@@ -77,14 +89,11 @@ class PlanningProblem:
         """Slots per GPU per layer; the default lets E + G - 1 replicas reach perfect balance."""
         if self.slots_per_gpu is not None:
             return self.slots_per_gpu
-        return math.ceil((num_experts + self.num_gpus - 1) / self.num_gpus)
+        return balanced_slots_per_gpu(num_experts, self.num_gpus)
 
     def max_replicas(self, num_experts: int) -> int:
         """Most replicas one layer may use: all slots, capped by the per-layer budget."""
-        cap = self.num_gpus * self.slots_for(num_experts)
-        if self.replica_budget is not None and not self.joint:
-            cap = min(cap, self.replica_budget)
-        return cap
+        return replica_cap(self.num_gpus, self.slots_for(num_experts), None if self.joint else self.replica_budget)
 
     def node_of(self, gpu: int | np.ndarray) -> int | np.ndarray:
         return gpu // (self.num_gpus // self.num_nodes)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,7 +99,9 @@ def check_predictor(path: Path, config_hash: str) -> None:
 
 def slots_per_gpu(num_experts: int, workers: int, plan: Any) -> int:
     """Replicas a worker may hold per layer: room for E + G - 1 replicas, or what the plan uses."""
-    slots = math.ceil((num_experts + workers - 1) / workers)
+    from moeless_cli.planning.plan import balanced_slots_per_gpu
+
+    slots = balanced_slots_per_gpu(num_experts, workers)
     if plan is not None:
         slots = max(slots, max(int(layer.slots_used(workers).max()) for layer in plan.layers))
     return slots

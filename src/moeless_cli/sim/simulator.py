@@ -20,7 +20,7 @@ from moeless_cli.online.functions import FunctionPool
 from moeless_cli.online.policies import Policy, PolicySetting, make_policy
 from moeless_cli.online.report import CostTotals, build_report, pool_gbs
 from moeless_cli.planning.dispatch import round_split
-from moeless_cli.planning.plan import Plan
+from moeless_cli.planning.plan import Plan, replica_cap
 from moeless_cli.sim.routing import RecordedRouting
 from moeless_cli.sim.timemodel import ClusterModel
 
@@ -52,7 +52,7 @@ def replica_budget(num_experts: int, num_gpus: int, slots: int, redundant: int |
     live instances, unless `equal_budget` holds them to this too."""
     extra = redundant if redundant is not None else max(2 * num_gpus, num_experts // 4)
     wanted = -(-(num_experts + extra) // num_gpus) * num_gpus
-    return min(wanted, num_gpus * slots)
+    return replica_cap(num_gpus, slots, wanted)
 
 
 def make_setting(cluster: ClusterModel, routing: RecordedRouting, config: SimConfig, plan: Plan | None) -> PolicySetting:
