@@ -114,14 +114,13 @@ class RecordedRouting:
         return np.concatenate([load / self.split] * self.split, axis=-1)
 
 
-def build_routing(profile, preset_layers: int, preset_experts: int, preset_top_k: int, predictor=None) -> RecordedRouting:
-    """From a loaded profile (and optionally a LoadPredictor trained on it)."""
+def _replay_tokens(profile, preset_experts: int, preset_top_k: int, predictor) -> tuple[np.ndarray, int]:
+    """Check the profile can be replayed on the preset; returns (token indices replayed [n], split f)."""
     if profile.topk_ids is None or profile.token_request is None or profile.token_phase is None:
         raise MoelessError(
             f"profile {profile.path} has no per-token routing (an imported profile?); record one with `moeless profile`"
         )
-    topk = profile.topk_ids.astype(np.int64)  # [tokens, layers, k]
-    num_tokens, num_layers, k = topk.shape
+    k = profile.topk_ids.shape[2]
     if k != preset_top_k:
         raise MoelessError(f"the profile routes top-{k}, the preset top-{preset_top_k}: pick a model with the same top-k")
     experts = profile.num_experts
@@ -130,25 +129,29 @@ def build_routing(profile, preset_layers: int, preset_experts: int, preset_top_k
             f"the preset has {preset_experts} experts, not a multiple of the profile's {experts}: "
             "pick a model whose expert count divides the preset's"
         )
-    split = preset_experts // experts
-    universe = np.arange(num_tokens)
-    if predictor is not None:
-        if profile.router_inputs is None or profile.router_input_tokens is None:
-            raise MoelessError(f"profile {profile.path} kept no router inputs: the predictor cannot be replayed on it")
-        universe = profile.router_input_tokens.astype(np.int64)
-    sim_layers = min(num_layers, preset_layers)
-    multiplicity = [len(range(layer, preset_layers, sim_layers)) for layer in range(sim_layers)]
-    topk = topk[universe, :sim_layers]  # [n, L, k]
-    if split > 1:
-        n = topk.shape[0]
-        token = universe[:, None, None]
-        layer = np.arange(sim_layers)[None, :, None]
-        rank = np.arange(k)[None, None, :]
-        topk = topk + experts * ((token * 40503 + layer * 977 + rank * 131 + (topk * 7)) % split)
-        assert topk.shape == (n, sim_layers, k)
-    truth = np.zeros((universe.size, sim_layers, preset_experts), dtype=np.float32)
-    np.put_along_axis(truth, topk, 1.0, axis=2)
+    if predictor is None:
+        return np.arange(profile.topk_ids.shape[0]), preset_experts // experts
+    if profile.router_inputs is None or profile.router_input_tokens is None:
+        raise MoelessError(f"profile {profile.path} kept no router inputs: the predictor cannot be replayed on it")
+    return profile.router_input_tokens.astype(np.int64), preset_experts // experts
 
+
+def _split_experts(topk: np.ndarray, universe: np.ndarray, experts: int, split: int) -> np.ndarray:
+    """topk: [n, layers, k] recorded experts of tokens universe: [n]. Each becomes expert e + j E, j a
+    fixed hash of token, layer and rank in 0..f-1: [n, layers, k]."""
+    if split <= 1:
+        return topk
+    n, sim_layers, k = topk.shape
+    token = universe[:, None, None]
+    layer = np.arange(sim_layers)[None, :, None]
+    rank = np.arange(k)[None, None, :]
+    topk = topk + experts * ((token * 40503 + layer * 977 + rank * 131 + (topk * 7)) % split)
+    assert topk.shape == (n, sim_layers, k)
+    return topk
+
+
+def _requests(profile, universe: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per recorded request: positions in universe: [n] of its prompt tokens and of its decode steps, in order."""
     request = profile.token_request[universe]
     phase = profile.token_phase[universe]
     order = np.argsort(profile.token_position[universe] if profile.token_position is not None else universe, kind="stable")
@@ -163,16 +166,34 @@ def build_routing(profile, preset_layers: int, preset_experts: int, preset_top_k
             decodes.append(decode)
     if not prompts:
         raise MoelessError(f"profile {profile.path} has no tokens to replay")
+    return prompts, decodes
 
+
+def _add_forecasts(routing: RecordedRouting, profile, predictor, experts: int) -> None:
+    """Both methods' forecasts (d = 1) of the replayed tokens, from their recorded router inputs."""
+    hidden = profile.router_inputs.astype(np.float32)  # [n, layers, hidden], aligned with the replayed tokens
+    sim_layers, num_tokens = routing.num_layers, routing.truth.values.shape[0]
+    layers = [t for t in predictor.layers(1) if 1 <= t < sim_layers]
+    for method in ("paper", "moeless"):
+        values = np.zeros((num_tokens, sim_layers, experts), dtype=np.float32)
+        for t in layers:
+            values[:, t] = predictor.token_counts(hidden[:, t - 1], t, 1, method)
+        routing.forecasts[method] = TokenTable.build(values, routing.prompts)
+    routing.forecast_layers = layers
+
+
+def build_routing(profile, preset_layers: int, preset_experts: int, preset_top_k: int, predictor=None) -> RecordedRouting:
+    """From a loaded profile (and optionally a LoadPredictor trained on it)."""
+    universe, split = _replay_tokens(profile, preset_experts, preset_top_k, predictor)
+    sim_layers = min(profile.topk_ids.shape[1], preset_layers)
+    multiplicity = [len(range(layer, preset_layers, sim_layers)) for layer in range(sim_layers)]
+    topk = profile.topk_ids.astype(np.int64)[universe, :sim_layers]  # [n, L, k]
+    topk = _split_experts(topk, universe, profile.num_experts, split)
+    truth = np.zeros((universe.size, sim_layers, preset_experts), dtype=np.float32)
+    np.put_along_axis(truth, topk, 1.0, axis=2)
+    prompts, decodes = _requests(profile, universe)
     routing = RecordedRouting(sim_layers, preset_experts, split, multiplicity, prompts, decodes,
                               TokenTable.build(truth, prompts))
     if predictor is not None:
-        hidden = profile.router_inputs.astype(np.float32)  # [n, layers, hidden], aligned with universe
-        layers = [t for t in predictor.layers(1) if 1 <= t < sim_layers]
-        for method in ("paper", "moeless"):
-            values = np.zeros((universe.size, sim_layers, experts), dtype=np.float32)
-            for t in layers:
-                values[:, t] = predictor.token_counts(hidden[:, t - 1], t, 1, method)
-            routing.forecasts[method] = TokenTable.build(values, prompts)
-        routing.forecast_layers = layers
+        _add_forecasts(routing, profile, predictor, profile.num_experts)
     return routing

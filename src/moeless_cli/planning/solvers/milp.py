@@ -18,7 +18,7 @@ import contextlib
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -59,22 +59,15 @@ def _stdout_to_stderr() -> Iterator[None]:
         os.close(saved)
 
 
-def solve_milp(
-    load: np.ndarray,
-    num_gpus: int,
-    slots: int,
-    max_replicas: int,
-    price: np.ndarray,
-    warm: LayerPlan,
-    time_limit_s: float,
-    backend: str = "cbc",
-) -> MilpOutcome:
-    """load: [experts]; price: [experts, G] move price (0 = already there); warm: starting plan."""
+Variables = dict[tuple[int, int], Any]  # (expert, gpu) -> PuLP variable
+
+
+def _formulate(w: np.ndarray, num_gpus: int, slots: int, max_replicas: int, price: np.ndarray):
+    """The program for scaled loads w: [experts] (total / G == 1); price: [experts, G].
+    Returns (problem, x, y, z) as in the module docstring."""
     import pulp
 
-    num_experts = load.size
-    scale = float(load.sum()) / num_gpus or 1.0
-    w = load / scale  # [experts], total / G == 1
+    num_experts = w.size
     lam = SECONDARY_WEIGHT / (2 * max_replicas)
     mu = SECONDARY_WEIGHT / (2 * max_replicas * max(float(price.max()), 1e-12))
     prob = pulp.LpProblem("moeless_layer", pulp.LpMinimize)
@@ -94,15 +87,25 @@ def solve_milp(
         prob += pulp.lpSum(x[e, g] for e in E) <= slots
         prob += pulp.lpSum(y[e, g] for e in E) <= z
     prob += pulp.lpSum(x.values()) <= max_replicas
-    # Warm start from the greedy plan.
-    tokens = np.zeros((num_experts, num_gpus))
+    return prob, x, y, z
+
+
+def _warm_start(x: Variables, y: Variables, z, warm: LayerPlan, w: np.ndarray, num_gpus: int) -> None:
+    """Start the solver from `warm` (the greedy plan) for scaled loads w: [experts]."""
+    tokens = np.zeros((w.size, num_gpus))
     np.add.at(tokens, (warm.expert, warm.gpu), warm.share * w[warm.expert])
-    held = np.zeros((num_experts, num_gpus), dtype=bool)
+    held = np.zeros((w.size, num_gpus), dtype=bool)
     held[warm.expert, warm.gpu] = True
     for (e, g), var in x.items():
         var.setInitialValue(1 if held[e, g] else 0)
         y[e, g].setInitialValue(float(tokens[e, g]))
     z.setInitialValue(float(tokens.sum(0).max()))
+
+
+def _run_solver(prob, backend: str, time_limit_s: float) -> None:
+    """Solve with HiGHS or the bundled CBC (warm-started, one thread), quietly."""
+    import pulp
+
     limit = max(1, int(round(time_limit_s)))
     if backend == "highs":
         solver = pulp.HiGHS(msg=False, timeLimit=limit)
@@ -113,11 +116,13 @@ def solve_milp(
     with _stdout_to_stderr(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # PULP_CBC_CMD is the bundled CBC in PuLP 3
         prob.solve(solver)
-    if prob.sol_status not in (1, 2):
-        return MilpOutcome(None, False, 0.0)
+
+
+def _read_plan(x: Variables, y: Variables, w: np.ndarray, price: np.ndarray, num_gpus: int) -> LayerPlan:
+    """The solved replicas and shares for scaled loads w: [experts]; price: [experts, G]."""
     pieces_e, pieces_g, pieces_t = [], [], []
-    for e in E:
-        placed = [(g, max(0.0, y[e, g].value() or 0.0)) for g in G if (x[e, g].value() or 0.0) > 0.5]
+    for e in range(w.size):
+        placed = [(g, max(0.0, y[e, g].value() or 0.0)) for g in range(num_gpus) if (x[e, g].value() or 0.0) > 0.5]
         if w[e] > 0:
             placed = [(g, t) for g, t in placed if t > 1e-9 * w[e]]
         if not placed:  # idle expert keeps one replica (cheapest place), or a tiny numerical remainder
@@ -127,7 +132,30 @@ def solve_milp(
             pieces_e.append(e)
             pieces_g.append(g)
             pieces_t.append(t / total if total > 0 else 1.0 / len(placed))
-    layer = LayerPlan.from_lists(pieces_e, pieces_g, pieces_t)
+    return LayerPlan.from_lists(pieces_e, pieces_g, pieces_t)
+
+
+def solve_milp(
+    load: np.ndarray,
+    num_gpus: int,
+    slots: int,
+    max_replicas: int,
+    price: np.ndarray,
+    warm: LayerPlan,
+    time_limit_s: float,
+    backend: str = "cbc",
+) -> MilpOutcome:
+    """load: [experts]; price: [experts, G] move price (0 = already there); warm: starting plan."""
+    import pulp
+
+    scale = float(load.sum()) / num_gpus or 1.0
+    w = load / scale  # [experts], total / G == 1
+    prob, x, y, z = _formulate(w, num_gpus, slots, max_replicas, price)
+    _warm_start(x, y, z, warm, w, num_gpus)
+    _run_solver(prob, backend, time_limit_s)
+    if prob.sol_status not in (1, 2):
+        return MilpOutcome(None, False, 0.0)
+    layer = _read_plan(x, y, w, price, num_gpus)
     proven = prob.sol_status == 1
     bound = (pulp.value(prob.objective) - SECONDARY_WEIGHT) * scale if proven else 0.0
     return MilpOutcome(layer, proven, max(0.0, bound))
