@@ -42,10 +42,9 @@ def serve_command(
     json_output: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP),
 ) -> None:
     from moeless_cli.errors import MoelessError
-    from moeless_cli.fileio import write_json_atomic
-    from moeless_cli.serving.setup import ServeOptions
+    from moeless_cli.jobs.serve import ServeRequest, serve
 
-    options = ServeOptions(
+    request = ServeRequest(
         model=model, plan=plan, predictor=predictor, profile=profile, policy=policy, backend=backend,
         devices=tuple(d.strip() for d in devices.split(",") if d.strip()), workers=workers, dataset=dataset,
         trace=trace, time_scale=time_scale, max_requests=max_requests, max_output_tokens=max_output_tokens,
@@ -54,19 +53,24 @@ def serve_command(
     )
     if out is not None and out.parent and not out.parent.is_dir():
         raise MoelessError(f"--out {out}: directory {out.parent} does not exist")
-    from moeless_cli.serving.run import serve
-
     with make_progress(disable=json_output) as bar:
         task = bar.add_task("serving", total=max_requests)
-        report = serve(options, progress=lambda done, total: bar.update(task, completed=done, total=total))
+        result = serve(request, progress=lambda done, total: bar.update(task, completed=done, total=total))
+    _show(result.report, out, json_output)
+    if result.report.get("interrupted"):
+        raise typer.Exit(code=130)
+
+
+def _show(report: dict[str, Any], out: Path | None, json_output: bool) -> None:
+    """Write the report to --out, then print it as JSON or as tables."""
+    from moeless_cli.fileio import write_json_atomic
+
     if out is not None:
         write_json_atomic(out, report)
     if json_output:
         emit_json(report)
     else:
         _print_tables(report)
-    if report.get("interrupted"):
-        raise typer.Exit(code=130)
 
 
 def _fmt(value: Any, scale: float = 1.0, digits: int = 3) -> str:

@@ -1,4 +1,5 @@
-"""serve's fixed `--json` core, shared by bench (one per system): latency, throughput, cost, functions.
+"""serve's fixed `--json` core, shared by bench (one per system): latency, throughput, cost, functions;
+and `serve_report`, the one writer of serve's whole report.
 
 Costs, three ways (all from the same run):
 - `gbs_proxy`: the MoEless paper's memory x time proxy in GB·s. Serverful systems (static EP, EPLB,
@@ -13,7 +14,7 @@ Costs, three ways (all from the same run):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -100,3 +101,65 @@ def build_report(
     if replicas is not None:
         report["replicas"] = {k: float(v) for k, v in replicas.items()}
     return report
+
+
+@dataclass
+class ServeMeasurements:
+    """What one `serve` run measured (all ranks' weight copies summed under dist), and what it ran."""
+
+    options: dict[str, Any]  # the ServeOptions as JSON (echoed; backend, devices, ... are read from it)
+    model: str  # model id
+    workers: int  # expert-parallel workers used
+    num_layers: int  # MoE layers of the model
+    policy: str  # the policy's name
+    lossy: bool  # the policy changed the routing (oracle)
+    timings: list[Any]  # per request: online.batching.RequestTiming
+    layers: Sequence[Any]  # per MoE layer call, in order: serving.runtime.LayerTiming (layer, moe_s, *_s)
+    predict_s: list[float]  # [layer calls] predict + scale + place (the online step)
+    predictor_method: str | None  # which predictor models the policy used; None: no forecasts
+    predictions: int  # forecasts made
+    cost: CostTotals
+    functions: FunctionCounters  # the policy's function pool
+    functions_measured: dict[str, float]  # the runtime's real weight copies (serving.lifecycle counters)
+    makespan_s: float  # wall time of the run
+    interrupted: bool  # Ctrl-C stopped the run: the report is partial
+    errors: list[str]  # failed iterations' errors, in order
+    outputs: dict[int, list[int]]  # request id -> generated token ids
+
+
+def _moe_layer_parts_ms(layers: Sequence[Any]) -> dict[str, dict[str, float | None]]:
+    """Latency stats of each piece of the MoE layer calls, in ms."""
+    worker_ms = (np.array([t.worker_s for t in layers]) * 1e3).mean(axis=1) if layers else []
+    return {
+        "dispatch": latency_stats([t.dispatch_s * 1e3 for t in layers], (50, 99)),
+        "slowest_worker": latency_stats([max(t.worker_s) * 1e3 for t in layers], (50, 99)),
+        "mean_worker": latency_stats(worker_ms, (50, 99)),
+        "combine": latency_stats([t.combine_s * 1e3 for t in layers], (50, 99)),
+        "decide": latency_stats([t.decide_s * 1e3 for t in layers], (50, 99)),  # within dispatch
+    }
+
+
+def serve_report(m: ServeMeasurements) -> dict[str, Any]:
+    """serve's `--json` report: the fixed core (`build_report`) and serve's own keys, in one place."""
+    layers, options = m.layers, m.options
+    core = build_report(m.policy, m.lossy, m.timings, np.array([t.moe_s for t in layers], dtype=np.float64),
+                        sum(t.generated for t in m.timings), m.makespan_s, m.cost, m.functions)
+    return core | {
+        "model": m.model,
+        "backend": options["backend"],
+        "workers": m.workers,
+        "devices": list(options["devices"]),
+        "batching": options["batching"],
+        "trace": options["trace"],
+        "dataset": options["dataset"],
+        "moe_layer_ms_per_layer": [latency_stats([t.moe_s * 1e3 for t in layers if t.layer == layer], (50, 99))
+                                   for layer in range(m.num_layers)],
+        "moe_layer_parts_ms": _moe_layer_parts_ms(layers),
+        "online_step_ms": latency_stats(np.array(m.predict_s) * 1e3, (50, 99)),
+        "predictor": {"path": options["predictor"], "method": m.predictor_method, "predictions": m.predictions},
+        "functions_measured": dict(m.functions_measured),
+        "options": options,
+        "interrupted": m.interrupted,
+        "errors": m.errors[:10],
+        "outputs": {str(rid): m.outputs[rid] for rid in sorted(m.outputs)},
+    }

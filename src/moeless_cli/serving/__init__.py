@@ -9,7 +9,9 @@ Glossary (see also moeless_cli.planning):
   expert) pair to one warm replica of that expert; **combine**: summing the experts' outputs back
   with the router weights, in the model's own order, so greedy tokens match plain transformers.
 
-Modules: experts (per-expert math and the host store), workers, control (which replicas are warm
-and how tokens split), runtime (the expert-parallel block), engine (continuous batching), run (the
-command's job), report.
+Modules: setup (options, the checks made before any weights load, the workload), experts
+(per-expert math and the host store), workers, lifecycle (the real weight copies), runtime (the
+expert-parallel block; fixed-plan policies for it are in online/policies.py), gather and engine (continuous batching), run (the
+local backend's serve loop), dist, dist_main and launch (the torchrun backend). The report is
+built by online/report.py; the entry point is the job, moeless_cli.jobs.serve.
 """

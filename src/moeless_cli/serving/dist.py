@@ -13,12 +13,13 @@ each row is non-zero on one rank only).
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from moeless_cli.online.policies import Policy
-from moeless_cli.serving.runtime import ExpertParallelRuntime, LayerTiming
+from moeless_cli.serving.runtime import ExpertParallelRuntime, LayerTiming, Route
 
 
 class DistRuntime(ExpertParallelRuntime):
@@ -36,67 +37,104 @@ class DistRuntime(ExpertParallelRuntime):
         return worker == self.rank
 
     def moe_forward(self, layer: int, hidden: Any, top_k_index: Any, top_k_weights: Any) -> Any:
+        """hidden: [T, H] router input; top_k_index, top_k_weights: [T, k] from the model's gate."""
         import torch
         import torch.distributed as dist
 
         self._prepare_ahead(layer, hidden)
         start = time.perf_counter()
         route = self._route(layer, top_k_index)
-        num_tokens, k = route.top_k_index.shape
-        order = route.order.cpu().numpy()  # [T*k]
-        used = np.flatnonzero(route.counts)
-        used = used[np.argsort(route.expert[used], kind="stable")]
-        replica_of = np.repeat(used, route.counts[used])  # [T*k] replica serving each position of `order`
-        token_of = order // k  # [T*k]
-        owner = token_of // -(-num_tokens // self.world)  # [T*k] rank owning each pair's token
-        dest = route.gpu[replica_of]  # [T*k] rank running each pair's replica
-
-        mine = np.flatnonzero(owner == self.rank)  # ascending: by expert, then token
-        send = mine[np.argsort(dest[mine], kind="stable")]
-        send_sizes = np.bincount(dest[mine], minlength=self.world).tolist()
-        to_me = np.flatnonzero(dest == self.rank)
-        recv = to_me[np.argsort(owner[to_me], kind="stable")]  # same order each sender used
-        recv_sizes = np.bincount(owner[to_me], minlength=self.world).tolist()
-
-        x_recv = hidden.new_empty((recv.size, hidden.shape[1]))
-        dist.all_to_all_single(x_recv, hidden[torch.from_numpy(token_of[send])].contiguous(), recv_sizes, send_sizes)
+        ex = _plan_exchange(route, self.rank, self.world)
+        x_recv = hidden.new_empty((ex.recv.size, hidden.shape[1]))
+        dist.all_to_all_single(x_recv, hidden[torch.from_numpy(ex.token_of[ex.send])].contiguous(), ex.recv_sizes,
+                               ex.send_sizes)
         dispatched = time.perf_counter()
-
-        out_recv = torch.empty_like(x_recv)
-        worker = self.workers[self.rank]
-        experts_here = route.expert[replica_of[recv]]  # [received] expert of each received row
-        jobs, rows_of = [], []
-        for e in np.unique(experts_here):
-            rows = torch.from_numpy(np.flatnonzero(experts_here == e))
-            jobs.append((int(e), x_recv[rows]))
-            rows_of.append(rows)
-        outs, compute_s = worker.run(self.math[layer], layer, jobs)
-        self.ledger.ran(len(jobs), route.copied)
-        for rows, out in zip(rows_of, outs):
-            out_recv[rows] = out
-        back = hidden.new_empty((send.size, hidden.shape[1]))
+        out_recv, compute_s = self._run_received(layer, route, ex, x_recv)
+        back = hidden.new_empty((ex.send.size, hidden.shape[1]))
         ran = time.perf_counter()
-        dist.all_to_all_single(back, out_recv, send_sizes, recv_sizes)
-
-        out_mine = back[torch.from_numpy(np.argsort(np.argsort(dest[mine], kind="stable")))]  # rows in `mine` order
-        final = torch.zeros_like(hidden)
-        experts_mine = route.expert[replica_of[mine]]
-        bounds = np.flatnonzero(np.diff(experts_mine)) + 1
-        for seg in np.split(np.arange(mine.size), bounds):  # ascending expert id: the model's order
-            if seg.size == 0:
-                continue
-            pos = mine[seg]
-            tokens = torch.from_numpy(token_of[pos])
-            out = out_mine[torch.from_numpy(seg)] * top_k_weights[tokens, torch.from_numpy(order[pos] % k), None]
-            final.index_add_(0, tokens, out.to(final.dtype))
+        dist.all_to_all_single(back, out_recv, ex.send_sizes, ex.recv_sizes)
+        final = _combine_mine(hidden, back, route, ex, top_k_weights)
         dist.all_reduce(final)
         end = time.perf_counter()
         worker_s = [0.0] * self.world
         worker_s[self.rank] = compute_s
         # Wall-clock pieces of this rank: the all-to-alls include waiting for the slowest rank.
-        self.stats.layers.append(LayerTiming(layer, num_tokens, dispatched - start - route.cold_s,
+        self.stats.layers.append(LayerTiming(layer, route.top_k_index.shape[0], dispatched - start - route.cold_s,
                                              worker_s, end - ran + (ran - dispatched - compute_s), route.cold_s,
                                              route.decide_s))
-        self.stats.busy_workers.append(int(np.unique(route.gpu[used]).size))
-        self.policy.pool.bill(layer, len(used), self.stats.layers[-1].moe_s)  # the policy recorded their use
+        self.stats.busy_workers.append(int(np.unique(route.gpu[ex.used]).size))
+        self.policy.pool.bill(layer, len(ex.used), self.stats.layers[-1].moe_s)  # the policy recorded their use
         return final
+
+    def _run_received(self, layer: int, route: Route, ex: Exchange, x_recv: Any) -> tuple[Any, float]:
+        """Run this rank's replicas on the rows it received (x_recv: [received, H]); returns their
+        outputs in the same row order and the compute seconds."""
+        import torch
+
+        out_recv = torch.empty_like(x_recv)
+        experts_here = route.expert[ex.replica_of[ex.recv]]  # [received] expert of each received row
+        jobs, rows_of = [], []
+        for e in np.unique(experts_here):
+            rows = torch.from_numpy(np.flatnonzero(experts_here == e))
+            jobs.append((int(e), x_recv[rows]))
+            rows_of.append(rows)
+        outs, compute_s = self.workers[self.rank].run(self.math[layer], layer, jobs)
+        self.ledger.ran(len(jobs), route.copied)
+        for rows, out in zip(rows_of, outs):
+            out_recv[rows] = out
+        return out_recv, compute_s
+
+
+@dataclass
+class Exchange:
+    """Who sends which (token, slot) pair's row where, for one MoE layer call on one rank."""
+
+    order: np.ndarray  # [T*k] pair positions grouped by expert, tokens ascending (the route's order)
+    used: np.ndarray  # [u] replicas with pairs, by expert
+    replica_of: np.ndarray  # [T*k] replica serving each position of `order`
+    token_of: np.ndarray  # [T*k] token of each position of `order`
+    dest: np.ndarray  # [T*k] rank running each position's replica
+    mine: np.ndarray  # [m] positions whose token this rank owns, ascending: by expert, then token
+    send: np.ndarray  # [m] `mine` ordered by destination rank
+    send_sizes: list[int]  # [world] rows sent to each rank
+    recv: np.ndarray  # [n] positions this rank's replica serves, ordered by owner as each sender sent them
+    recv_sizes: list[int]  # [world] rows received from each rank
+
+
+def _plan_exchange(route: Route, rank: int, world: int) -> Exchange:
+    """Token ownership is data-parallel: rank r owns a contiguous block of the tokens."""
+    num_tokens, k = route.top_k_index.shape
+    order = route.order.cpu().numpy()  # [T*k]
+    used = np.flatnonzero(route.counts)
+    used = used[np.argsort(route.expert[used], kind="stable")]
+    replica_of = np.repeat(used, route.counts[used])
+    token_of = order // k
+    owner = token_of // -(-num_tokens // world)  # [T*k] rank owning each pair's token
+    dest = route.gpu[replica_of]
+    mine = np.flatnonzero(owner == rank)
+    to_me = np.flatnonzero(dest == rank)
+    return Exchange(order, used, replica_of, token_of, dest, mine,
+                    send=mine[np.argsort(dest[mine], kind="stable")],
+                    send_sizes=np.bincount(dest[mine], minlength=world).tolist(),
+                    recv=to_me[np.argsort(owner[to_me], kind="stable")],  # same order each sender used
+                    recv_sizes=np.bincount(owner[to_me], minlength=world).tolist())
+
+
+def _combine_mine(hidden: Any, back: Any, route: Route, ex: Exchange, top_k_weights: Any) -> Any:
+    """This rank's tokens' layer output, zero elsewhere: the returned rows (back: [m, H], in `send`
+    order) weighted by the router and summed in ascending expert id, the model's order."""
+    import torch
+
+    k = route.top_k_index.shape[1]
+    out_mine = back[torch.from_numpy(np.argsort(np.argsort(ex.dest[ex.mine], kind="stable")))]  # rows in `mine` order
+    final = torch.zeros_like(hidden)
+    experts_mine = route.expert[ex.replica_of[ex.mine]]
+    bounds = np.flatnonzero(np.diff(experts_mine)) + 1
+    for seg in np.split(np.arange(ex.mine.size), bounds):  # ascending expert id: the model's order
+        if seg.size == 0:
+            continue
+        pos = ex.mine[seg]
+        tokens = torch.from_numpy(ex.token_of[pos])
+        out = out_mine[torch.from_numpy(seg)] * top_k_weights[tokens, torch.from_numpy(ex.order[pos] % k), None]
+        final.index_add_(0, tokens, out.to(final.dtype))
+    return final

@@ -1,6 +1,7 @@
 """One worker process of the dist backend (started by torchrun; `moeless serve --backend dist`
-launches it). Rank 0 writes the report; a rank that hits a MoelessError writes it beside the
-report path (`<report>.rank<r>.error`) so the launcher can show it.
+launches it). Rank 0 writes the report (and, with record_layers, the layer records beside it:
+`<report>.layer_records`); a rank that hits a MoelessError writes it beside the report path
+(`<report>.rank<r>.error`) so the launcher can show it.
 
     torchrun --standalone --nproc-per-node 2 -m moeless_cli.serving.dist_main \\
         --options-json '{"model": "tiny-mixtral", "max_requests": 4}' --report report.json
@@ -11,30 +12,22 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import asdict, fields, replace
+from dataclasses import asdict, replace
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from moeless_cli.errors import MoelessError
 from moeless_cli.fileio import write_bytes_atomic, write_json_atomic
+from moeless_cli.online.report import ServeMeasurements, serve_report
 from moeless_cli.serving.setup import ServeOptions
 
 DIE_ENV = "MOELESS_DIST_FAULT"  # fault injection for tests: "<rank>:<layer calls>" makes that rank exit
 
 
-def options_from_json(doc: dict) -> ServeOptions:
-    known = {f.name for f in fields(ServeOptions)}
-    values = {k: v for k, v in doc.items() if k in known}
-    for key in ("plan", "predictor", "profile"):
-        if values.get(key) is not None:
-            values[key] = Path(values[key])
-    if "devices" in values:
-        values["devices"] = tuple(values["devices"])
-    return ServeOptions(**values)
-
-
-def options_to_json(o: ServeOptions) -> dict:
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(o).items()}
+def layer_records_path(report: Path) -> Path:
+    """Where rank 0 writes the layer records (record_layers) beside the report."""
+    return Path(f"{report}.layer_records")
 
 
 def _inject_fault(runtime, rank: int) -> None:
@@ -52,7 +45,24 @@ def _inject_fault(runtime, rank: int) -> None:
     runtime.moe_forward = dying
 
 
-def run_rank(o: ServeOptions, report: Path) -> None:
+def _summed_counters(runtime: Any, device: str) -> dict[str, float]:
+    """The runtime's weight-copy counters summed over the ranks (a collective: every rank calls it)."""
+    import torch
+    import torch.distributed as dist
+
+    from moeless_cli.serving.lifecycle import FunctionCounters
+
+    c = runtime.ledger.counters
+    totals = torch.tensor([c.created, c.retired, c.bytes_moved, c.cold_start_s, c.memory_byte_s, c.warm_hits],
+                          dtype=torch.float64, device=device)
+    dist.all_reduce(totals)
+    return asdict(FunctionCounters(
+        created=int(totals[0]), cold_starts=int(totals[0]), retired=int(totals[1]), bytes_moved=int(totals[2]),
+        cold_start_s=float(totals[3]), memory_byte_s=float(totals[4]), warm_hits=int(totals[5])))
+
+
+def _serve_rank(o: ServeOptions, rank: int, world: int, device: str) -> ServeMeasurements:
+    """This rank's share of the run; returns what it measured, with the copies summed over ranks."""
     import torch
     import torch.distributed as dist
 
@@ -60,6 +70,31 @@ def run_rank(o: ServeOptions, report: Path) -> None:
     from moeless_cli.serving.run import prepare, serve_loop, warm_up
     from moeless_cli.serving.setup import build_workload
     from moeless_cli.serving.workers import Worker
+
+    prepared = prepare(o)
+    workload = build_workload(o, prepared.loaded.tokenizer)
+    workers = [Worker(i, device if i == rank else "cpu") for i in range(world)]
+    runtime = DistRuntime(prepared.loaded, workers, prepared.policy, prepared.predictor, o.distance, rank, world)
+    runtime.install()
+    warm_up(prepared.loaded, runtime)
+    _inject_fault(runtime, rank)
+    clock = torch.zeros(1, dtype=torch.float64, device=device)
+
+    def sync_now(now: float) -> float:
+        clock.fill_(now)
+        dist.broadcast(clock, 0)
+        runtime.iteration_now = float(clock.item())
+        return runtime.iteration_now
+
+    measured = serve_loop(o, prepared, runtime, workload, sync_now=sync_now, fatal=True)
+    return replace(measured, functions_measured=_summed_counters(runtime, device))
+
+
+def run_rank(o: ServeOptions, report: Path) -> None:
+    import torch
+    import torch.distributed as dist
+
+    from moeless_cli.serving.run import layer_records
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
@@ -72,32 +107,11 @@ def run_rank(o: ServeOptions, report: Path) -> None:
     dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=120))
     try:
         o = replace(o, workers=world, devices=(device,), backend="dist")
-        loaded, policy, pool, predictor, _ = prepare(o)
-        workload = build_workload(o, loaded.tokenizer)
-        workers = [Worker(i, device if i == rank else "cpu") for i in range(world)]
-        runtime = DistRuntime(loaded, workers, policy, predictor, o.distance, rank, world)
-        runtime.install()
-        warm_up(loaded, runtime)
-        _inject_fault(runtime, rank)
-        clock = torch.zeros(1, dtype=torch.float64, device=device)
-
-        def sync_now(now: float) -> float:
-            clock.fill_(now)
-            dist.broadcast(clock, 0)
-            runtime.iteration_now = float(clock.item())
-            return runtime.iteration_now
-
-        result = serve_loop(o, loaded, policy, pool, runtime, workload, world, sync_now=sync_now, fatal=True)
-        c = runtime.ledger.counters
-        totals = torch.tensor([c.created, c.retired, c.bytes_moved, c.cold_start_s, c.memory_byte_s, c.warm_hits],
-                              dtype=torch.float64, device=device)
-        dist.all_reduce(totals)
+        measured = _serve_rank(o, rank, world, device)
         if rank == 0:
-            result["functions_measured"].update(
-                created=int(totals[0]), cold_starts=int(totals[0]), retired=int(totals[1]),
-                bytes_moved=int(totals[2]), cold_start_s=float(totals[3]), memory_byte_s=float(totals[4]),
-                warm_hits=int(totals[5]))
-            write_json_atomic(report, result)
+            if o.record_layers:
+                write_json_atomic(layer_records_path(report), layer_records(measured.layers))
+            write_json_atomic(report, serve_report(measured))
     except MoelessError as exc:
         write_bytes_atomic(Path(f"{report}.rank{rank}.error"), str(exc).encode())
         raise SystemExit(3) from None
@@ -115,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     code = 0
     try:
-        run_rank(options_from_json(json.loads(args.options_json)), args.report)
+        run_rank(ServeOptions.from_json(json.loads(args.options_json)), args.report)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     # Skip interpreter teardown: after the process group is gone, a native thread that torch or

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,7 @@ from moeless_cli.errors import MoelessError, require_choice
 from moeless_cli.online.batching import BATCHING
 
 BACKENDS = ("local", "dist")
+DEFAULT_WORKERS = 4  # expert-parallel workers when neither --workers nor a plan gives the count (both backends)
 
 
 @dataclass
@@ -23,7 +24,7 @@ class ServeOptions:
     policy: str = "moeless"  # one of online.policies.ONLINE_POLICIES
     backend: str = "local"  # local: one process; dist: torchrun, one process per worker
     devices: tuple[str, ...] = ("cpu",)  # local workers go round-robin over these
-    workers: int | None = None  # expert-parallel workers; None: the plan's GPU count, else 4
+    workers: int | None = None  # expert-parallel workers; None: the plan's GPU count, else DEFAULT_WORKERS
     dataset: str = "mix"  # prompt dataset (built-in name or a file)
     trace: str = "azure-conv"  # arrival trace (built-in name or CSV/JSONL)
     time_scale: float = 1.0  # > 1 compresses the trace's time
@@ -38,6 +39,22 @@ class ServeOptions:
     distance: int = 1  # predict layer l + d while layer l runs
     dtype: str | None = None  # model dtype (default float32 on CPU)
     record_layers: bool = False  # keep every MoE layer call's per-worker rows, replicas and seconds (calibration)
+
+    def to_json(self) -> dict[str, Any]:
+        """The options as a JSON object (paths as strings): the dist ranks' input and the report's echo."""
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> "ServeOptions":
+        """Inverse of `to_json`; unknown keys are ignored."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in doc.items() if k in known}
+        for key in ("plan", "predictor", "profile"):
+            if values.get(key) is not None:
+                values[key] = Path(values[key])
+        if "devices" in values:
+            values["devices"] = tuple(values["devices"])
+        return cls(**values)
 
 
 def check_options(o: ServeOptions) -> None:
@@ -54,6 +71,37 @@ def check_options(o: ServeOptions) -> None:
             raise MoelessError(f"{name} must be >= 1, got {value}")
     if o.keep_alive_s < 0 or o.gpu_price_per_hour < 0:
         raise MoelessError("--keep-alive and --gpu-price-per-hour must be >= 0")
+
+
+@dataclass
+class CheckedInputs:
+    config_hash: str  # the model's config hash; plans, predictors and profiles must match it
+    plan: Any  # planning.plan.Plan read from --plan, or None
+    workers: int  # expert-parallel workers: --workers, else the plan's GPU count, else DEFAULT_WORKERS
+
+
+def check_inputs(o: ServeOptions, launcher: bool = False) -> CheckedInputs:
+    """Everything checkable before any weights load, for both backends: the options, the predictor
+    and plan against the model's config (no weights read), and the worker count.
+
+    launcher: the dist launcher also needs one visible GPU per worker on CUDA (a rank sees only
+    its own node's GPUs, so the ranks skip this).
+    """
+    from moeless_cli.models.loading import config_hash, read_model_config, resolve_model_path
+
+    check_options(o)
+    chash = config_hash(read_model_config(resolve_model_path(o.model)))
+    if o.predictor is not None:
+        check_predictor(o.predictor, chash)
+    plan = check_plan_cheaply(o.plan, chash, o.workers) if o.plan is not None else None
+    workers = o.workers or (plan.num_gpus if plan is not None else DEFAULT_WORKERS)
+    if launcher and any(d.startswith("cuda") for d in o.devices):
+        import torch
+
+        if torch.cuda.device_count() < workers:
+            raise MoelessError(f"--backend dist with CUDA needs one GPU per worker: {workers} workers, "
+                               f"{torch.cuda.device_count()} GPUs visible")
+    return CheckedInputs(chash, plan, workers)
 
 
 def check_plan_cheaply(plan_path: Path, config_hash: str, workers: int | None) -> Any:
