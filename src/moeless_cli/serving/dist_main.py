@@ -50,13 +50,13 @@ def _summed_counters(runtime: Any, device: str) -> dict[str, float]:
     import torch
     import torch.distributed as dist
 
-    from moeless_cli.serving.lifecycle import FunctionCounters
+    from moeless_cli.serving.lifecycle import MeasuredFunctionCounters
 
     c = runtime.ledger.counters
     totals = torch.tensor([c.created, c.retired, c.bytes_moved, c.cold_start_s, c.memory_byte_s, c.warm_hits],
                           dtype=torch.float64, device=device)
     dist.all_reduce(totals)
-    return asdict(FunctionCounters(
+    return asdict(MeasuredFunctionCounters(
         created=int(totals[0]), cold_starts=int(totals[0]), retired=int(totals[1]), bytes_moved=int(totals[2]),
         cold_start_s=float(totals[3]), memory_byte_s=float(totals[4]), warm_hits=int(totals[5])))
 
