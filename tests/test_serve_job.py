@@ -16,7 +16,7 @@ SMALL = dict(max_requests=3, max_output_tokens=3, max_prompt_tokens=12, time_sca
 def test_both_backends_default_to_the_same_workers(tmp_path, backend, launcher):
     from moeless_cli.models.loading import config_hash, read_model_config
     from moeless_cli.plan_io import write_plan
-    from moeless_cli.serving.control import static_plan
+    from moeless_cli.planning.solvers.static import static_plan
     from moeless_cli.serving.setup import DEFAULT_WORKERS, ServeOptions, check_inputs
 
     model = cached_tiny_checkpoint("mixtral")
