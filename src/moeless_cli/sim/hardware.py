@@ -30,6 +30,21 @@ class Hardware:
     layer_fixed_s: float = 0.0  # fixed seconds per MoE layer besides experts and all-to-all (0: not modelled)
     host_copy_gbps: float = 0.0  # >0: workers share one host (CPU workers in one process): dispatch and
     # combine copy every (token, expert) row through host memory at this rate, instead of over links
+    intra_collective_s: float = 25e-6  # physical model: fixed cost of one all-to-all inside a node
+    inter_collective_s: float = 45e-6  # physical model: fixed cost of one all-to-all across nodes
+    gemm_tile_tokens: int = 64  # physical model: rows of one grouped-GEMM tile (BLOCK_M); fewer tokens still
+    # pay for a whole tile, which is the small-batch efficiency loss of expert GEMMs
+
+
+# The collective costs are fitted to DeepEP's published low-latency kernels (deepseek-ai/DeepEP
+# docs/legacy.md, H800, 128 tokens x top-8 x hidden 7168; see shared PHYSICS.md): EP8 dispatch 77 us
+# for 7.3 MB of fp8 rows per GPU at 153 GB/s (48 us of bytes) leaves ~29 us fixed; combine 114 us for
+# 14.7 MB of bf16 at 158 GB/s (93 us) leaves ~21 us: 25 us per collective inside a node. Across nodes
+# (EP16, about half the rows over 50 GB/s RDMA): dispatch 118 us - 73 us, combine 195 us - 147 us:
+# ~45 us. No DeepEP figure exists for PCIe-only nodes (the A6000 testbed); NCCL there is no faster
+# than NVLink, so the intra-node figure is a lower bound for it. Grouped GEMM kernels run an expert's
+# tokens in row tiles of 64-128 (DeepGEMM's BLOCK_M, CUTLASS grouped tile shapes); 64 is the
+# optimistic end. A GPU calibration (benchmarks/gpu_calibration.py) replaces these with measurements.
 
 
 HARDWARE: dict[str, Hardware] = {

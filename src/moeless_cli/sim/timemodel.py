@@ -7,6 +7,14 @@ network) and sends its share out likewise; link classes run in parallel, each bo
 per-GPU bandwidth. Dispatch and combine: twice.
 
 Time models (`--time-model`):
+- physical: each replica that serves t > 0 tokens runs one grouped GEMM on its GPU, a roofline:
+  max(w, c * tiles(t)), w = expert bytes / HBM bandwidth (its weights are streamed once), c * tiles(t)
+  its compute with t rounded up to whole row tiles (`Hardware.gemm_tile_tokens`: a GEMM of 3 tokens
+  costs a tile's compute, the small-batch efficiency loss). A GPU runs its replicas one after
+  another; the layer waits for the busiest GPU, plus dispatch and combine all-to-all, each a fixed
+  per-collective cost by link class (`intra_collective_s` / `inter_collective_s`) plus bytes over
+  bandwidth. Oracle: the busiest GPU does at least the average of the one-replica-per-expert work,
+  and at least one replica's GEMM over ceil(T / G) tokens.
 - default: a GPU is charged for all tokens of all the replicas it hosts (they share it); the layer
   waits for the busiest GPU: c max_g (tokens on g) + 2 max_g comm_g. Oracle spreads the tokens
   perfectly (c ceil(T / G), tokens being whole): no placement does better, so it is the floor.
@@ -34,7 +42,7 @@ from moeless_cli.sim.presets import ModelPreset
 
 ACTIVATION_BYTES = 2  # bf16 hidden states in the all-to-all
 KV_RESERVE = 0.2  # share of device memory kept for the KV cache and activations
-TIME_MODELS = ("default", "roofline", "paper")
+TIME_MODELS = ("physical", "default", "roofline", "paper")
 
 
 def link_classes(num_gpus: int, hardware: Hardware) -> list[tuple[np.ndarray, float]]:
@@ -71,8 +79,25 @@ class ClusterModel:
 
     @property
     def replica_weight_s(self) -> float:
-        """Seconds charged per used replica for streaming its weights (roofline model only)."""
-        return self.weight_s if self.time_model == "roofline" else 0.0
+        """Seconds charged per used replica for streaming its weights (roofline and physical models)."""
+        return self.weight_s if self.time_model in ("roofline", "physical") else 0.0
+
+    def replica_s(self, tokens: np.ndarray) -> np.ndarray:
+        """tokens: [replicas] tokens each replica serves. Seconds of each replica's expert GEMM: [replicas]
+        (0 for a replica without tokens: it is not invoked)."""
+        used = tokens > 0
+        if self.time_model == "physical":
+            tile = self.hardware.gemm_tile_tokens
+            compute = self.token_s * np.ceil(tokens / tile) * tile
+            return np.where(used, np.maximum(self.weight_s, compute), 0.0)
+        return np.where(used, self.replica_weight_s + self.token_s * tokens, 0.0)
+
+    def collective_s(self) -> float:
+        """Fixed seconds of one all-to-all (physical model): the slowest link class's latency."""
+        if self.time_model != "physical" or self.num_gpus == 1:
+            return 0.0
+        hw = self.hardware
+        return hw.inter_collective_s if self.num_gpus > hw.gpus_per_node else hw.intra_collective_s
 
     @property
     def entry_tokens(self) -> float:
@@ -110,16 +135,14 @@ class ClusterModel:
     def moe_layer(self, gpu: np.ndarray, tokens: np.ndarray, perfect_balance: bool = False) -> tuple[float, float]:
         """gpu, tokens: [replicas]. Returns (layer seconds, GPU-seconds of work over all GPUs)."""
         G = self.num_gpus
-        used = tokens > 0
-        w = self.replica_weight_s
-        replica_s = np.where(used, w + self.token_s * tokens, 0.0)  # [replicas]
+        replica_s = self.replica_s(tokens)  # [replicas]
         if perfect_balance:
             # The busiest GPU of any lossless placement does at least the average work, and at
-            # least one weight read plus 1/G of the tokens: the larger of the two is the floor.
+            # least one replica's GEMM over 1/G of the tokens: the larger of the two is the floor.
             # Tokens are whole: some GPU serves at least ceil(T / G) of them.
             total = float(tokens.sum())
             busiest = math.ceil(total / G - 1e-9)
-            floor = max(replica_s.sum() / G, (w + self.token_s * busiest) if total > 0 else 0.0)
+            floor = max(replica_s.sum() / G, float(self.replica_s(np.array([float(busiest)]))[0]))
             work = np.full(G, floor)
             gpu_tokens = np.full(G, total / G)
         else:
@@ -133,7 +156,8 @@ class ClusterModel:
             exchange = float(comm.max())
         compute = float(replica_s.max(initial=0.0)) if self.time_model == "paper" and not perfect_balance else float(work.max())
         fixed = self.hardware.layer_fixed_s if tokens.sum() > 0 else 0.0
-        return fixed + compute + 2 * exchange, float((work + 2 * comm).sum()) + fixed * G
+        exchange += self.collective_s()
+        return fixed + compute + 2 * exchange, float((work + 2 * comm).sum()) + (fixed + 2 * self.collective_s()) * G
 
     def misc_s(self, batch_tokens: int, context_tokens: int) -> float:
         """Non-MoE seconds of one iteration (attention, shared experts, dense layers, LM head), data-parallel.
