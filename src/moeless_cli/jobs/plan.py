@@ -164,10 +164,10 @@ def read_source(request: PlanRequest) -> PlanSource:
     if (request.profile is None) == (request.loads is None):
         raise MoelessError("give exactly one of --profile DIR or --loads FILE.csv")
     if request.loads is not None:
-        return _read_csv(request.loads, request.where, request.spares)
+        return _read_csv(Path(request.loads), request.where, request.spares)
     if request.where:
         raise MoelessError("--where filters apply to --loads CSV files only")
-    return _read_profile(request.profile, request.spares)
+    return _read_profile(Path(request.profile), request.spares)
 
 
 def _read_csv(path: Path, where: tuple[str, ...], spares: bool) -> PlanSource:
@@ -320,7 +320,7 @@ def plan(request: PlanRequest, source: PlanSource | None = None, progress: PlanP
         source = read_source(request)
     expert_mb = _expert_mb(request, source)
     problem = _problem(request, source, expert_mb)
-    out = request.out or Path("plans") / f"{source.name}-{request.solver}-g{request.gpus}.json"
+    out = Path(request.out or Path("plans") / f"{source.name}-{request.solver}-g{request.gpus}.json")
     start = time.perf_counter()
     solved, straggle = _solve(request, source, problem, progress)
     seconds = time.perf_counter() - start
