@@ -65,10 +65,9 @@ def main() -> int:
     if args.render:
         print(markdown_rows(json.loads(args.render.read_text())))
         return 0
-    from moeless_cli.bench.compare import run_bench
     from moeless_cli.bench.outputs import against_the_paper
-    from moeless_cli.bench.pipeline import BenchRequest
     from moeless_cli.errors import MoelessError
+    from moeless_cli.jobs.bench import BenchRequest, run_bench
     from moeless_cli.models.loading import builtin_names
     from moeless_cli.sim.presets import get_preset
 
@@ -98,7 +97,7 @@ def main() -> int:
                                equal_budget=setting.equal_budget, dataset=dataset, out=cache)
         started = time.perf_counter()
         try:
-            result = run_bench(request)
+            result = run_bench(request).to_json()
         except MoelessError as exc:
             print(f"{preset:14s} {trace:10s} failed: {exc}")
             continue
@@ -109,7 +108,7 @@ def main() -> int:
                   f"{core['moe_layer_ms']['mean']:8.4f} {r['moe_vs_static']:7.3f} {r['moe_vs_eplb']:6.3f} "
                   f"{r['moe_vs_oracle']:7.3f} {r['moe_vs_moeless_paper']:6.3f} {r['gbs_vs_static']:11.4f} "
                   f"{core['latency_s']['ttft']['p50']:8.3f} {core['functions']['cold_starts']:6d}")
-        print(f"  {against_the_paper(result)} {seconds:.0f} s")
+        print(f"  {against_the_paper(result['ratios'])} {seconds:.0f} s")
         results.append({k: result[k] for k in ("setting", "systems", "ratios")} | {"chat": setting.chat})
         print(f"  {setting_label(results[-1])}")
         if args.json:  # after every setting: a long run that stops early keeps what it measured

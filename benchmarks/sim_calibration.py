@@ -36,8 +36,7 @@ def main() -> int:
         print(markdown_summary(json.loads(args.render.read_text())))
         return 0
 
-    from moeless_cli.bench.compare import run_bench
-    from moeless_cli.bench.pipeline import BenchRequest
+    from moeless_cli.jobs.bench import BenchRequest, run_bench
 
     print(f"{'model':14s} {'system':14s} {'real ms':>8s} {'decision':>8s} {'data ms':>8s} {'sim ms':>8s} "
           f"{'err mean':>8s} {'no stalls':>9s} {'stalls':>6s} {'err p50':>8s} {'|err| layer':>11s}")
@@ -48,7 +47,7 @@ def main() -> int:
             started = time.perf_counter()
             request = BenchRequest(model=model, mode="real", gpus=args.workers, max_requests=args.max_requests,
                                    out=args.out / name_of_model)
-            check = run_bench(request)["simulator_check"]
+            check = run_bench(request).simulator_check
             checks.setdefault(name_of_model, []).append(check)
             if args.json:
                 args.json.write_text(json.dumps(checks, indent=1))

@@ -133,7 +133,7 @@ def test_bad_input_is_one_line(cli, tmp_path, prompts, extra, message):
 
 
 def test_auto_mode_simulates_a_cluster_larger_than_the_machine():
-    from moeless_cli.bench.pipeline import BenchRequest
+    from moeless_cli.jobs.bench import BenchRequest
 
     request = BenchRequest(gpus=8)
     request.resolve_mode(cuda_devices=0)

@@ -165,7 +165,7 @@ def test_load_profile_imports_no_torch(good_profile):
 
 
 def test_thread_choice(cli, tmp_path):
-    from moeless_cli.profiling.record import choose_threads
+    from moeless_cli.jobs.profile import choose_threads
 
     model = str(cached_tiny_checkpoint("mixtral"))
     assert choose_threads(model, "cpu", None) == 1  # hidden 32: one thread

@@ -14,8 +14,10 @@ import orjson
 from moeless_cli.errors import MoelessError
 
 
-def _check_parent_writable(path: Path) -> None:
-    parent = path.parent
+def ensure_writable_parent(path: Path) -> None:
+    """Create `path`'s directory if needed and check it is writable: callers run it before minutes of
+    work so a bad output path fails first, and every atomic writer runs it before writing."""
+    parent = Path(path).parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -27,7 +29,7 @@ def _check_parent_writable(path: Path) -> None:
 def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
     """Write `data` to `path` via a temp file in the same directory, then rename."""
     path = Path(path)
-    _check_parent_writable(path)
+    ensure_writable_parent(path)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
@@ -71,7 +73,7 @@ def atomic_directory(final: str | Path, overwrite: bool = True) -> Iterator[Path
     Readers never see a half-written directory, and a failed run leaves no partial output.
     """
     final = Path(final)
-    _check_parent_writable(final)
+    ensure_writable_parent(final)
     if final.exists() and not final.is_dir():
         raise MoelessError(f"output path {final} exists and is not a directory")
     if final.exists() and not overwrite:

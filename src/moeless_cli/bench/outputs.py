@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from moeless_cli.fileio import write_bytes_atomic
+
+if TYPE_CHECKING:
+    from moeless_cli.jobs.bench import BenchResult
 
 LATENCY_COLUMNS = (
     ("system", "system"), ("moe mean ms", "moe_mean"), ("moe p50", "moe_p50"), ("moe p99", "moe_p99"),
@@ -27,9 +30,10 @@ TABLES = (("Latency", LATENCY_COLUMNS), ("Cost", COST_COLUMNS))
 PUBLISHED = {"moe_vs_static": 0.5681, "moe_vs_eplb": 0.7811, "gbs_vs_static": 0.0732}
 
 
-def against_the_paper(result: dict[str, Any]) -> str:
-    """One line: moeless's ratios beside the published ones, and the floor Oracle sets (simulated runs)."""
-    r, floor = result["ratios"]["moeless"], result["ratios"]["oracle"]["moe_vs_static"]
+def against_the_paper(ratios: dict[str, dict[str, float | None]]) -> str:
+    """One line: moeless's ratios (system -> ratio name -> value, as BenchResult.ratios) beside the
+    published ones, and the floor Oracle sets (simulated runs)."""
+    r, floor = ratios["moeless"], ratios["oracle"]["moe_vs_static"]
     return (f"moeless / static EP {r['moe_vs_static']:.3f} (paper {PUBLISHED['moe_vs_static']}), / EPLB "
             f"{r['moe_vs_eplb']:.3f} (paper {PUBLISHED['moe_vs_eplb']}), GB·s / static {r['gbs_vs_static']:.4f} "
             f"(paper {PUBLISHED['gbs_vs_static']}); the floor any lossless system can reach, Oracle / static EP, "
@@ -46,10 +50,10 @@ def _g(value: Any) -> str:
     return "-" if value is None else f"{float(value):.4g}"
 
 
-def table_rows(result: dict[str, Any]) -> list[dict[str, str]]:
+def table_rows(result: BenchResult) -> list[dict[str, str]]:
     rows = []
-    for name, core in result["systems"].items():
-        r = result["ratios"][name]
+    for name, core in result.systems.items():
+        r = result.ratios[name]
         lat = core["latency_s"]
         rows.append({
             "system": name,
@@ -69,15 +73,15 @@ def table_rows(result: dict[str, Any]) -> list[dict[str, str]]:
     return rows
 
 
-def markdown_report(result: dict[str, Any]) -> str:
-    s = result["setting"]
+def markdown_report(result: BenchResult) -> str:
+    s = result.setting
     preset = s["preset"]
-    if result["mode"] == "real":
+    if result.mode == "real":
         return _markdown_real(result)
     lines = [
         "# moeless bench",
         "",
-        f"- mode: {result['mode']}; time model: {s['time_model']}; batching: {s['batching']}",
+        f"- mode: {result.mode}; time model: {s['time_model']}; batching: {s['batching']}",
         f"- cluster: {s['gpus']} x {s['hardware']} ({s['hardware_description']}); "
         f"{s['slots_per_gpu_per_layer']} replica slots per GPU per layer",
         f"- model sizes: {preset['name']} ({preset['moe_layers']} MoE layers, {preset['num_experts']} experts "
@@ -94,7 +98,7 @@ def markdown_report(result: dict[str, Any]) -> str:
     lines += _tables(result)
     lines += [
         "",
-        f"Against the paper: {against_the_paper(result)}",
+        f"Against the paper: {against_the_paper(result.ratios)}",
         "",
         "Costs: `GB·s` is the MoEless paper's memory x time proxy (serverful systems reserve their replicas for",
         "the whole run; serverless ones pay per invocation); `GB·s live` is memory actually held by live",
@@ -109,7 +113,7 @@ def markdown_report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _tables(result: dict[str, Any]) -> list[str]:
+def _tables(result: BenchResult) -> list[str]:
     rows, lines = table_rows(result), []
     for title, columns in TABLES:
         lines += [f"## {title}", ""]
@@ -121,14 +125,14 @@ def _tables(result: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _markdown_real(result: dict[str, Any]) -> str:
-    s = result["setting"]
+def _markdown_real(result: BenchResult) -> str:
+    s = result.setting
     lines = ["# moeless bench (real mode)", "",
              f"- model {s['model']} executed by serve's runtime on {s['hardware']} with {s['gpus']} expert-parallel workers",
              f"- trace {s['trace']} ({s['requests']} requests), prompts `{s['dataset']}`, {s['batching']} batching", "",
              "Times are measured (each system's own run); costs as in serve.", ""]
     plots = ["![MoE-layer latency CDF](moe_latency_cdf.png)", "", "![Cost](cost.png)", ""]
-    return "\n".join(lines + _tables(result) + simulator_check_lines(result.get("simulator_check")) + plots)
+    return "\n".join(lines + _tables(result) + simulator_check_lines(result.simulator_check) + plots)
 
 
 def simulator_check_lines(check: dict[str, Any] | None) -> list[str]:
@@ -160,7 +164,7 @@ def _png(fig: Any) -> bytes:
     return buffer.getvalue()
 
 
-def write_plots(result: dict[str, Any], out: Path) -> list[Path]:
+def write_plots(result: BenchResult, out: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -168,12 +172,12 @@ def write_plots(result: dict[str, Any], out: Path) -> list[Path]:
 
     written = []
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    for name, times in result["moe_layer_s"].items():
+    for name, times in result.moe_layer_s.items():
         values = np.sort(np.asarray(times) * 1e3)
         if values.size:
             ax.plot(values, np.arange(1, values.size + 1) / values.size, label=name)
     ax.set_xscale("log")
-    measured = "measured, each system's own run" if result["mode"] == "real" else "same batches"
+    measured = "measured, each system's own run" if result.mode == "real" else "same batches"
     ax.set_xlabel(f"MoE-layer latency (ms, {measured})")
     ax.set_ylabel("CDF")
     ax.legend()
@@ -181,14 +185,14 @@ def write_plots(result: dict[str, Any], out: Path) -> list[Path]:
     written.append(write_bytes_atomic(out / "moe_latency_cdf.png", _png(fig)))
     plt.close(fig)
 
-    names = list(result["systems"])
-    static = result["systems"]["static"]["cost"]
+    names = list(result.systems)
+    static = result.systems["static"]["cost"]
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     width = 0.27
     x = np.arange(len(names))
     for k, (key, label) in enumerate((("gbs_proxy", "GB·s (paper proxy)"), ("gbs_live", "GB·s live"),
                                       ("serverless_gpu_s", "GPU·s serverless"))):
-        values = [result["systems"][n]["cost"][key] / static[key] if static[key] else 0.0 for n in names]
+        values = [result.systems[n]["cost"][key] / static[key] if static[key] else 0.0 for n in names]
         ax.bar(x + (k - 1) * width, values, width, label=label)
     ax.set_xticks(x, names)
     ax.set_ylabel("cost relative to static EP")

@@ -12,14 +12,18 @@ times are predicted from its own dispatches by the time model fitted on the othe
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
-from moeless_cli.bench.pipeline import SYSTEMS, BenchRequest
+from moeless_cli.bench.compare import OnProgress, SystemRuns
+from moeless_cli.bench.pipeline import SYSTEMS
+
+if TYPE_CHECKING:
+    from moeless_cli.jobs.bench import BenchRequest
 
 
 def run_real(request: BenchRequest, model: str, profile_dir: Path, predictor_path: Path,
-             on_progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
-    from moeless_cli.bench.compare import ratios
+             on_progress: OnProgress | None = None) -> SystemRuns:
+    """Every system through serve's runtime on request.devices, and the simulator checked against them."""
     from moeless_cli.models.loading import resolve_model_path
     from moeless_cli.serving.run import serve
     from moeless_cli.serving.setup import ServeOptions
@@ -46,9 +50,8 @@ def run_real(request: BenchRequest, model: str, profile_dir: Path, predictor_pat
     from moeless_cli.sim.calibration import LayerRecords
 
     runs = {name: LayerRecords.from_dict(doc) for name, doc in records.items()}
-    return {"mode": "real", "setting": setting, "systems": systems, "ratios": ratios(systems),
-            "moe_layer_s": {name: run.moe_s for name, run in runs.items()},  # for the CDF plot
-            "simulator_check": simulator_check(model, runs)}
+    return SystemRuns(setting, systems, moe_layer_s={name: run.moe_s for name, run in runs.items()},
+                      simulator_check=simulator_check(model, runs))
 
 
 def simulator_check(model: str, runs: dict[str, Any]) -> dict[str, Any]:

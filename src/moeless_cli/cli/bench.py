@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from moeless_cli.cli.common import JSON_OPTION_HELP, console, emit_json, err_console, guarded, make_progress
+
+if TYPE_CHECKING:
+    from moeless_cli.jobs.bench import BenchResult
 
 HELP = "Every system side by side: static EP, EPLB, Oracle, moeless-paper and moeless on a simulated cluster."
 
@@ -40,10 +43,7 @@ def bench(
     json_output: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP),
 ) -> None:
     """Run the whole pipeline on built-in defaults and compare every system."""
-    from moeless_cli.bench.compare import run_bench
-    from moeless_cli.bench.outputs import markdown_report, write_plots
-    from moeless_cli.bench.pipeline import BenchRequest
-    from moeless_cli.fileio import write_bytes_atomic, write_json_atomic
+    from moeless_cli.jobs.bench import BenchRequest, run_bench
 
     request = BenchRequest(model=model, preset=preset, hardware=hardware, gpus=gpus, trace=trace, dataset=dataset,
                            batching=batching, mode=mode, time_model=time_model, max_requests=max_requests,
@@ -53,31 +53,23 @@ def bench(
     with make_progress(disable=json_output) as progress:
         task = progress.add_task("bench", total=None)
 
-        def say(message: str) -> None:
-            progress.update(task, description=message)
-
         def on_progress(name: str, done: int, total: int) -> None:
             progress.update(task, description=f"simulating {name}", completed=done, total=total)
 
-        result = run_bench(request, say, on_progress)
-    core = {k: result[k] for k in ("mode", "setting", "systems", "ratios", "stages", "simulator_check") if k in result}
-    files = [write_json_atomic(out / "bench.json", core)]
-    files.append(write_bytes_atomic(out / "report.md", markdown_report(result).encode()))
-    files += write_plots(result, out)
-    core["files"] = [str(f) for f in files]
+        result = run_bench(request, lambda message: progress.update(task, description=message), on_progress)
     if json_output:
-        emit_json(core)
+        emit_json(result.to_json())
         return
     _print_table(result)
-    err_console.print(f"wrote {', '.join(str(f) for f in files)}", markup=False, highlight=False)
+    err_console.print(f"wrote {', '.join(str(f) for f in result.files)}", markup=False, highlight=False)
 
 
-def _print_table(result: dict) -> None:
+def _print_table(result: BenchResult) -> None:
     from rich.table import Table
 
     from moeless_cli.bench.outputs import TABLES, table_rows
 
-    s = result["setting"]
+    s = result.setting
     name = s["preset"]["name"] if s.get("preset") else s["model"]
     heading = (f"{name} on {s['gpus']} x {s['hardware']}, {s['trace']} ({s['requests']} requests), "
                f"{s['batching']} batching, time model {s['time_model']}")
@@ -89,14 +81,14 @@ def _print_table(result: dict) -> None:
         for row in rows:
             table.add_row(*[row[key] for _, key in columns])
         console.print(table)
-    same = "measured in each system's own run" if result["mode"] == "real" else "on the same batches for every system"
+    same = "measured in each system's own run" if result.mode == "real" else "on the same batches for every system"
     console.print(f"MoE-layer latency {same}; ratios are of the mean. GB·s: the paper's memory x time proxy "
                   "(serverful: reserved for the run; serverless: per invocation).")
-    if result["mode"] == "sim":
+    if result.mode == "sim":
         from moeless_cli.bench.outputs import against_the_paper
 
-        console.print(f"Against the paper: {against_the_paper(result)}")
-    check = result.get("simulator_check")
+        console.print(f"Against the paper: {against_the_paper(result.ratios)}")
+    check = result.simulator_check
     if check:
         errors = ", ".join(f"{name} {row['error']:+.1%} (decision {row['control_ms']:.3f} ms, not simulated)"
                            for name, row in check["systems"].items())

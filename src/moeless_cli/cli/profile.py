@@ -3,36 +3,45 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from moeless_cli.cli.common import JSON_OPTION_HELP, console, emit_json, guarded, make_progress
-from moeless_cli.errors import MoelessError
+from moeless_cli.jobs.profile import DEFAULT_MODEL
+
+if TYPE_CHECKING:
+    from moeless_cli.jobs.profile import ProfileResult
 
 HELP = "Record expert activations of an MoE model over a workload (or import load counts from a CSV)."
-DEFAULT_MODEL = "tiny-mixtral"
 
 
-def _print_summary(out: Path, summary: dict[str, Any]) -> None:
+def _print_summary(result: ProfileResult) -> None:
     from rich.table import Table
 
-    table = Table(title=f"expert load per MoE layer ({summary['tokens'] or 'imported'} tokens)")
+    table = Table(title=f"expert load per MoE layer ({result.tokens or 'imported'} tokens)")
     for column in ("layer", "max", "mean", "max/mean", "hottest experts"):
         table.add_column(column, justify="right" if column != "hottest experts" else "left")
-    for row in summary["per_layer"]:
-        table.add_row(str(row["layer"]), f"{row['max']:.0f}", f"{row['mean']:.1f}", f"{row['imbalance']:.2f}",
-                      ", ".join(map(str, row["hottest"])))
+    for row in result.per_layer:
+        table.add_row(str(row.layer), f"{row.max:.0f}", f"{row.mean:.1f}", f"{row.imbalance:.2f}",
+                      ", ".join(map(str, row.hottest)))
     console.print(table)
     console.print(
-        f"profile written to {out}: {summary['layers']} MoE layers x {summary['experts']} experts "
-        f"(top-{summary['top_k']}), {summary['iterations']} iterations, {summary['tokens']} tokens"
+        f"profile written to {result.out}: {result.layers} MoE layers x {result.experts} experts "
+        f"(top-{result.top_k}), {result.iterations} iterations, {result.tokens} tokens"
     )
-    if summary.get("forward_seconds") is not None:
-        per_token = summary.get("expert_seconds_per_token")
+    if result.forward_seconds is not None:
+        per_token = result.expert_seconds_per_token
         expert = f"; one expert: {per_token * 1e6:.2f} us/token" if per_token else ""
-        console.print(f"domains: {', '.join(summary['domains'])}; forward passes took "
-                      f"{summary['forward_seconds']:.2f} s{expert}")
+        console.print(f"domains: {', '.join(result.domains)}; forward passes took "
+                      f"{result.forward_seconds:.2f} s{expert}")
+
+
+def _show(result: ProfileResult, json_out: bool) -> None:
+    if json_out:
+        emit_json(result.to_json())
+    else:
+        _print_summary(result)
 
 
 def run_profile(
@@ -65,24 +74,18 @@ def run_profile(
     per-token top-k expert ids, sampled router inputs and timings into a profile directory."""
     if ctx.invoked_subcommand is not None:
         return
-    if threads is not None and threads < 0:
-        raise MoelessError(f"--threads must be 0 (torch's choice) or more (got {threads})")
-    from moeless_cli.profiling.record import record_profile
+    from moeless_cli.jobs.profile import ProfileRequest, record_profile
     from moeless_cli.profiling.runner import ProfileOptions
 
     options = ProfileOptions(num_prompts=num_prompts, batch_size=batch_size, max_new_tokens=max_new_tokens,
                              max_prompt_tokens=max_prompt_tokens, router_samples=router_samples, seed=seed)
+    request = ProfileRequest(model=model, dataset=dataset, options=options, text_field=text_field, device=device,
+                             dtype=dtype, threads=threads, out=out)
     with make_progress(disable=json_out) as progress:
         task = progress.add_task("profiling forward passes", total=None)
-        result_out, summary = record_profile(
-            model, dataset, options, out=out, text_field=text_field, device=device, dtype=dtype, threads=threads,
-            progress=lambda total: progress.update(task, total=total),
-            on_pass=lambda: progress.advance(task),
-        )
-    if json_out:
-        emit_json({"out": str(result_out), **summary})
-    else:
-        _print_summary(result_out, summary)
+        result = record_profile(request, progress=lambda total: progress.update(task, total=total),
+                                on_pass=lambda: progress.advance(task))
+    _show(result, json_out)
 
 
 def import_csv(
@@ -94,18 +97,10 @@ def import_csv(
     json_out: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP),
 ) -> None:
     """Turn load counts recorded elsewhere into a load-only profile (one iteration)."""
-    from moeless_cli.loads_csv import parse_where
-    from moeless_cli.profiling.importer import import_loads_csv
-    from moeless_cli.profiling.record import summarize
+    from moeless_cli.jobs.profile import ImportRequest, import_profile
 
-    result_out, manifest = import_loads_csv(csv_file, parse_where(where), num_experts=num_experts, top_k=top_k, out=out)
-    from moeless_cli.profiling.format import load_profile
-
-    summary = summarize(manifest, load_profile(result_out).load)
-    if json_out:
-        emit_json({"out": str(result_out), "kind": "imported", **summary})
-    else:
-        _print_summary(result_out, summary)
+    request = ImportRequest(csv=csv_file, where=tuple(where or ()), num_experts=num_experts, top_k=top_k, out=out)
+    _show(import_profile(request), json_out)
 
 
 def register(app: typer.Typer) -> None:

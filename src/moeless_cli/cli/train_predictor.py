@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from moeless_cli.cli.common import JSON_OPTION_HELP, console, emit_json, guarded, make_progress
+
+if TYPE_CHECKING:
+    from moeless_cli.jobs.predictor import TrainResult
 
 HELP = "Train layer-aware expert-load predictors from a profile and compare them with the baselines."
 METRIC_COLUMNS = (("topk_recall", "recall"), ("load_tvd", "TVD"), ("pearson", "r"), ("straggler_recall", "strag"))
@@ -34,24 +36,15 @@ def train_predictor(
     json_output: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP),
 ) -> None:
     """Train predictors and print per-layer accuracy for moeless and the baselines."""
-    from moeless_cli.predictor.run import TrainRequest, run_training
+    from moeless_cli.jobs.predictor import TrainRequest, train_predictor as train
 
-    if epochs < 1:
-        from moeless_cli.errors import MoelessError
-
-        raise MoelessError(f"--epochs must be at least 1, got {epochs}")
-    request = TrainRequest(profile, eval_profile, sorted(set(distance)), accuracy_threshold, epochs, out, model, seed)
-    started = time.perf_counter()
+    request = TrainRequest(profiles=profile, eval_profile=eval_profile, distances=sorted(set(distance)),
+                           accuracy_threshold=accuracy_threshold, epochs=epochs, out=out, model=model, seed=seed)
     with make_progress(disable=json_output) as progress:
         task = progress.add_task("training predictors", total=None)
-
-        def on_epoch(total: int) -> None:
-            progress.update(task, total=total, advance=1)
-
-        result = run_training(request, on_epoch)
-    result["train_seconds"] = round(time.perf_counter() - started, 3)
+        result = train(request, on_epoch=lambda total: progress.update(task, total=total, advance=1))
     if json_output:
-        emit_json(result)
+        emit_json(result.to_json())
     else:
         _print_table(result)
 
@@ -60,16 +53,16 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def _print_table(result: dict) -> None:
+def _print_table(result: TrainResult) -> None:
     from rich.table import Table
 
-    table = Table(title=f"predictors for {result['model_id']} -> {result['out']}")
+    table = Table(title=f"predictors for {result.model_id} -> {result.out}")
     for name in ("layer", "d", "method"):
         table.add_column(name, justify="right" if name != "method" else "left")
     for _, short in METRIC_COLUMNS:
         table.add_column(short, justify="right")
-    groups = [(str(e["layer"]), str(e["distance"]), e["methods"]) for e in result["layers"]]
-    groups.append(("mean", "", result["summary"]))
+    groups = [(str(e["layer"]), str(e["distance"]), e["methods"]) for e in result.layers]
+    groups.append(("mean", "", result.summary))
     for layer, d, methods in groups:
         for i, method in enumerate(TABLE_METHODS):
             cells = [layer if i == 0 else "", d if i == 0 else "", method]
@@ -81,10 +74,10 @@ def _print_table(result: dict) -> None:
         "load fractions per batch (lower is better); r: Pearson correlation of loads; strag: straggler recall "
         "(the truly top 10% experts predicted in the top 10%)."
     )
-    split = result["split"]
+    split = result.split
     console.print(
         f"held out: {split['held_out']} ({split['test_requests']} requests, {split['test_tokens']} sampled tokens, "
-        f"{split['test_batches']} batches); trained and scored in {result['train_seconds']} s"
+        f"{split['test_batches']} batches); trained and scored in {result.train_seconds} s"
     )
 
 

@@ -15,7 +15,8 @@ Glossary:
 
 Modules: metrics (pure numpy), samples (split by request), gates, history, train, evaluate,
 pipeline (train + score all layers), store (the predictor file and `load_predictor`), run (the
-command's job). torch is imported by train/pipeline/store only.
+torch-level steps of the predictor job, `jobs/predictor.py`). torch is imported by
+train/pipeline/store/run only.
 """
 
 __all__ = ["load_predictor", "LoadPredictor"]

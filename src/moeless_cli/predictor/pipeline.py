@@ -81,8 +81,23 @@ def check_distances(distances: list[int], num_layers: int) -> None:
             )
 
 
-def _split(train: RoutingProfile, eval_profile: RoutingProfile | None, seed: int):
-    """(all training samples, fit samples, val samples, test samples, test-side load), by request."""
+@dataclass(frozen=True)
+class Split:
+    """The samples by role, split by request, and the batches validation and test are scored on."""
+
+    training: RoutingSamples  # every training sample (fit + val)
+    fit: RoutingSamples  # what the predictors are fitted on
+    val: RoutingSamples  # early stopping, blend and EMA smoothing
+    test: RoutingSamples  # held-out requests, or the eval profile
+    test_load: np.ndarray  # [iterations, layers, experts] of the test side's profile
+    val_iters: np.ndarray  # [batches] profile iteration of each validation batch
+    val_batches: list[np.ndarray]  # sample indices of each validation batch
+    test_iters: np.ndarray  # [batches] profile iteration of each test batch
+    test_batches: list[np.ndarray]  # sample indices of each test batch
+
+
+def _split(train: RoutingProfile, eval_profile: RoutingProfile | None, seed: int) -> Split:
+    """Split the samples by request into fit, validation and test (the eval profile, when given)."""
     samples = train.samples
     if eval_profile is None:
         train_mask, test_mask = split_by_request(samples.request_ids, TRAIN_SHARE, seed)
@@ -91,9 +106,21 @@ def _split(train: RoutingProfile, eval_profile: RoutingProfile | None, seed: int
     else:
         test, test_load = eval_profile.samples, eval_profile.load
     if np.unique(samples.request_ids).size < 2:  # too few to hold any out: validate on what we fit
-        return samples, samples, samples, test, test_load
-    fit_mask, val_mask = split_by_request(samples.request_ids, FIT_SHARE, seed + 1)
-    return samples, samples.subset(fit_mask), samples.subset(val_mask), test, test_load
+        fit = val = samples
+    else:
+        fit_mask, val_mask = split_by_request(samples.request_ids, FIT_SHARE, seed + 1)
+        fit, val = samples.subset(fit_mask), samples.subset(val_mask)
+    val_iters, val_batches = iteration_batches(val.iteration_ids, MIN_BATCH_TOKENS)
+    test_iters, test_batches = iteration_batches(test.iteration_ids, MIN_BATCH_TOKENS)
+    return Split(samples, fit, val, test, test_load, val_iters, val_batches, test_iters, test_batches)
+
+
+def planned_epochs(train: RoutingProfile, num_layers: int, distances: list[int], epochs: int) -> int:
+    """Training epochs `train_and_evaluate` will run in all (for a progress bar)."""
+    folds = min(train.samples.num_domains, MAX_DOMAIN_FOLDS) if train.samples.num_domains > 1 else 0
+    trial_epochs = max(1, epochs // TRIAL_EPOCH_SHARE)
+    per_layer = 2 * epochs + folds * len(ANCHOR_CANDIDATES) * trial_epochs  # paper, moeless, anchor trials
+    return sum(num_layers - d for d in distances) * per_layer
 
 
 def _pair(fit: RoutingSamples, val: RoutingSamples, source: int, target: int, gates: GateBank) -> LayerPair:
@@ -175,83 +202,97 @@ def train_and_evaluate(
 
     Returns (report with the fixed JSON core {"layers": [...], "summary": {...}}, predictors).
     """
-    num_layers, num_experts, top_k = gates.num_layers, gates.num_experts, gates.top_k
-    check_distances(distances, num_layers)
-    training, fit, val, test, test_load = _split(train, eval_profile, config.seed)
-    val_iters, val_batches = iteration_batches(val.iteration_ids, MIN_BATCH_TOKENS)
-    test_iters, test_batches = iteration_batches(test.iteration_ids, MIN_BATCH_TOKENS)
-    folds = domain_folds(training, config.seed)
+    check_distances(distances, gates.num_layers)
+    split = _split(train, eval_profile, config.seed)
+    folds = domain_folds(split.training, config.seed)
     entries, predictors = [], []
     for distance in distances:
-        for target in range(distance, num_layers):
-            source = target - distance
-            w, b, corr = gates.weight[target], gates.layer_bias(target), gates.layer_correction(target)
-            route = functools.partial(
-                select_topk, top_k=top_k, score=gates.score, correction=None if corr is None else _tensor(corr),
-                num_groups=gates.num_groups, top_groups=gates.top_groups,
-            )
-            pair = _pair(fit, val, source, target, gates)
-            paper = fit_paper(pair, w, b, route, config, on_epoch)
-            anchor, fold_fits = choose_anchor(folds, source, target, gates, config, on_epoch, route)
-            moeless = fit_moeless(pair, w, b, top_k, dataclasses.replace(config, anchor_weight=anchor), on_epoch, route)
-
-            # history prior and blend, chosen on validation requests of the training profile
-            val_true = batch_counts(val.true_topk[:, target], val_batches, num_experts)
-            alpha = choose_alpha(train.load[:, target], val_iters, val_true)
-            val_prior = ema_prior(train.load[:, target], alpha)[val_iters]
-            mode, weight = choose_blend(_token_loads(moeless, pair.x_val, route, val_batches), val_prior, val_true)
-            # trust the tokens no more than they earned on domains they were not trained on
-            cap = transfer_blend_weight(fold_fits, source, target, route, train.load[:, target], alpha, num_experts)
-            blend = Blend(min(weight, cap), alpha, mode)
-
-            # every method on the same held-out tokens and batches
-            x_test = _tensor(test.router_inputs[:, source])
-            moeless_counts = _token_loads(moeless, x_test, route, test_batches)
-            token_topk = {
-                "moeless": route(_logits(x_test, moeless.weight, moeless.bias)).numpy(),
-                "moeless-paper": route(_logits(x_test, paper.weight, paper.bias)).numpy(),
-                "reused-gate": route(_logits(x_test, w, b)).numpy(),
-            }
-            layer_load = test_load[:, target]
-            batch_loads = {
-                "moeless": blended_loads(moeless_counts[blend.mode], ema_prior(layer_load, alpha)[test_iters], blend.weight),
-                "moeless-paper": batch_counts(token_topk["moeless-paper"], test_batches, num_experts),
-                "reused-gate": batch_counts(token_topk["reused-gate"], test_batches, num_experts),
-                "ema": ema_prior(layer_load, alpha)[test_iters],
-                "last": ema_prior(layer_load, 1.0)[test_iters],
-                "moeless-tokens": moeless_counts["soft"],  # ablation: calibrated soft counts, no history blend
-            }
-            token_topk["moeless-tokens"] = token_topk["moeless"]
-            true_topk = test.true_topk[:, target]
-            entries.append(
-                {
-                    "layer": target,
-                    "distance": distance,
-                    "input_layer": source,
-                    "eval_tokens": int(test.num_samples),
-                    "eval_batches": len(test_batches),
-                    "paper_fine_tuned": paper.fine_tuned,
-                    "paper_epochs": paper.epochs_run,
-                    "blend_weight": blend.weight,
-                    "count_mode": blend.mode,
-                    "ema_alpha": blend.alpha,
-                    "anchor": anchor,
-                    "anchor_chosen_on": "held-out domains" if folds else "default",
-                    "methods": score_layer(true_topk, token_topk, batch_loads, batch_counts(true_topk, test_batches, num_experts)),
-                }
-            )
-            predictors.append(LayerPredictors(target, distance, moeless, paper, blend))
-    report = {
-        "layers": entries,
-        "summary": summarise(entries),
-        "split": {
-            "fit_requests": int(np.unique(fit.request_ids).size),
-            "val_requests": int(np.unique(val.request_ids).size),
-            "test_requests": int(np.unique(test.request_ids).size),
-            "test_tokens": int(test.num_samples),
-            "test_batches": len(test_batches),
-            "min_batch_tokens": MIN_BATCH_TOKENS,
-            "held_out": "eval-profile" if eval_profile is not None else "requests",
-        },
-    }
+        for target in range(distance, gates.num_layers):
+            predictor, anchor = _train_layer(train, split, folds, gates, target - distance, target, config, on_epoch)
+            anchor_note = {"anchor": anchor, "anchor_chosen_on": "held-out domains" if folds else "default"}
+            entries.append(_score_layer(split, gates, predictor, _router(gates, target), anchor_note))
+            predictors.append(predictor)
+    report = {"layers": entries, "summary": summarise(entries), "split": _split_report(split, eval_profile is not None)}
     return report, predictors
+
+
+def _router(gates: GateBank, target: int) -> Callable:
+    """Logits [tokens, experts] -> top-k ids [tokens, k] as the target layer's router picks them."""
+    corr = gates.layer_correction(target)
+    return functools.partial(
+        select_topk, top_k=gates.top_k, score=gates.score, correction=None if corr is None else _tensor(corr),
+        num_groups=gates.num_groups, top_groups=gates.top_groups,
+    )
+
+
+def _train_layer(train: RoutingProfile, split: Split, folds: list[tuple[RoutingSamples, RoutingSamples]],
+                 gates: GateBank, source: int, target: int, config: TrainConfig,
+                 on_epoch: Callable[[], None] | None) -> tuple[LayerPredictors, float]:
+    """Fit both predictors of one (target, distance) and choose moeless's blend; returns (predictors, anchor)."""
+    w, b, route = gates.weight[target], gates.layer_bias(target), _router(gates, target)
+    pair = _pair(split.fit, split.val, source, target, gates)
+    paper = fit_paper(pair, w, b, route, config, on_epoch)
+    anchor, fold_fits = choose_anchor(folds, source, target, gates, config, on_epoch, route)
+    moeless = fit_moeless(pair, w, b, gates.top_k, dataclasses.replace(config, anchor_weight=anchor), on_epoch, route)
+
+    # history prior and blend, chosen on validation requests of the training profile
+    val_true = batch_counts(split.val.true_topk[:, target], split.val_batches, gates.num_experts)
+    alpha = choose_alpha(train.load[:, target], split.val_iters, val_true)
+    val_prior = ema_prior(train.load[:, target], alpha)[split.val_iters]
+    mode, weight = choose_blend(_token_loads(moeless, pair.x_val, route, split.val_batches), val_prior, val_true)
+    # trust the tokens no more than they earned on domains they were not trained on
+    cap = transfer_blend_weight(fold_fits, source, target, route, train.load[:, target], alpha, gates.num_experts)
+    return LayerPredictors(target, target - source, moeless, paper, Blend(min(weight, cap), alpha, mode)), anchor
+
+
+def _score_layer(split: Split, gates: GateBank, predictor: LayerPredictors, route: Callable,
+                 anchor_note: dict) -> dict:
+    """Every method on the same held-out tokens and batches: the layer's report entry."""
+    target, blend, num_experts = predictor.layer, predictor.blend, gates.num_experts
+    source = target - predictor.distance
+    moeless, paper, w, b = predictor.moeless, predictor.paper, gates.weight[target], gates.layer_bias(target)
+    test, test_batches, test_iters = split.test, split.test_batches, split.test_iters
+    x_test = _tensor(test.router_inputs[:, source])
+    moeless_counts = _token_loads(moeless, x_test, route, test_batches)
+    token_topk = {
+        "moeless": route(_logits(x_test, moeless.weight, moeless.bias)).numpy(),
+        "moeless-paper": route(_logits(x_test, paper.weight, paper.bias)).numpy(),
+        "reused-gate": route(_logits(x_test, w, b)).numpy(),
+    }
+    layer_load = split.test_load[:, target]
+    batch_loads = {
+        "moeless": blended_loads(moeless_counts[blend.mode], ema_prior(layer_load, blend.alpha)[test_iters], blend.weight),
+        "moeless-paper": batch_counts(token_topk["moeless-paper"], test_batches, num_experts),
+        "reused-gate": batch_counts(token_topk["reused-gate"], test_batches, num_experts),
+        "ema": ema_prior(layer_load, blend.alpha)[test_iters],
+        "last": ema_prior(layer_load, 1.0)[test_iters],
+        "moeless-tokens": moeless_counts["soft"],  # ablation: calibrated soft counts, no history blend
+    }
+    token_topk["moeless-tokens"] = token_topk["moeless"]
+    true_topk = test.true_topk[:, target]
+    return {
+        "layer": target,
+        "distance": predictor.distance,
+        "input_layer": source,
+        "eval_tokens": int(test.num_samples),
+        "eval_batches": len(test_batches),
+        "paper_fine_tuned": paper.fine_tuned,
+        "paper_epochs": paper.epochs_run,
+        "blend_weight": blend.weight,
+        "count_mode": blend.mode,
+        "ema_alpha": blend.alpha,
+        **anchor_note,
+        "methods": score_layer(true_topk, token_topk, batch_loads, batch_counts(true_topk, test_batches, num_experts)),
+    }
+
+
+def _split_report(split: Split, eval_profile: bool) -> dict:
+    return {
+        "fit_requests": int(np.unique(split.fit.request_ids).size),
+        "val_requests": int(np.unique(split.val.request_ids).size),
+        "test_requests": int(np.unique(split.test.request_ids).size),
+        "test_tokens": int(split.test.num_samples),
+        "test_batches": len(split.test_batches),
+        "min_batch_tokens": MIN_BATCH_TOKENS,
+        "held_out": "eval-profile" if eval_profile else "requests",
+    }
