@@ -18,7 +18,7 @@ from moeless_cli.bench.pipeline import SYSTEMS, Say, plan_stage
 from moeless_cli.online.report import latency_stats
 
 if TYPE_CHECKING:
-    from moeless_cli.jobs.bench import BenchRequest
+    from moeless_cli.bench.request import BenchRequest
     from moeless_cli.jobs.plan import PlanSource
     from moeless_cli.sim.routing import RecordedRouting
 

@@ -11,7 +11,7 @@ import numpy as np
 from moeless_cli.fileio import write_bytes_atomic
 
 if TYPE_CHECKING:
-    from moeless_cli.jobs.bench import BenchResult
+    from moeless_cli.bench.request import BenchResult
 
 LATENCY_COLUMNS = (
     ("system", "system"), ("moe mean ms", "moe_mean"), ("moe p50", "moe_p50"), ("moe p99", "moe_p99"),

@@ -18,28 +18,28 @@ from moeless_cli.bench.compare import OnProgress, SystemRuns
 from moeless_cli.bench.pipeline import SYSTEMS
 
 if TYPE_CHECKING:
-    from moeless_cli.jobs.bench import BenchRequest
+    from moeless_cli.bench.request import BenchRequest
 
 
 def run_real(request: BenchRequest, model: str, profile_dir: Path, predictor_path: Path,
              on_progress: OnProgress | None = None) -> SystemRuns:
     """Every system through serve's runtime on request.devices, and the simulator checked against them."""
     from moeless_cli.models.loading import resolve_model_path
-    from moeless_cli.serving.run import serve
-    from moeless_cli.serving.setup import ServeOptions
+    from moeless_cli.jobs.serve import ServeRequest, serve
 
     systems: dict[str, Any] = {}
+    records: dict[str, Any] = {}
     for i, name in enumerate(SYSTEMS):
         if on_progress is not None:
             on_progress(name, i, len(SYSTEMS))
-        options = ServeOptions(
+        options = ServeRequest(
             model=model, predictor=predictor_path, profile=profile_dir, policy=name, workers=request.gpus,
             dataset=request.dataset, trace=request.trace, time_scale=request.time_scale,
             max_requests=request.max_requests, batching=request.batching, keep_alive_s=request.keep_alive_s,
             devices=tuple(request.devices), record_layers=True,
         )
-        systems[name] = serve(options)
-    records = {name: core.pop("layer_records") for name, core in systems.items()}
+        result = serve(options)
+        systems[name], records[name] = result.report, result.layer_records
     setting = {
         "model": model, "model_path": str(resolve_model_path(model)), "preset": None,
         "hardware": ",".join(request.devices), "gpus": request.gpus,

@@ -76,15 +76,11 @@ def serve_local(o: ServeOptions, progress: ProgressFn | None = None) -> tuple[di
     On CPU-only runs torch uses one thread per request thread (tiny expert matmuls from several
     threads oversubscribe the cores otherwise); the setting is restored afterwards.
     """
-    import torch
+    from moeless_cli.models.threads import torch_threads
 
-    before = torch.get_num_threads()
-    if all(not d.startswith("cuda") for d in o.devices):
-        torch.set_num_threads(1)
-    try:
+    cpu_only = all(not d.startswith("cuda") for d in o.devices)
+    with torch_threads(1 if cpu_only else None):
         return _serve_local(o, progress)
-    finally:
-        torch.set_num_threads(before)
 
 
 def _serve_local(o: ServeOptions, progress: ProgressFn | None) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -99,14 +95,6 @@ def _serve_local(o: ServeOptions, progress: ProgressFn | None) -> tuple[dict[str
     warm_up(prepared.loaded, runtime)
     measured = serve_loop(o, prepared, runtime, workload, progress)
     return serve_report(measured), (layer_records(measured.layers) if o.record_layers else None)
-
-
-def serve(o: ServeOptions, progress: ProgressFn | None = None) -> dict[str, Any]:
-    """Transitional, for bench/real.py until it calls `moeless_cli.jobs.serve.serve`; delete then.
-    The local backend's report with the layer records inside under "layer_records" (the old shape)."""
-    assert o.backend == "local", "the dist backend goes through moeless_cli.jobs.serve"
-    report, records = serve_local(o, progress)
-    return report if records is None else report | {"layer_records": records}
 
 
 def serve_loop(o: ServeOptions, prepared: Prepared, runtime: Any, workload: Any, progress: ProgressFn | None = None,
