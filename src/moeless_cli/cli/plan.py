@@ -86,6 +86,7 @@ def plan(
     where: list[str] = typer.Option([], "--where", help="Filter CSV rows, COLUMN=VALUE (repeatable)."),
     gpus: Optional[int] = typer.Option(None, "--gpus", help="Expert-parallel GPUs (required)."),
     nodes: int = typer.Option(1, "--nodes", help="Nodes the GPUs are spread over."),
+    groups: int = typer.Option(1, "--groups", help="Model's expert groups (DeepSeek-V3: 8); eplb packs them on nodes."),
     gpu_memory_gb: Optional[float] = typer.Option(None, "--gpu-memory-gb", help="Memory per GPU for experts."),
     expert_mb: Optional[float] = typer.Option(None, "--expert-mb", help="Size of one expert's weights, MB."),
     slots_per_gpu: Optional[int] = typer.Option(None, "--slots-per-gpu", help="Replicas per GPU per layer."),
@@ -144,6 +145,7 @@ def plan(
         num_gpus=gpus, num_nodes=nodes, slots_per_gpu=per_layer, replica_budget=replica_budget, joint=joint,
         total_slots_per_gpu=total_slots, previous=previous, expert_bytes=(expert_mb or 0.0) * 2**20,
         intra_node_gbps=intra_gbps, inter_node_gbps=inter_gbps, time_limit_s=time_limit, backend=backend,
+        num_groups=groups,  # eplb: hierarchical when groups % nodes == 0 (DeepSeek's rule)
     )
     out = out or Path("plans") / f"{source_name}-{solver}-g{gpus}.json"
     start = time.perf_counter()
