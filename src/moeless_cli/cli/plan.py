@@ -28,6 +28,7 @@ def plan(
     where: list[str] = typer.Option([], "--where", help="Filter CSV rows, COLUMN=VALUE (repeatable)."),
     gpus: Optional[int] = typer.Option(None, "--gpus", help="Expert-parallel GPUs (required)."),
     nodes: int = typer.Option(1, "--nodes", help="Nodes the GPUs are spread over."),
+    groups: int = typer.Option(1, "--groups", help="Model's expert groups (DeepSeek-V3: 8); eplb packs them on nodes."),
     gpu_memory_gb: Optional[float] = typer.Option(None, "--gpu-memory-gb", help="Memory per GPU for experts."),
     expert_mb: Optional[float] = typer.Option(None, "--expert-mb", help="Size of one expert's weights, MB."),
     slots_per_gpu: Optional[int] = typer.Option(None, "--slots-per-gpu", help="Replicas per GPU per layer."),
@@ -55,9 +56,9 @@ def plan(
     from moeless_cli.jobs.plan import PlanRequest, plan as make_plan
 
     request = PlanRequest(
-        gpus=gpus, profile=profile, loads=loads, where=tuple(where), nodes=nodes, gpu_memory_gb=gpu_memory_gb,
-        expert_mb=expert_mb, slots_per_gpu=slots_per_gpu, replica_budget=replica_budget, joint=joint, spares=spares,
-        previous_plan=previous_plan, solver=solver, backend=backend, time_limit=time_limit, intra_gbps=intra_gbps,
+        gpus=gpus, profile=profile, loads=loads, where=tuple(where), nodes=nodes, groups=groups,
+        gpu_memory_gb=gpu_memory_gb, expert_mb=expert_mb, slots_per_gpu=slots_per_gpu, replica_budget=replica_budget,
+        joint=joint, spares=spares, previous_plan=previous_plan, solver=solver, backend=backend, time_limit=time_limit, intra_gbps=intra_gbps,
         inter_gbps=inter_gbps, out=out,
     )
     with make_progress(disable=json_out) as progress:

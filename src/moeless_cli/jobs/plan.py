@@ -33,6 +33,7 @@ class PlanRequest:
     loads: Path | None = None  # or a CSV with columns layer,expert,count
     where: tuple[str, ...] = ()  # COLUMN=VALUE filters of the CSV's rows
     nodes: int = 1  # nodes the GPUs are spread over
+    groups: int = 1  # the model's expert groups (DeepSeek-V3: 8); eplb packs whole groups onto nodes
     gpu_memory_gb: float | None = None  # memory per GPU for experts (with expert_mb: the slots)
     expert_mb: float | None = None  # one expert's weights, MB; None: the profiled model's
     slots_per_gpu: int | None = None  # replicas a GPU holds per layer (instead of the memory)
@@ -244,7 +245,7 @@ def _problem(request: PlanRequest, source: PlanSource, expert_mb: float | None) 
     per_layer, total_slots = replica_slots(num_layers, num_experts, request, expert_mb)
     previous = read_plan(request.previous_plan)[0] if request.previous_plan is not None else None
     return PlanningProblem(
-        num_gpus=request.gpus, num_nodes=request.nodes, slots_per_gpu=per_layer,
+        num_gpus=request.gpus, num_nodes=request.nodes, num_groups=request.groups, slots_per_gpu=per_layer,
         replica_budget=request.replica_budget, joint=request.joint, total_slots_per_gpu=total_slots,
         previous=previous, expert_bytes=(expert_mb or 0.0) * 2**20, intra_node_gbps=request.intra_gbps,
         inter_node_gbps=request.inter_gbps, time_limit_s=request.time_limit, backend=request.backend,
@@ -298,6 +299,7 @@ def _plan_file_extra(request: PlanRequest, source: PlanSource, result: PlanResul
     return {
         "solver": request.solver,
         "num_nodes": request.nodes,
+        "num_groups": request.groups,
         "topology": {"intra_node_gbps": request.intra_gbps, "inter_node_gbps": request.inter_gbps},
         "slots_per_gpu": [int(layer.slots_used(request.gpus).max()) for layer in result.plan.layers],
         "model_id": source.model_id,

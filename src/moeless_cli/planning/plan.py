@@ -72,6 +72,7 @@ class PlanningProblem:
 
     num_gpus: int  # G
     num_nodes: int = 1  # N; G % N == 0, GPUs g*N//G share a node
+    num_groups: int = 1  # the model's expert groups (DeepSeek-V3 n_group); eplb packs them onto nodes
     slots_per_gpu: int | None = None  # replicas a GPU may hold per layer; None: ceil((E+G-1)/G)
     replica_budget: int | None = None  # most replicas per layer (joint: over all layers); None: no cap
     joint: bool = False  # plan all layers together: extra slots go to the most skewed layers

@@ -3,14 +3,16 @@
 Peak numbers are vendor datasheet figures; "achievable" ones apply the efficiency noted per field
 (large bf16 GEMMs reach ~60-70% of dense peak, streaming kernels ~80-90% of memory bandwidth, a
 pinned-memory host copy ~75-80% of the PCIe link). They are assumptions of this simulator, not
-measurements: calibrate against real mode where a GPU is available.
+measurements: calibrate against real mode where a GPU is available, or measure one GPU with
+benchmarks/gpu_calibration.py and load its JSON with `hardware_from_calibration`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
-from moeless_cli.errors import require_choice
+from moeless_cli.errors import MoelessError, require_choice
 
 
 @dataclass(frozen=True)
@@ -69,3 +71,41 @@ HARDWARE: dict[str, Hardware] = {
 def get_hardware(name: str) -> Hardware:
     require_choice("hardware", name, HARDWARE)
     return HARDWARE[name]
+
+
+CALIBRATED_FIELDS = {"tflops": "tflops", "hbm_gbps": "hbm_gbps", "host_gbps": "h2d_gbps"}  # Hardware: fitted
+
+
+def hardware_from_calibration(doc: dict[str, Any], base: str | None = None) -> Hardware:
+    """A `Hardware` from the JSON that benchmarks/gpu_calibration.py writes (already parsed).
+
+    Fields used: `fitted.tflops` (TFLOP/s of a SwiGLU expert at the largest batch measured) -> tflops;
+    `fitted.hbm_gbps` (one expert's weight bytes / its time at <= 8 tokens, the weight-streaming
+    floor) -> hbm_gbps; `fitted.h2d_gbps` (host-to-device copy of one expert, pinned where CUDA
+    has it, else pageable) -> host_gbps; `memory_gb` (device memory, null on CPU) -> memory_gb.
+    Links, network, node size and price are not measured on one GPU: they come from the `base`
+    preset, by default the one whose name appears in `device_name`. Also in the JSON, not used
+    here: per-token GEMM rows, `fitted.gemm_efficiency` ({model: {tokens: TFLOP/s / fitted.tflops}}),
+    pinned and pageable copy figures, and the device dispatch decision's seconds per case.
+    """
+    fitted = doc.get("fitted") if isinstance(doc, dict) else None
+    if not isinstance(fitted, dict):
+        raise MoelessError("calibration JSON has no 'fitted' object; write it with benchmarks/gpu_calibration.py")
+    device_name = str(doc.get("device_name", ""))
+    if base is None:
+        base = next((name for name in HARDWARE if name in device_name.lower()), None)
+        if base is None:
+            raise MoelessError(f"no hardware preset matches device {device_name!r}; name a base: "
+                               f"{', '.join(HARDWARE)}")
+    figures = {}
+    for field_name, key in CALIBRATED_FIELDS.items():
+        value = fitted.get(key)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+            raise MoelessError(f"calibration JSON: fitted.{key} must be a positive number, got {value!r}")
+        figures[field_name] = float(value)
+    hw = get_hardware(base)
+    memory = doc.get("memory_gb")
+    description = (f"{device_name} as measured (torch {doc.get('torch')}, CUDA {doc.get('cuda')}); "
+                   f"links, network and price of {hw.name}")
+    return replace(hw, name=f"{hw.name}-calibrated", description=description,
+                   memory_gb=float(memory) if memory else hw.memory_gb, **figures)

@@ -2,8 +2,11 @@
 
 Replicate: each redundant slot goes to the expert with the highest load per replica.
 Pack: heaviest replica first into the least-loaded pack with a free place; every pack has the
-same number of places. Hierarchical (N nodes): pack expert groups onto nodes, replicate within a
-node, then pack replicas onto the node's GPUs. Slot p lives on GPU p // (P / G).
+same number of places. Hierarchical (N nodes): pack the model's expert groups (DeepSeek-V3's
+n_group: contiguous blocks of E / num_groups experts) onto nodes, replicate within a node, then
+pack replicas onto the node's GPUs. DeepSeek's rule picks it when num_groups % N == 0; otherwise
+(num_groups 1, the default, included) the global policy: the same routine with 1 group and 1 node.
+Slot p lives on GPU p // (P / G).
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ def rebalance_experts(
     num_layers, num_logical = weight.shape
     if num_groups % num_nodes != 0:
         num_groups = num_nodes = 1
+    assert num_logical % num_groups == 0 and num_gpus % num_nodes == 0 and num_replicas % num_gpus == 0
     group_size = num_logical // num_groups
     groups_per_node = num_groups // num_nodes
     per_gpu = num_replicas // num_gpus
@@ -108,13 +112,21 @@ def eplb_replica_count(num_experts: int, max_replicas: int, num_gpus: int) -> in
     return count
 
 
+def check_groups(num_experts: int, num_groups: int) -> None:
+    """The model's expert groups must split its experts evenly (DeepSeek-V3: 256 experts, 8 groups)."""
+    if num_groups < 1 or num_experts % num_groups:
+        raise MoelessError(
+            f"--groups {num_groups} must be a positive divisor of the {num_experts} experts "
+            "(the model's expert groups, e.g. DeepSeek-V3's n_group 8); use 1 for a model without groups"
+        )
+
+
 def eplb_layer(load: np.ndarray, problem: PlanningProblem, previous: LayerPlan | None, seconds: float) -> LayerPlan:
-    """load: [experts]. Hierarchical with one expert group per node when N > 1 and E % N == 0."""
+    """load: [experts]. Hierarchical when problem.num_groups % problem.num_nodes == 0, else global."""
     num_experts, num_gpus = load.size, problem.num_gpus
+    check_groups(num_experts, problem.num_groups)
     replicas = eplb_replica_count(num_experts, problem.max_replicas(num_experts), num_gpus)
-    nodes = problem.num_nodes
-    groups = nodes if nodes > 1 and num_experts % nodes == 0 else 1
-    phy2log, _, logcnt = rebalance_experts(load[None, :], replicas, groups, nodes if groups > 1 else 1, num_gpus)
+    phy2log, _, logcnt = rebalance_experts(load[None, :], replicas, problem.num_groups, problem.num_nodes, num_gpus)
     expert = phy2log[0]
     gpu = np.arange(replicas, dtype=np.int64) // (replicas // num_gpus)
     return LayerPlan(expert, gpu, 1.0 / logcnt[0][expert])
