@@ -86,26 +86,33 @@ def run_profile(
 
 
 def import_csv(
-    csv_file: Path = typer.Argument(..., help="CSV with columns layer,expert,count (extra columns allowed)."),
+    files: list[Path] = typer.Argument(..., help="A CSV with columns layer,expert,count; SGLang expert-distribution "
+                                                 "dumps (.pt; per_pass/per_token: one per rank); or a saved vLLM "
+                                                 "EPLB load window (.pt/.npz). See docs/interop.md."),
+    fmt: str = typer.Option("auto", "--format", help="auto (from the file), csv, sglang or vllm."),
     where: Optional[list[str]] = typer.Option(None, "--where", help="Keep rows where COLUMN=VALUE (repeatable)."),
-    num_experts: Optional[int] = typer.Option(None, "--num-experts", help="Experts per layer, if above the CSV's max id + 1."),
+    num_experts: Optional[int] = typer.Option(None, "--num-experts",
+                                              help="Experts per layer: pads a CSV, checks an engine record's size."),
     top_k: Optional[int] = typer.Option(None, "--top-k", help="Experts per token of the model the loads came from."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Profile directory (default profiles/<csv name>/)."),
     json_out: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP),
 ) -> None:
-    """Turn load counts recorded elsewhere into a load-only profile (one iteration)."""
+    """Turn load counts recorded elsewhere (a CSV, SGLang or vLLM records) into a load-only profile."""
+    from moeless_cli.interop import import_loads, import_notes
     from moeless_cli.loads_csv import parse_where
-    from moeless_cli.profiling.importer import import_loads_csv
     from moeless_cli.profiling.record import summarize
 
-    result_out, manifest = import_loads_csv(csv_file, parse_where(where), num_experts=num_experts, top_k=top_k, out=out)
+    result_out, manifest = import_loads(files, fmt, parse_where(where), num_experts=num_experts, top_k=top_k, out=out)
     from moeless_cli.profiling.format import load_profile
 
     summary = summarize(manifest, load_profile(result_out).load)
+    notes = import_notes(manifest)
     if json_out:
-        emit_json({"out": str(result_out), "kind": "imported", **summary})
+        emit_json({"out": str(result_out), "kind": "imported", **summary, **notes})
     else:
         _print_summary(result_out, summary)
+        for line in notes.get("notes", []):
+            console.print(line, markup=False)
 
 
 def register(app: typer.Typer) -> None:
