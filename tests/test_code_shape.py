@@ -4,8 +4,8 @@ Layers, bottom to top (a module may import its own layer and the ones below):
   0 errors, fileio, loads_csv          plain helpers
   1 planning                           pure planners and the dispatch arithmetic
   2 online, sim, plan_io, workloads    pure control plane and simulator; plan files; workload data
-  3 models, profiling, predictor, serving   torch code
-  4 jobs, bench                        one job per stage (bench: the bench job's stages)
+  3 models, profiling, predictor, serving, interop   torch code; engines' load records to profiles
+  4 jobs, bench, integrations          one job per stage (bench: the bench job's stages); engine plug-ins
   5 cli, __main__                      commands
 Imports under `if TYPE_CHECKING:` count too: a type-only import still ties the modules together.
 """
@@ -23,8 +23,8 @@ LAYERS = {
     "errors": 0, "fileio": 0, "loads_csv": 0,
     "planning": 1,
     "online": 2, "sim": 2, "plan_io": 2, "workloads": 2,
-    "models": 3, "profiling": 3, "predictor": 3, "serving": 3,
-    "jobs": 4, "bench": 4,
+    "models": 3, "profiling": 3, "predictor": 3, "serving": 3, "interop": 3,
+    "jobs": 4, "bench": 4, "integrations": 4,
     "cli": 5, "__main__": 5, "__init__": 5,
 }
 

@@ -51,7 +51,7 @@ def test_every_solver_keeps_invariants_and_ilp_is_never_worse(case):
         try:
             result = solve(name, load, problem)
         except MoelessError:
-            assert name == "eplb"  # EPLB needs a multiple of G replicas within the budget
+            assert name in ("eplb", "even-split")  # they need a multiple of G replicas within the budget
             continue
         check_invariants(load, problem, result.plan)
         layers = result.plan.layers

@@ -120,7 +120,7 @@ def test_errors_name_the_problem():
         solve("ilp", np.ones((1, 8)), PlanningProblem(num_gpus=4, replica_budget=7))
     with pytest.raises(MoelessError, match="unknown solver"):
         solve("nope", np.ones((1, 8)), PlanningProblem(num_gpus=4))
-    assert set(SOLVERS) == {"static", "eplb", "moeless-paper", "ilp"}
+    assert set(SOLVERS) == {"static", "eplb", "even-split", "moeless-paper", "ilp"}
 
 
 def test_lower_bound_and_metrics():

@@ -132,34 +132,52 @@ def physical_to_logical(plan: Plan) -> tuple[np.ndarray, int]:
     return np.asarray(rows, dtype=np.int64), padded
 
 
+def logical_to_physical(phy2log: np.ndarray, num_experts: int) -> tuple[np.ndarray, np.ndarray]:
+    """DeepSeek EPLB's inverse maps of phy2log: [layers, P].
+
+    Returns log2phy [layers, E, max count] (each expert's slots ascending, padded with -1) and
+    logcnt [layers, E] (replicas of each expert)."""
+    logcnt = np.stack([np.bincount(row, minlength=num_experts) for row in phy2log])  # [layers, E]
+    log2phy = np.full((*logcnt.shape, max(int(logcnt.max()), 1)), -1, dtype=np.int64)
+    for i, row in enumerate(phy2log):
+        seen = np.zeros(num_experts, dtype=np.int64)
+        for p, e in enumerate(row.tolist()):
+            log2phy[i, e, seen[e]] = p
+            seen[e] += 1
+    return log2phy, logcnt
+
+
+def decoder_rows(moe_rows: list, trivial: list, moe_layer_ids: list[int] | None, dense_layers: int | None,
+                 num_hidden_layers: int | None = None) -> list:
+    """SGLang's row per decoder layer from one row per MoE layer; dense layers get `trivial`.
+
+    `dense_layers` K: K leading dense rows. Otherwise MoE layer i goes to row moe_layer_ids[i]
+    (from the profile), with dense rows between and, up to num_hidden_layers, after."""
+    if dense_layers is None and moe_layer_ids and len(moe_layer_ids) == len(moe_rows):
+        rows = [trivial] * max(max(moe_layer_ids) + 1, num_hidden_layers or 0)
+        for i, layer_id in enumerate(moe_layer_ids):
+            rows[layer_id] = moe_rows[i]
+        return rows
+    return [trivial] * (dense_layers or 0) + list(moe_rows)
+
+
 def export_plan(
-    plan: Plan, fmt: str, dense_layers: int | None = None, moe_layer_ids: list[int] | None = None
+    plan: Plan, fmt: str, dense_layers: int | None = None, moe_layer_ids: list[int] | None = None,
+    num_hidden_layers: int | None = None,
 ) -> tuple[dict[str, Any], int]:
     """Engine documents: sglang {"physical_to_logical_map"} with one row per decoder layer,
     vllm {"physical_to_logical_map"} (MoE rows only), deepseek {"phy2log", "log2phy", "logcnt"}.
 
-    SGLang rows: `dense_layers` trivial rows (slot p holds p % E) first when given; otherwise MoE
-    layer i goes to decoder row moe_layer_ids[i] (from the profile) with trivial rows between.
+    SGLang rows: see `decoder_rows` (trivial rows, slot p holding p % E, for dense layers).
     Returns (document, padding slots added)."""
     phy2log, padded = physical_to_logical(plan)
     if fmt == "sglang":
         trivial = (np.arange(phy2log.shape[1]) % plan.num_experts).tolist()
-        if dense_layers is None and moe_layer_ids and len(moe_layer_ids) == plan.num_layers:
-            rows = [trivial] * (max(moe_layer_ids) + 1)
-            for i, layer_id in enumerate(moe_layer_ids):
-                rows[layer_id] = phy2log[i].tolist()
-        else:
-            rows = [trivial] * (dense_layers or 0) + phy2log.tolist()
+        rows = decoder_rows(phy2log.tolist(), trivial, moe_layer_ids, dense_layers, num_hidden_layers)
         return {"physical_to_logical_map": rows}, padded
     if fmt == "vllm":
         return {"physical_to_logical_map": phy2log.tolist()}, padded
     if fmt == "deepseek":
-        logcnt = np.stack([np.bincount(row, minlength=plan.num_experts) for row in phy2log])  # [layers, E]
-        log2phy = np.full((*logcnt.shape, int(logcnt.max())), -1, dtype=np.int64)
-        for i, row in enumerate(phy2log):
-            seen = np.zeros(plan.num_experts, dtype=np.int64)
-            for p, e in enumerate(row.tolist()):
-                log2phy[i, e, seen[e]] = p
-                seen[e] += 1
+        log2phy, logcnt = logical_to_physical(phy2log, plan.num_experts)
         return {"phy2log": phy2log.tolist(), "log2phy": log2phy.tolist(), "logcnt": logcnt.tolist()}, padded
     raise MoelessError(f"unknown export format {fmt!r}; choose sglang, vllm or deepseek")

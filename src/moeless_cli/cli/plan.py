@@ -42,7 +42,7 @@ def plan(
              "straggle; for runtimes that balance each batch (serve --policy moeless). Spares get share 0.",
     ),
     previous_plan: Optional[Path] = typer.Option(None, "--previous-plan", help="Plan now loaded (moves cost)."),
-    solver: str = typer.Option("ilp", "--solver", help="ilp, eplb, moeless-paper or static."),
+    solver: str = typer.Option("ilp", "--solver", help="ilp, eplb, even-split, moeless-paper or static."),
     backend: str = typer.Option("cbc", "--backend", help="ILP backend: cbc or highs."),
     time_limit: float = typer.Option(60.0, "--time-limit", help="Seconds for the whole run (ilp)."),
     intra_gbps: float = typer.Option(450.0, "--intra-node-gbps", help="GPU-GPU bandwidth inside a node."),
@@ -108,34 +108,29 @@ def _print_table(result: PlanResult) -> None:
 @guarded
 def export(
     plan_file: Path = typer.Argument(..., help="Plan file written by `moeless plan`."),
-    fmt: str = typer.Option("sglang", "--format", help="sglang, vllm or deepseek."),
+    fmt: str = typer.Option("sglang", "--format", help="sglang, sglang-logical-count, vllm or deepseek."),
     dense_layers: Optional[int] = typer.Option(
         None, "--dense-layers", help="sglang: K trivial rows for leading dense layers (default: plan's moe_layer_ids)."
+    ),
+    profile: Optional[Path] = typer.Option(
+        None, "--profile", help="Profile with the loads (sglang-logical-count) and SGLang's layer count "
+                                "(default: the plan's source profile)."
     ),
     out: Optional[Path] = typer.Option(None, "--out", help="Output file (default PLAN.<format>.json)."),
     json_out: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP),
 ) -> None:
-    """Write the plan as an engine's physical-to-logical expert map (equal shares; see docs)."""
+    """Write the plan as an engine's physical-to-logical expert map (equal shares; see docs/interop.md)."""
     from moeless_cli.fileio import write_json_atomic
-    from moeless_cli.plan_io import export_plan, read_plan
+    from moeless_cli.interop import describe_export, export_for_engine
 
-    if dense_layers is not None and dense_layers < 0:
-        raise MoelessError("--dense-layers must be >= 0")
-    plan_obj, plan_doc = read_plan(plan_file)
-    moe_ids = plan_doc.get("moe_layer_ids")
-    if moe_ids is not None and not (isinstance(moe_ids, list) and all(isinstance(i, int) and i >= 0 for i in moe_ids)):
-        raise MoelessError(f"{plan_file}: moe_layer_ids: expected a list of non-negative integers")
-    doc, padded = export_plan(plan_obj, fmt, dense_layers, moe_ids)
+    doc, summary = export_for_engine(plan_file, fmt, dense_layers, profile)
     out = out or plan_file.with_name(f"{plan_file.stem}.{fmt}.json")
     write_json_atomic(out, doc)
-    rows = doc.get("physical_to_logical_map") or doc["phy2log"]
-    summary = {"out": str(out), "format": fmt, "num_physical": len(rows[0]), "rows": len(rows),
-               "padding_slots": padded, "slots_per_gpu": len(rows[0]) // plan_obj.num_gpus}
+    summary = {"out": str(out), **summary}
     if json_out:
         emit_json(summary)
     else:
-        console.print(f"wrote {out}: {summary['rows']} rows x {summary['num_physical']} slots "
-                      f"({summary['slots_per_gpu']} per GPU, {padded} padding slots)")
+        console.print(describe_export(summary), markup=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -35,6 +35,8 @@ def _print_summary(result: ProfileResult) -> None:
         expert = f"; one expert: {per_token * 1e6:.2f} us/token" if per_token else ""
         console.print(f"domains: {', '.join(result.domains)}; forward passes took "
                       f"{result.forward_seconds:.2f} s{expert}")
+    for line in result.import_notes.get("notes", []):
+        console.print(line, markup=False)
 
 
 def _show(result: ProfileResult, json_out: bool) -> None:
@@ -89,17 +91,22 @@ def run_profile(
 
 
 def import_csv(
-    csv_file: Path = typer.Argument(..., help="CSV with columns layer,expert,count (extra columns allowed)."),
+    files: list[Path] = typer.Argument(..., help="A CSV with columns layer,expert,count; SGLang expert-distribution "
+                                                 "dumps (.pt; per_pass/per_token: one per rank); or a saved vLLM "
+                                                 "EPLB load window (.pt/.npz). See docs/interop.md."),
+    fmt: str = typer.Option("auto", "--format", help="auto (from the file), csv, sglang or vllm."),
     where: Optional[list[str]] = typer.Option(None, "--where", help="Keep rows where COLUMN=VALUE (repeatable)."),
-    num_experts: Optional[int] = typer.Option(None, "--num-experts", help="Experts per layer, if above the CSV's max id + 1."),
+    num_experts: Optional[int] = typer.Option(None, "--num-experts",
+                                              help="Experts per layer: pads a CSV, checks an engine record's size."),
     top_k: Optional[int] = typer.Option(None, "--top-k", help="Experts per token of the model the loads came from."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Profile directory (default profiles/<csv name>/)."),
     json_out: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP),
 ) -> None:
-    """Turn load counts recorded elsewhere into a load-only profile (one iteration)."""
+    """Turn load counts recorded elsewhere (a CSV, SGLang or vLLM records) into a load-only profile."""
     from moeless_cli.jobs.profile import ImportRequest, import_profile
 
-    request = ImportRequest(csv=csv_file, where=tuple(where or ()), num_experts=num_experts, top_k=top_k, out=out)
+    request = ImportRequest(files=tuple(files), format=fmt, where=tuple(where or ()), num_experts=num_experts,
+                            top_k=top_k, out=out)
     _show(import_profile(request), json_out)
 
 

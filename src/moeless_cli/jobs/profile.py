@@ -57,8 +57,9 @@ class ProfileRequest:
 
 @dataclass(frozen=True)
 class ImportRequest:
-    csv: Path  # CSV with columns layer,expert,count (extra columns allowed)
-    where: tuple[str, ...] = ()  # keep rows where COLUMN=VALUE
+    files: tuple[Path, ...]  # a CSV (layer,expert,count), SGLang recorder dumps (one per rank) or a vLLM load window
+    format: str = "auto"  # auto (from the files), csv, sglang or vllm (interop.IMPORT_FORMATS)
+    where: tuple[str, ...] = ()  # CSV only: keep rows where COLUMN=VALUE
     num_experts: int | None = None  # experts per layer, if above the CSV's highest id + 1
     top_k: int | None = None  # experts per token of the model the loads came from
     out: Path | None = None  # profile directory; None: profiles/<csv name>[-<filters>]/
@@ -89,11 +90,14 @@ class ProfileResult:
     forward_seconds: float | None  # time in forward passes (recorded profiles)
     expert_seconds_per_token: float | None  # one expert's measured time per token
     per_layer: list[LayerLoadSummary]
+    import_notes: dict[str, Any] = field(default_factory=dict)  # an engine import: its format, the dense rows
+    # dropped and notes for the user (interop.import_notes); empty otherwise
 
     def to_json(self) -> dict[str, Any]:
         summary = asdict(self)
-        del summary["out"], summary["imported"]
-        return {"out": str(self.out), **({"kind": "imported"} if self.imported else {}), **summary}
+        del summary["out"], summary["imported"], summary["import_notes"]
+        return {"out": str(self.out), **({"kind": "imported"} if self.imported else {}), **summary,
+                **self.import_notes}
 
 
 def summarize(out: Path, manifest: dict[str, Any], layer_load: np.ndarray, imported: bool = False) -> ProfileResult:
@@ -165,11 +169,15 @@ def record_profile(request: ProfileRequest, progress: Callable[[int], Any] | Non
 
 
 def import_profile(request: ImportRequest) -> ProfileResult:
-    """Write a load-only profile (one iteration) from a CSV's filtered, summed counts."""
+    """Write a load profile from a CSV's filtered, summed counts (one iteration) or from an engine's
+    load records (one iteration per recorded pass or window sample)."""
+    from dataclasses import replace
+
+    from moeless_cli.interop import import_loads, import_notes
     from moeless_cli.loads_csv import parse_where
     from moeless_cli.profiling import load_profile
-    from moeless_cli.profiling.importer import import_loads_csv
 
-    out, manifest = import_loads_csv(request.csv, parse_where(list(request.where)), num_experts=request.num_experts,
-                                     top_k=request.top_k, out=request.out)
-    return summarize(out, manifest, load_profile(out).layer_load(), imported=True)
+    out, manifest = import_loads(list(request.files), request.format, parse_where(list(request.where)),
+                                 num_experts=request.num_experts, top_k=request.top_k, out=request.out)
+    result = summarize(out, manifest, load_profile(out).layer_load(), imported=True)
+    return replace(result, import_notes=import_notes(manifest))

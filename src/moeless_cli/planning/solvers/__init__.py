@@ -20,6 +20,7 @@ from moeless_cli.planning.solvers.eplb import eplb_layer
 from moeless_cli.planning.solvers.ilp import ilp_layer_with_info
 from moeless_cli.planning.solvers.moeless_paper import moeless_paper_layer
 from moeless_cli.planning.solvers.static import static_layer
+from moeless_cli.planning.slot_map import even_split_layer
 from moeless_cli.planning.topology import build_topology, pair_seconds_per_gb
 
 LayerFn = Callable[[np.ndarray, PlanningProblem, Optional[LayerPlan], float], LayerPlan]
@@ -95,6 +96,7 @@ SOLVERS: dict[str, SolverFn] = {
     "eplb": functools.partial(_solve, eplb_layer, "eplb"),
     "moeless-paper": functools.partial(_solve, moeless_paper_layer, "moeless-paper"),
     "static": functools.partial(_solve, static_layer, "static"),
+    "even-split": functools.partial(_solve, even_split_layer, "even-split"),
 }
 
 
