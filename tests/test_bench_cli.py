@@ -9,7 +9,7 @@ import pytest
 
 from tests.tiny_models import cached_tiny_checkpoint
 
-SYSTEMS = {"static", "eplb", "oracle", "moeless-paper", "moeless"}
+SYSTEMS = {"static", "eplb", "eplb+balanced", "oracle", "moeless-paper", "moeless"}
 
 
 @pytest.fixture(scope="module")
@@ -49,17 +49,48 @@ def test_json_core_and_files(bench_run):
         assert core["policy"] == name
         assert core["requests"] == {"submitted": 6, "completed": 6, "failed": 0}
         assert set(core["latency_s"]) == {"ttft", "tpot", "e2e"}
-        assert set(core["cost"]) >= {"gbs_proxy", "serverless_gpu_s", "serverful_gpu_s", "usd_serverless", "usd_serverful"}
+        cost = core["cost"]
+        assert set(cost) >= {"gbs_proxy", "gbs_live", "gbs_per_invocation", "serverless_gpu_s", "serverful_gpu_s",
+                             "usd_serverless", "usd_serverful"}
+        assert cost["gbs_live"] > 0 and cost["gbs_per_invocation"] > 0  # one rule, every system billed
+        serverless = name in ("moeless-paper", "moeless")  # the paper's asymmetric proxy, kept as published
+        assert cost["gbs_proxy"] == cost["gbs_per_invocation" if serverless else "gbs_live"]
+        assert set(doc["ratios"][name]) >= {"gbs_live_vs_static", "gbs_live_vs_eplb", "gbs_per_invocation_vs_static",
+                                            "gbs_vs_static", "gbs_vs_eplb", "moe_vs_static", "moe_vs_eplb"}
         assert set(core["functions"]) == {"cold_starts", "warm_hits", "created", "retired", "bytes_moved"}
         assert core["lossy"] == (name == "oracle")
         assert core["moe_layer_ms"]["mean"] >= doc["systems"]["oracle"]["moe_layer_ms"]["mean"] - 1e-12
     assert doc["ratios"]["static"]["moe_vs_static"] == pytest.approx(1.0)
-    for name in ("bench.json", "report.md", "moe_latency_cdf.png", "cost.png", "predictor.safetensors"):
+    assert doc["ratios"]["eplb"]["gbs_live_vs_eplb"] == pytest.approx(1.0)
+    for name in ("bench.json", "report.md", "moe_latency_cdf.png", "cost.png", "pareto.png", "predictor.safetensors"):
         assert (out / name).is_file(), name
     assert (out / "moe_latency_cdf.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((out / "bench.json").read_text())["systems"]["moeless"]["policy"] == "moeless"
     assert "| moeless |" in (out / "report.md").read_text()
-    assert "Against the paper: moeless / static EP" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "Against the paper: moeless / static EP" in report
+    assert report.count("As published") == 1 and "| eplb+balanced |" in report
+
+
+def test_pareto_has_one_row_per_system_and_memory_point(bench_run):
+    from moeless_cli.bench.pareto import PARETO_SYSTEMS, memory_points
+
+    out, doc = bench_run
+    setting, pareto = doc["setting"], doc["pareto"]
+    points = memory_points(setting["preset"]["num_experts"], setting["gpus"], setting["slots_per_gpu_per_layer"])
+    assert [p.replicas_per_layer for p in points] == [8, 12, 16, 24]  # E + 0, G/2, G; 2G = 4G = memory (3 slots)
+    assert pareto["systems"] == list(PARETO_SYSTEMS) and 0 < pareto["iterations"] <= 400
+    rows = pareto["rows"]
+    assert sorted((r["system"], r["replicas_per_layer"]) for r in rows) == sorted(
+        (s, p.replicas_per_layer) for s in PARETO_SYSTEMS for p in points)
+    for row in rows:
+        assert row["moe_layer_ms"] > 0 and row["gbs_live"] > 0 and row["gbs_per_invocation"] > 0
+        assert row["live_replicas_per_layer"] <= row["replicas_per_layer"] + 1e-9  # held within the point
+    assert any(row["pareto_optimal"] for row in rows)
+    smallest = [r for r in rows if r["replicas_per_layer"] == 8]  # E + 0: one replica per expert, nothing to scale
+    assert len({round(r["gbs_live"], 6) for r in smallest}) == 1
+    assert "## Latency-memory Pareto" in (out / "report.md").read_text()
+    assert (out / "pareto.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_cached_stages_are_reused_and_table_prints(cli, bench_run, prompts):

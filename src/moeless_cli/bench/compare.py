@@ -3,11 +3,13 @@
 Each system runs closed-loop (its own speed shapes its batches: TTFT, TPOT, throughput, cost).
 MoE-layer latency is compared on the same batches for every system: static EP's iteration
 sequence is replayed through each policy (`moe_layer_ms`); the closed-loop figure is kept as
-`moe_layer_ms_own_batches`.
+`moe_layer_ms_own_batches`. With `BenchRequest.pareto`, the replicating systems are swept over
+replica memory per layer on the first iterations of those batches (`bench/pareto.py`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -20,6 +22,7 @@ from moeless_cli.online.report import latency_stats
 if TYPE_CHECKING:
     from moeless_cli.bench.request import BenchRequest
     from moeless_cli.jobs.plan import PlanSource
+    from moeless_cli.planning.plan import Plan
     from moeless_cli.sim.routing import RecordedRouting
 
 OnProgress = Callable[[str, int, int], None]
@@ -35,6 +38,7 @@ class SystemRuns:
     moe_layer_s: dict[str, np.ndarray]  # system -> MoE-layer seconds (the latency CDF)
     simulator_check: dict[str, Any] | None = None  # real mode: the simulator against the measured runs
     plan: dict[str, Any] | None = None  # sim mode: the moeless plan stage ({"reused", "replicas_per_layer"})
+    pareto: dict[str, Any] | None = None  # sim mode with request.pareto: {"iterations", "systems", "rows"}
 
 
 def run_sim(request: BenchRequest, model: str, trace: Any, profile_dir: Path, predictor_path: Path, say: Say,
@@ -56,9 +60,14 @@ def run_sim(request: BenchRequest, model: str, trace: Any, profile_dir: Path, pr
     slots = cluster.slots_per_gpu()
     config = SimConfig(batching=request.batching, keep_alive_s=request.keep_alive_s, equal_budget=request.equal_budget)
     budget = replica_budget(routing.num_experts, request.gpus, slots, config.redundant)
-    plan, stage = plan_stage(request.out, request.plan_request(slots, budget),
-                             _plan_source(routing, request), say)
+    source = _plan_source(routing, request)
+    plan, stage = plan_stage(request.out, request.plan_request(slots, budget), source, say)
     systems, same, schedule = _simulate(cluster, routing, trace, config, predictor, plan, on_progress)
+    pareto = None
+    if request.pareto:
+        plan_for = _plans_by_budget(request, source, plan, slots, budget, say)
+        pareto = _pareto(cluster, routing, (schedule or [])[:request.pareto_iterations], config, predictor, plan_for,
+                         on_progress)
     setting = {
         "model": model, "model_path": str(_model_path(model)), "preset": preset.as_dict(),
         "hardware": hardware.name, "hardware_description": hardware.description,
@@ -72,7 +81,7 @@ def run_sim(request: BenchRequest, model: str, trace: Any, profile_dir: Path, pr
         "iterations_same_batches": len(schedule or []),
     }
     plan_info = {"reused": stage.reused, "replicas_per_layer": [layer.num_replicas for layer in plan.layers]}
-    return SystemRuns(setting, systems, same, plan=plan_info)
+    return SystemRuns(setting, systems, same, plan=plan_info, pareto=pareto)
 
 
 def _model_path(model: str) -> Path:
@@ -88,6 +97,32 @@ def _plan_source(routing: RecordedRouting, request: BenchRequest) -> PlanSource:
     return PlanSource(load=routing.history, name=f"{request.preset}-{request.hardware}",
                       origin={"bench": str(request.out), "preset": request.preset, "hardware": request.hardware},
                       spare_batches=routing.sample_batches(SPARE_BATCHES))
+
+
+def _pareto(cluster: Any, routing: RecordedRouting, window: list, config: Any, predictor: Any,
+            plan_for: Callable[[int], Plan], on_progress: OnProgress | None) -> dict[str, Any]:
+    """The latency-memory sweep on `window` (the first iterations of static EP's batches)."""
+    from moeless_cli.bench.pareto import PARETO_SYSTEMS, sweep
+
+    rows = sweep(cluster, routing, window, config, predictor, plan_for, on_progress)
+    return {"iterations": len(window), "systems": list(PARETO_SYSTEMS), "rows": rows}
+
+
+def _plans_by_budget(request: BenchRequest, source: PlanSource, plan: Plan, slots: int, budget: int,
+                     say: Say) -> Callable[[int], Plan]:
+    """The plan moeless pins at a replica budget per layer: ilp with spares up to it, at most EPLB's
+    default `budget` (then the main comparison's `plan`); each cached in the out dir like the main one
+    (with a quarter of its ilp time: the ilp starts from the best greedy plan either way)."""
+
+    def plan_for(replicas: int) -> Plan:
+        if replicas >= budget:
+            return plan
+        main = request.plan_request(slots, replicas)
+        swept = dataclasses.replace(main, time_limit=request.plan_seconds / 4,
+                                    out=main.out.with_name(f"{main.out.stem}-r{replicas}.json"))
+        return plan_stage(request.out, swept, source, say)[0]
+
+    return plan_for
 
 
 def _simulate(cluster: Any, routing: RecordedRouting, trace: Any, config: Any, predictor: Any, plan: Any,

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from moeless_cli.jobs.profile import ProfileRequest
     from moeless_cli.planning.plan import Plan
 
-SYSTEMS = ("static", "eplb", "oracle", "moeless-paper", "moeless")
+SYSTEMS = ("static", "eplb", "eplb+balanced", "oracle", "moeless-paper", "moeless")
 Say = Callable[[str], None]
 
 

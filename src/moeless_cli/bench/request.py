@@ -41,6 +41,8 @@ class BenchRequest:
     plan_seconds: float = 20.0  # ilp time budget
     out: Path = Path("bench-out")  # where stages and reports go
     devices: tuple[str, ...] = ("cpu",)  # real mode: devices serve's workers go on
+    pareto: bool = True  # sim mode: sweep replica memory per layer for the replicating systems (bench/pareto.py)
+    pareto_iterations: int = 400  # the sweep replays this many first iterations of the same batches
 
     def validate(self) -> None:
         from moeless_cli.online.batching import BATCHING
@@ -59,6 +61,8 @@ class BenchRequest:
             raise MoelessError(f"--max-requests must be at least 1, got {self.max_requests}")
         if self.keep_alive_s < 0:
             raise MoelessError(f"--keep-alive must be non-negative, got {self.keep_alive_s}")
+        if self.pareto_iterations < 1:
+            raise MoelessError(f"--pareto-iterations must be at least 1, got {self.pareto_iterations}")
 
     def resolve_mode(self, cuda_devices: int | None = None) -> None:
         """Settle "auto": the requested cluster runs for real when this machine has that many CUDA
@@ -114,12 +118,15 @@ class BenchResult:
     stages: dict[str, dict[str, Any]]  # stage -> where it is and whether it was reused
     moe_layer_s: dict[str, np.ndarray]  # system -> MoE-layer seconds (the latency CDF; not in the JSON)
     simulator_check: dict[str, Any] | None = None  # real mode: the simulator against the measured runs
+    pareto: dict[str, Any] | None = None  # sim mode: the latency-memory sweep ({"iterations", "systems", "rows"})
     files: tuple[Path, ...] = ()  # bench.json, report.md and the plots, once written
 
     def core(self) -> dict[str, Any]:
         """bench.json: everything but the files and the raw latencies."""
         doc = {"mode": self.mode, "setting": self.setting, "systems": self.systems, "ratios": self.ratios,
                "stages": self.stages}
+        if self.pareto is not None:
+            doc["pareto"] = self.pareto
         return doc if self.simulator_check is None else doc | {"simulator_check": self.simulator_check}
 
     def to_json(self) -> dict[str, Any]:

@@ -12,7 +12,8 @@ from moeless_cli.cli.common import JSON_OPTION_HELP, console, emit_json, err_con
 if TYPE_CHECKING:
     from moeless_cli.jobs.bench import BenchResult
 
-HELP = "Every system side by side: static EP, EPLB, Oracle, moeless-paper and moeless on a simulated cluster."
+HELP = ("Every system side by side: static EP, EPLB, EPLB+balanced, Oracle, moeless-paper and moeless on a simulated "
+        "cluster, and a latency-memory sweep.")
 
 
 @guarded
@@ -39,6 +40,13 @@ def bench(
     num_prompts: int = typer.Option(64, "--num-prompts", help="Prompts profiled for routing."),
     epochs: int = typer.Option(30, "--epochs", help="Predictor training epochs."),
     devices: str = typer.Option("cpu", "--devices", help="Real mode: comma-separated devices (cpu, cuda:0, ...)."),
+    pareto: bool = typer.Option(
+        True, "--pareto/--no-pareto",
+        help="Sim mode: sweep replica memory per layer for eplb, eplb+balanced, moeless-paper, moeless (pareto.png).",
+    ),
+    pareto_iterations: int = typer.Option(
+        400, "--pareto-iterations", help="The sweep replays this many first iterations of the same batches."
+    ),
     out: Path = typer.Option(Path("bench-out"), "--out", help="Output directory (cached stages are reused)."),
     json_output: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP),
 ) -> None:
@@ -48,7 +56,8 @@ def bench(
     request = BenchRequest(model=model, preset=preset, hardware=hardware, gpus=gpus, trace=trace, dataset=dataset,
                            batching=batching, mode=mode, time_model=time_model, max_requests=max_requests,
                            time_scale=time_scale, keep_alive_s=keep_alive, equal_budget=equal_budget,
-                           num_prompts=num_prompts, epochs=epochs, out=out,
+                           num_prompts=num_prompts, epochs=epochs, out=out, pareto=pareto,
+                           pareto_iterations=pareto_iterations,
                            devices=tuple(d.strip() for d in devices.split(",") if d.strip()) or ("cpu",))
     with make_progress(disable=json_output) as progress:
         task = progress.add_task("bench", total=None)
@@ -82,18 +91,35 @@ def _print_table(result: BenchResult) -> None:
             table.add_row(*[row[key] for _, key in columns])
         console.print(table)
     same = "measured in each system's own run" if result.mode == "real" else "on the same batches for every system"
-    console.print(f"MoE-layer latency {same}; ratios are of the mean. GB·s: the paper's memory x time proxy "
-                  "(serverful: reserved for the run; serverless: per invocation).")
+    console.print(f"MoE-layer latency {same}; ratios are of the mean. Costs billed alike for every system: GB·s live "
+                  "(live instances x lifetime, keep-alive and pinned included) and GB·s per invocation.")
     if result.mode == "sim":
         from moeless_cli.bench.outputs import against_the_paper
 
         console.print(f"Against the paper: {against_the_paper(result.ratios)}")
+    _print_pareto(result.pareto)
     check = result.simulator_check
     if check:
         errors = ", ".join(f"{name} {row['error']:+.1%} (decision {row['control_ms']:.3f} ms, not simulated)"
                            for name, row in check["systems"].items())
         console.print(f"Simulator vs real (time model fitted on the other systems' runs): error of the mean "
                       f"MoE-layer time without the policy's decision: {errors}.")
+
+
+def _print_pareto(pareto: dict | None) -> None:
+    from rich.table import Table
+
+    from moeless_cli.bench.outputs import PARETO_COLUMNS, pareto_caption, pareto_rows
+
+    if not pareto:
+        return
+    table = Table(title="Latency-memory Pareto")
+    for name, key in PARETO_COLUMNS:
+        table.add_column(name, justify="left" if key in ("memory", "system") else "right")
+    for row in pareto_rows(pareto):
+        table.add_row(*[row[key] for _, key in PARETO_COLUMNS])
+    console.print(table)
+    console.print(pareto_caption(pareto))
 
 
 def register(app: typer.Typer) -> None:

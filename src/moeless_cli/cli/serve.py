@@ -22,7 +22,9 @@ def serve_command(
     plan: Optional[Path] = typer.Option(None, "--plan", help="Plan file from `moeless plan` (moeless's start)."),
     predictor: Optional[Path] = typer.Option(None, "--predictor", help="Predictor file from `train-predictor`."),
     profile: Optional[Path] = typer.Option(None, "--profile", help="Profile of this model: policies' load history."),
-    policy: str = typer.Option("moeless", "--policy", help="moeless, moeless-paper, static, eplb or oracle (lossy)."),
+    policy: str = typer.Option(
+        "moeless", "--policy", help="moeless, moeless-paper, static, eplb, eplb+balanced or oracle (lossy)."
+    ),
     backend: str = typer.Option("local", "--backend", help="local (one process) or dist (torchrun)."),
     devices: str = typer.Option("cpu", "--devices", help="Comma-separated devices workers go on (cpu, cuda:0,...)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Expert-parallel workers (default: plan's GPUs, else 4)."),
@@ -106,8 +108,9 @@ def _print_tables(report: dict[str, Any]) -> None:
     other.add_column("value", justify="right")
     rows = [
         ("throughput (tokens/s)", _fmt(report["throughput_tokens_per_s"], digits=1)),
-        ("GB·s proxy (paper)", _fmt(cost["gbs_proxy"], digits=4)),
-        ("GB·s live (keep-alive incl.)", _fmt(cost["gbs_live"], digits=4)),
+        ("GB·s live (billed alike: keep-alive, pinned incl.)", _fmt(cost["gbs_live"], digits=4)),
+        ("GB·s per invocation (billed alike)", _fmt(cost["gbs_per_invocation"], digits=4)),
+        ("GB·s as published (paper's asymmetric rule)", _fmt(cost["gbs_proxy"], digits=4)),
         ("serverless GPU·s / USD", f"{_fmt(cost['serverless_gpu_s'])} / {_fmt(cost['usd_serverless'], digits=6)}"),
         ("serverful GPU·s / USD", f"{_fmt(cost['serverful_gpu_s'])} / {_fmt(cost['usd_serverful'], digits=6)}"),
         ("cold starts / warm hits", f"{fn['cold_starts']} / {fn['warm_hits']}"),

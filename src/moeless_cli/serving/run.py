@@ -10,7 +10,7 @@ from typing import Any, Callable
 import numpy as np
 
 from moeless_cli.errors import MoelessError
-from moeless_cli.online.report import CostTotals, ServeMeasurements, pool_gbs, serve_report
+from moeless_cli.online.report import CostTotals, ServeMeasurements, serve_report
 from moeless_cli.serving.setup import (
     ServeOptions,
     build_workload,
@@ -184,9 +184,9 @@ def measure(o: ServeOptions, prepared: Prepared, runtime: Any, scheduler: Any, m
     policy, stats = prepared.policy, runtime.stats
     moe_s = np.array([t.moe_s for t in stats.layers], dtype=np.float64)  # [layer calls]
     busy = np.array(stats.busy_workers, dtype=np.float64)  # [layer calls]
-    gbs_proxy, gbs_live = pool_gbs(prepared.pool, policy.serverful, makespan)
-    cost = CostTotals(gbs_proxy=gbs_proxy, gbs_live=gbs_live, serverless_gpu_s=float((moe_s * busy).sum()),
-                      serverful_gpu_s=prepared.workers * makespan, usd_per_gpu_hour=o.gpu_price_per_hour)
+    cost = CostTotals.from_pool(prepared.pool, policy.serverful, makespan,
+                                serverless_gpu_s=float((moe_s * busy).sum()),
+                                serverful_gpu_s=prepared.workers * makespan, usd_per_gpu_hour=o.gpu_price_per_hour)
     return ServeMeasurements(
         options=o.to_json(), model=prepared.loaded.model_id, workers=prepared.workers,
         num_layers=prepared.loaded.num_moe_layers, policy=policy.name, lossy=policy.lossy,

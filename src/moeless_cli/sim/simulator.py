@@ -18,7 +18,7 @@ from moeless_cli.errors import MoelessError, require_choice
 from moeless_cli.online.batching import BATCHING, ContinuousBatcher, PaperBatcher, Request, next_event_s
 from moeless_cli.online.functions import FunctionPool
 from moeless_cli.online.policies import Policy, PolicySetting, make_policy
-from moeless_cli.online.report import CostTotals, build_report, pool_gbs
+from moeless_cli.online.report import CostTotals, build_report
 from moeless_cli.planning.dispatch import round_split
 from moeless_cli.planning.plan import Plan, replica_cap
 from moeless_cli.sim.routing import RecordedRouting
@@ -36,6 +36,8 @@ class SimConfig:
     redundant: int | None = None  # EPLB's replicas per layer beyond one per expert (its redundant experts);
     # None: max(2G, E/4) (two spare slots per GPU, or DeepSeek-like E/4), whole GPUs, within memory
     equal_budget: bool = False  # cap moeless-paper and moeless at EPLB's replicas too (else: memory only)
+    replicas_per_layer: int | None = None  # every system's replica budget per layer (EPLB's and the
+    # serverless cap alike: the latency-memory sweep, `bench/pareto.py`); None: the two rules above
     copy_backlog_s: float = 0.25  # serverless: no new copy into a GPU whose copy link is busy this long
 
     def validate(self) -> None:
@@ -57,12 +59,13 @@ def replica_budget(num_experts: int, num_gpus: int, slots: int, redundant: int |
 
 def make_setting(cluster: ClusterModel, routing: RecordedRouting, config: SimConfig, plan: Plan | None) -> PolicySetting:
     slots = cluster.slots_per_gpu()
-    budget = replica_budget(routing.num_experts, cluster.num_gpus, slots, config.redundant)
+    budget = config.replicas_per_layer or replica_budget(routing.num_experts, cluster.num_gpus, slots, config.redundant)
+    serverless = budget if config.equal_budget or config.replicas_per_layer else None
     return PolicySetting(
         num_layers=routing.num_layers, num_experts=routing.num_experts, num_gpus=cluster.num_gpus,
         slots_per_gpu=slots, history=routing.history, entry_tokens=cluster.entry_tokens,
         eplb_window=config.eplb_window, eplb_period=config.eplb_period, plan=plan,
-        replica_budget=budget, serverless_budget=budget if config.equal_budget else None,
+        replica_budget=budget, serverless_budget=serverless,
     )
 
 
@@ -184,24 +187,37 @@ def simulate(policy_name: str, cluster: ClusterModel, routing: RecordedRouting, 
     return {"report": report, "moe_layer_s": run.layer_times(), "schedule": schedule}
 
 
+def _replayed(policy_name: str, cluster: ClusterModel, routing: RecordedRouting, schedule: list[Step],
+              config: SimConfig, predictor: Any, plan: Plan | None) -> tuple[_Run, float]:
+    """One system run over a fixed batch sequence; returns the run and when its last iteration ended."""
+    run = _start(policy_name, cluster, routing, config, predictor, plan)
+    end = 0.0
+    for step in schedule:
+        run.pool.reclaim(step.start_s)  # the idle gap before it (run.iteration ends each iteration)
+        end = run.iteration(step)
+    return run, end
+
+
 def replay(policy_name: str, cluster: ClusterModel, routing: RecordedRouting, schedule: list[Step], config: SimConfig,
            predictor: Any = None, plan: Plan | None = None) -> np.ndarray:
     """MoE-layer times of one system on a fixed batch sequence (same batches for every system)."""
-    run = _start(policy_name, cluster, routing, config, predictor, plan)
-    for step in schedule:
-        run.pool.reclaim(step.start_s)  # the idle gap before it (run.iteration ends each iteration)
-        run.iteration(step)
-    return run.layer_times()
+    return _replayed(policy_name, cluster, routing, schedule, config, predictor, plan)[0].layer_times()
+
+
+def replay_costs(policy_name: str, cluster: ClusterModel, routing: RecordedRouting, schedule: list[Step],
+                 config: SimConfig, predictor: Any = None, plan: Plan | None = None) -> dict[str, Any]:
+    """`replay`, and what its function pool held and billed up to the last iteration's end:
+    {"moe_layer_s": [layer executions], "end_s", "gbs_live", "gbs_per_invocation", "cold_starts"}."""
+    run, end = _replayed(policy_name, cluster, routing, schedule, config, predictor, plan)
+    return {"moe_layer_s": run.layer_times(), "end_s": end, "gbs_live": run.pool.live_gb_seconds(end),
+            "gbs_per_invocation": run.pool.busy_gbs, "cold_starts": run.pool.counters.cold_starts}
 
 
 def _report(run: _Run, timings: Any, generated: int, now: float, replicas_seen: list[int]) -> dict[str, Any]:
     hw, pool, policy = run.cluster.hardware, run.pool, run.policy
     preset_layers = float(sum(run.routing.multiplicity))
-    gbs_proxy, gbs_live = pool_gbs(pool, policy.serverful, now)
-    cost = CostTotals(
-        gbs_proxy=gbs_proxy, gbs_live=gbs_live, serverless_gpu_s=run.busy_gpu_s,
-        serverful_gpu_s=run.cluster.num_gpus * now, usd_per_gpu_hour=hw.usd_per_gpu_hour,
-    )
+    cost = CostTotals.from_pool(pool, policy.serverful, now, serverless_gpu_s=run.busy_gpu_s,
+                                serverful_gpu_s=run.cluster.num_gpus * now, usd_per_gpu_hour=hw.usd_per_gpu_hour)
     seen = np.asarray(replicas_seen or [pool.live_count()], dtype=np.float64)
     report = build_report(policy.name, policy.lossy, timings, run.layer_times(), generated, now, cost, pool.counters,
                           replicas={"mean_per_layer": seen.mean() / preset_layers,
