@@ -40,6 +40,14 @@ def serve_command(
     keep_alive: float = typer.Option(10.0, "--keep-alive", help="Seconds an idle replica stays warm."),
     gpu_price_per_hour: float = typer.Option(2.0, "--gpu-price-per-hour", help="USD per GPU-hour for costs."),
     distance: int = typer.Option(1, "--distance", help="Predict layer l+d while layer l runs."),
+    expert_memory_mb: Optional[float] = typer.Option(
+        None, "--expert-memory-mb", help="Most MiB of expert replicas one worker may hold (all layers)."),
+    nnodes: int = typer.Option(1, "--nnodes", help="dist: machines the workers are split over (one torchrun each)."),
+    node_rank: int = typer.Option(0, "--node-rank", help="dist: this machine's index (0 hosts the rendezvous)."),
+    rdzv_endpoint: Optional[str] = typer.Option(
+        None, "--rdzv-endpoint", help="dist, --nnodes > 1: node 0's HOST:PORT."),
+    heartbeat_timeout: float = typer.Option(
+        5.0, "--heartbeat-timeout", help="dist: seconds without a heartbeat before a rank is replaced."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the JSON report to this file."),
     json_output: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP),
 ) -> None:
@@ -52,6 +60,8 @@ def serve_command(
         trace=trace, time_scale=time_scale, max_requests=max_requests, max_output_tokens=max_output_tokens,
         max_prompt_tokens=max_prompt_tokens, token_budget=token_budget, max_batch=max_batch, batching=batching,
         keep_alive_s=keep_alive, gpu_price_per_hour=gpu_price_per_hour, distance=distance,
+        expert_memory_mb=expert_memory_mb, nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint,
+        heartbeat_timeout_s=heartbeat_timeout,
     )
     if out is not None and out.parent and not out.parent.is_dir():
         raise MoelessError(f"--out {out}: directory {out.parent} does not exist")
@@ -87,6 +97,9 @@ def _print_tables(report: dict[str, Any]) -> None:
     console.print(f"[bold]{title}[/bold] · {report['workers']} workers ({report['backend']}) · "
                   f"requests {req['completed']}/{req['submitted']} completed, {req['failed']} failed"
                   + (" · INTERRUPTED (partial report)" if report.get("interrupted") else ""))
+    for fault in report.get("faults", []):
+        after = f"recovered in {fault['recovery_s']:.1f} s" if fault["recovered"] else "not recovered"
+        console.print(f"fault: rank {fault['rank']} {fault['cause']}; {after}")
     lat = Table(title="Latency (seconds)")
     for col in ("metric", "mean", "p50", "p90", "p99"):
         lat.add_column(col, justify="right" if col != "metric" else "left")
