@@ -14,6 +14,9 @@ and reads these attributes:
   `serverful`         bills reserved memory for the whole run (else per invocation)
   `perfect_balance`   the time model (and serve's gate) spread its work perfectly (oracle)
   `predictor_method`  "paper" / "moeless": the forecasts `prepare` wants; None: no forecast
+  `decision_on_host`  its `dispatch` split is computed on the host after the gate (Python per layer:
+                      the simulator charges its time on the critical path); False: what an engine's
+                      dispatch kernel computes on the device anyway (DeepEP's layout), free
   `pool`              its expert function instances (`online/functions.py`): what is live, billing
 
 Registry (`ONLINE_POLICIES`):
@@ -112,6 +115,7 @@ class Policy(Protocol):
     serverful: ClassVar[bool]
     perfect_balance: ClassVar[bool]
     predictor_method: ClassVar[str | None]
+    decision_on_host: ClassVar[bool]
     pool: FunctionPool
 
     def prepare(self, layer: int, predicted_load: np.ndarray | None, now: float) -> tuple[np.ndarray, np.ndarray]:
@@ -146,6 +150,7 @@ class OnlinePolicy:
     serverful: ClassVar[bool] = True  # bills reserved memory for the whole run (else per invocation)
     perfect_balance: ClassVar[bool] = False  # the time model spreads its work perfectly (oracle)
     predictor_method: ClassVar[str | None] = None  # "paper" / "moeless": forecasts wanted by prepare()
+    decision_on_host: ClassVar[bool] = False  # dispatch's split is host code after the gate (charged by the simulator)
 
     def initial_plan(self, layer: int) -> LayerPlan:
         return static_placement(self.setting.num_experts, self.setting.num_gpus)
@@ -261,6 +266,7 @@ class MoelessPaperPolicy(OnlinePolicy):
     name = "moeless-paper"
     serverful = False
     predictor_method = "paper"
+    decision_on_host = True
 
     def prepare(self, layer: int, predicted_load: np.ndarray | None, now: float) -> tuple[np.ndarray, np.ndarray]:
         from moeless_cli.planning.solvers.moeless_paper import moeless_paper_layer
@@ -298,6 +304,7 @@ class MoelessPolicy(OnlinePolicy):
     name = "moeless"
     serverful = False
     predictor_method = "moeless"
+    decision_on_host = True
 
     def initial_plan(self, layer: int) -> LayerPlan:
         s = self.setting
@@ -382,6 +389,7 @@ class BalancedPlanPolicy(FixedPlanPolicy):
     """`setting.plan`'s replicas; each layer's whole tokens balanced over GPUs once the true load is known."""
 
     name = "fixed-plan-balanced"
+    decision_on_host = True
 
     def dispatch(self, layer: int, true_load: np.ndarray, now: float) -> Dispatch:
         plan = self.plans[layer]
