@@ -165,9 +165,10 @@ class ReplaySplit:
             "training_requests": list(self.train_requests), "replay_requests": list(self.replay_requests),
             "trace_training_window": [0, self.trace_start], "trace_replay_window": [self.trace_start,
                                                                                   self.trace_start + replayed],
-            "note": ("plan, spares, EPLB's first plan and predictors learn from the training requests' recorded "
-                     "routing; the replay plays the other requests; no learner reads the trace's arrivals, and "
-                     "the replay skips the training window" if self.held_out else
+            "note": (f"plan, spares, EPLB's first plan and predictors learn from {len(self.train_requests)} "
+                     f"profiled requests' routing, the replay plays {len(self.replay_requests)} others; it replays "
+                     f"trace requests {self.trace_start}-{self.trace_start + replayed - 1}, after the learners' "
+                     "window (no learner reads arrivals today)" if self.held_out else
                      "in-sample (--in-sample): the learners saw the replayed requests' routing"),
         }
 
