@@ -93,6 +93,50 @@ def test_pareto_has_one_row_per_system_and_memory_point(bench_run):
     assert (out / "pareto.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_physical_time_and_held_out_traffic_by_default(bench_run):
+    out, doc = bench_run
+    setting = doc["setting"]
+    assert setting["time_model"] == "physical" and setting["decision_cost"] == "measured"
+    split = setting["split"]
+    train, replayed = set(split["training_requests"]), set(split["replay_requests"])
+    assert split["kind"] == "held-out" and train and replayed and train.isdisjoint(replayed)
+    assert train | replayed == set(range(8))  # the 8 prompts of the file: half learn, half are replayed
+    assert split["trace_training_window"] == [0, 6] and split["trace_replay_window"] == [6, 12]
+    from moeless_cli.predictor.store import read_manifest
+
+    manifest = read_manifest(out / "predictor.safetensors")  # the predictors saw the training requests alone
+    assert manifest["train_requests"] == split["training_requests"]
+    assert "held-out" in (out / "report.md").read_text()
+    for name in ("moeless", "moeless-paper"):
+        assert doc["systems"][name]["moe_layer_parts_ms"]["decide"]["mean"] > 0  # host decisions are charged
+    assert doc["systems"]["static"]["moe_layer_parts_ms"]["decide"]["mean"] == 0
+
+
+def test_in_sample_replays_what_the_learners_saw(cli, tmp_path, prompts):
+    result = cli(*_args(tmp_path / "out", prompts, "--in-sample", "--time-model", "compute", "--decision-cost", "none",
+                        "--json"))
+    assert result.exit_code == 0, result.output
+    setting = json.loads(result.stdout)["setting"]
+    split = setting["split"]
+    assert split["kind"] == "in-sample" and split["training_requests"] == split["replay_requests"] == list(range(8))
+    assert split["trace_replay_window"] == [0, 6] and setting["time_model"] == "compute"
+    assert setting["decision_cost"] == "none"
+    assert "in-sample" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_llama4_scout_preset_runs(cli, bench_run, prompts):
+    out, _ = bench_run  # the tiny mixtral's top-2 of 8 feeds a top-1 of 16 (first expert, split in two)
+    result = cli(*_args(out, prompts, "--preset", "llama-4-scout", "--max-requests", "10", "--json"))
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    setting = doc["setting"]
+    assert setting["preset"]["name"] == "llama-4-scout" and setting["preset"]["top_k"] == 1
+    assert setting["hardware"] == "h100" and setting["expert_split"] == 2  # the preset's hardware by default
+    assert set(doc["systems"]) >= SYSTEMS and doc["stages"]["profile"]["reused"]
+    for core in doc["systems"].values():
+        assert core["requests"]["completed"] == 10 and core["moe_layer_ms"]["mean"] > 0
+
+
 def test_cached_stages_are_reused_and_table_prints(cli, bench_run, prompts):
     out, _ = bench_run
     result = cli(*_args(out, prompts, "--batching", "paper", "--equal-budget"))
@@ -151,6 +195,8 @@ def test_real_mode_runs_every_system_through_serve(cli, bench_run, prompts):
         (["--batching", "weekly"], "unknown --batching"),
         (["--mode", "live"], "unknown --mode"),
         (["--time-model", "fast"], "unknown --time-model"),
+        (["--time-model", "default"], "unknown --time-model"),
+        (["--decision-cost", "soon"], "--decision-cost"),
         (["--preset", "olmoe-1b-7b"], "top-8"),
     ],
 )

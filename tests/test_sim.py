@@ -17,11 +17,11 @@ from moeless_cli.sim.timemodel import ClusterModel
 from moeless_cli.workloads.traces import Trace
 
 
-def _cluster(preset="mixtral-8x7b", hw="a6000", gpus=8, time_model="default") -> ClusterModel:
+def _cluster(preset="mixtral-8x7b", hw="a6000", gpus=8, time_model="compute") -> ClusterModel:
     return ClusterModel(get_hardware(hw), get_preset(preset), gpus, time_model)
 
 
-@pytest.mark.parametrize("time_model", ["default", "roofline"])
+@pytest.mark.parametrize("time_model", ["compute", "roofline", "physical"])
 def test_oracle_is_a_floor_and_static_uniform_equals_it(time_model):
     cluster = _cluster(time_model=time_model)
     rng = np.random.default_rng(0)
@@ -119,7 +119,7 @@ def test_routing_maps_layers_cyclically_and_splits_experts():
 def test_simulator_runs_every_system_and_costs_add_up(batching):
     cluster = _cluster()
     routing = build_routing(_fake_profile(), cluster.preset.moe_layers, cluster.preset.num_experts, 2)
-    config = SimConfig(batching=batching, keep_alive_s=1.0)
+    config = SimConfig(batching=batching, keep_alive_s=1.0, decision="none")  # the time model alone
     trace = _trace()
     results = {name: simulate(name, cluster, routing, trace, config) for name in
                ("static", "eplb", "eplb+balanced", "oracle", "moeless-paper", "moeless")}

@@ -20,7 +20,7 @@ from moeless_cli.bench.pipeline import SYSTEMS, Say, plan_stage
 from moeless_cli.online.report import latency_stats
 
 if TYPE_CHECKING:
-    from moeless_cli.bench.request import BenchRequest
+    from moeless_cli.bench.request import BenchRequest, ReplaySplit
     from moeless_cli.jobs.plan import PlanSource
     from moeless_cli.planning.plan import Plan
     from moeless_cli.sim.routing import RecordedRouting
@@ -41,26 +41,29 @@ class SystemRuns:
     pareto: dict[str, Any] | None = None  # sim mode with request.pareto: {"iterations", "systems", "rows"}
 
 
-def run_sim(request: BenchRequest, model: str, trace: Any, profile_dir: Path, predictor_path: Path, say: Say,
-            on_progress: OnProgress | None = None) -> SystemRuns:
-    """Every system on the simulated cluster over `trace` (a workloads Trace), with routing recorded from `model`."""
+def run_sim(request: BenchRequest, model: str, trace: Any, profile_dir: Path, predictor_path: Path,
+            split: ReplaySplit, say: Say, on_progress: OnProgress | None = None) -> SystemRuns:
+    """Every system on the simulated cluster over `trace` (a workloads Trace), with routing recorded from `model`:
+    the plan from split's training requests, the replay of its replay requests."""
     from moeless_cli.predictor import load_predictor
     from moeless_cli.profiling import load_profile
     from moeless_cli.sim.hardware import get_hardware
     from moeless_cli.sim.presets import get_preset
-    from moeless_cli.sim.routing import build_routing
     from moeless_cli.sim.simulator import SimConfig, replica_budget
-    from moeless_cli.sim.timemodel import ClusterModel
+    from moeless_cli.sim.timemodel import TIME_MODEL_NOTES, ClusterModel
+    from moeless_cli.workloads.prompts import PHASED_DATASETS
 
     preset, hardware = get_preset(request.preset), get_hardware(request.hardware)
     profile = load_profile(profile_dir)
     predictor = load_predictor(predictor_path, expected_config_hash=profile.config_hash)
-    routing = build_routing(profile, preset.moe_layers, preset.num_experts, preset.top_k, predictor)
+    training, routing = _routings(profile, preset, predictor, split)
     cluster = ClusterModel(hardware, preset, request.gpus, request.time_model)
     slots = cluster.slots_per_gpu()
-    config = SimConfig(batching=request.batching, keep_alive_s=request.keep_alive_s, equal_budget=request.equal_budget)
+    config = SimConfig(batching=request.batching, keep_alive_s=request.keep_alive_s, equal_budget=request.equal_budget,
+                       decision=request.decision,
+                       request_order="phases" if request.dataset in PHASED_DATASETS else "cycle")
     budget = replica_budget(routing.num_experts, request.gpus, slots, config.redundant)
-    source = _plan_source(routing, request)
+    source = _plan_source(training, request)
     plan, stage = plan_stage(request.out, request.plan_request(slots, budget), source, say)
     systems, same, schedule = _simulate(cluster, routing, trace, config, predictor, plan, on_progress)
     pareto = None
@@ -75,6 +78,8 @@ def run_sim(request: BenchRequest, model: str, trace: Any, profile_dir: Path, pr
         "serverless_replica_cap_per_layer": budget if request.equal_budget else slots * request.gpus,
         "trace": request.trace, "requests": len(trace),
         "dataset": request.dataset, "batching": request.batching, "time_model": request.time_model,
+        "time_model_note": TIME_MODEL_NOTES[request.time_model],
+        "decision_cost": config.decision, "request_order": config.request_order,
         "keep_alive_s": request.keep_alive_s, "time_scale": request.time_scale,
         "simulated_layers": routing.num_layers, "layer_multiplicity": routing.multiplicity,
         "expert_split": routing.split, "predictor_layers": routing.forecast_layers,
@@ -82,6 +87,20 @@ def run_sim(request: BenchRequest, model: str, trace: Any, profile_dir: Path, pr
     }
     plan_info = {"reused": stage.reused, "replicas_per_layer": [layer.num_replicas for layer in plan.layers]}
     return SystemRuns(setting, systems, same, plan=plan_info, pareto=pareto)
+
+
+def _routings(profile: Any, preset: Any, predictor: Any, split: ReplaySplit) -> tuple[RecordedRouting, RecordedRouting]:
+    """(what the learners see, what is replayed): one routing in-sample; held out, the training requests'
+    (loads only) and the replay requests' (with forecasts), the replay knowing only the training loads."""
+    from moeless_cli.sim.routing import build_routing
+
+    shape = (preset.moe_layers, preset.num_experts, preset.top_k)
+    if not split.held_out:
+        routing = build_routing(profile, *shape, predictor)
+        return routing, routing
+    training = build_routing(profile, *shape, requests=np.asarray(split.train_requests))
+    replay = build_routing(profile, *shape, predictor, requests=np.asarray(split.replay_requests))
+    return training, replay.with_history(training.history)
 
 
 def _model_path(model: str) -> Path:

@@ -94,7 +94,9 @@ def markdown_report(result: BenchResult) -> str:
     lines = [
         "# moeless bench",
         "",
-        f"- mode: {result.mode}; time model: {s['time_model']}; batching: {s['batching']}",
+        f"- mode: {result.mode}; time model: {s['time_model']} ({s.get('time_model_note', '')}); "
+        f"batching: {s['batching']}; host decisions charged: {s.get('decision_cost', 'none')}",
+        f"- traffic: {s['split']['kind']}: {s['split']['note']}" if "split" in s else "- traffic: in-sample",
         f"- cluster: {s['gpus']} x {s['hardware']} ({s['hardware_description']}); "
         f"{s['slots_per_gpu_per_layer']} replica slots per GPU per layer",
         f"- model sizes: {preset['name']} ({preset['moe_layers']} MoE layers, {preset['num_experts']} experts "

@@ -14,30 +14,42 @@ if TYPE_CHECKING:
 
 HELP = ("Every system side by side: static EP, EPLB, EPLB+balanced, Oracle, moeless-paper and moeless on a simulated "
         "cluster, and a latency-memory sweep.")
+OPTION_HELP = {
+    "hardware": "GPU model: a6000, h100, h200; default: the preset's (a6000; h100 for llama-4-scout, h200 for "
+                "deepseek-v3).",
+    "dataset": "Prompts whose routing is recorded (built-in, e.g. mix, or shift: code, then math, then prose; or a file).",
+    "mode": "sim (simulated cluster), real (serve's runtime), or auto: real when this machine has --gpus CUDA devices.",
+    "time_model": "physical (roofline GEMMs with weight streaming, collective latency), compute (an idealisation: "
+                  "no weight streaming), roofline, or paper (comparison only).",
+    "decision": "Per-layer charge of split decisions made on the host (moeless, moeless-paper): measured, none, "
+                "or seconds.",
+    "in_sample": "Replay the very prompts and trace window the plan, spares and predictors learned from "
+                 "(default: held out).",
+    "max_requests": "Trace requests replayed (held out: the ones after the first as many; in-sample: the first).",
+    "equal_budget": "Hold moeless-paper and moeless to EPLB's replicas per layer (default: they scale within GPU "
+                    "memory).",
+    "num_prompts": "Prompts the learners see (held out: as many again are profiled to replay).",
+}
 
 
 @guarded
 def bench(
     model: Optional[str] = typer.Option(None, "--model", help="Routing model (built-in or checkpoint); default: the preset's."),
     preset: str = typer.Option("mixtral-8x7b", "--preset", help="Model sizes to simulate."),
-    hardware: str = typer.Option("a6000", "--hardware", help="GPU model: a6000, h100, h200."),
+    hardware: Optional[str] = typer.Option(None, "--hardware", help=OPTION_HELP["hardware"]),
     gpus: int = typer.Option(8, "--gpus", help="GPUs in the simulated cluster."),
     trace: str = typer.Option("azure-conv", "--trace", help="Arrival trace (built-in name or CSV/JSONL)."),
-    dataset: str = typer.Option("mix", "--dataset", help="Prompts whose routing is recorded."),
+    dataset: str = typer.Option("mix", "--dataset", help=OPTION_HELP["dataset"]),
     batching: str = typer.Option("continuous", "--batching", help="continuous, or paper (one-second batches)."),
-    mode: str = typer.Option(
-        "auto", "--mode",
-        help="sim (simulated cluster), real (serve's runtime), or auto: real when this machine has --gpus CUDA devices.",
-    ),
-    time_model: str = typer.Option("default", "--time-model", help="default, roofline, or paper (comparison only)."),
-    max_requests: int = typer.Option(200, "--max-requests", help="First requests of the trace."),
+    mode: str = typer.Option("auto", "--mode", help=OPTION_HELP["mode"]),
+    time_model: str = typer.Option("physical", "--time-model", help=OPTION_HELP["time_model"]),
+    decision: str = typer.Option("measured", "--decision-cost", help=OPTION_HELP["decision"]),
+    in_sample: bool = typer.Option(False, "--in-sample", help=OPTION_HELP["in_sample"]),
+    max_requests: int = typer.Option(200, "--max-requests", help=OPTION_HELP["max_requests"]),
     time_scale: float = typer.Option(1.0, "--time-scale", help=">1 compresses arrivals."),
     keep_alive: float = typer.Option(5.0, "--keep-alive", help="Serverless keep-alive, seconds."),
-    equal_budget: bool = typer.Option(
-        False, "--equal-budget",
-        help="Hold moeless-paper and moeless to EPLB's replicas per layer (default: they scale within GPU memory).",
-    ),
-    num_prompts: int = typer.Option(64, "--num-prompts", help="Prompts profiled for routing."),
+    equal_budget: bool = typer.Option(False, "--equal-budget", help=OPTION_HELP["equal_budget"]),
+    num_prompts: int = typer.Option(64, "--num-prompts", help=OPTION_HELP["num_prompts"]),
     epochs: int = typer.Option(30, "--epochs", help="Predictor training epochs."),
     devices: str = typer.Option("cpu", "--devices", help="Real mode: comma-separated devices (cpu, cuda:0, ...)."),
     pareto: bool = typer.Option(
@@ -54,7 +66,8 @@ def bench(
     from moeless_cli.jobs.bench import BenchRequest, run_bench
 
     request = BenchRequest(model=model, preset=preset, hardware=hardware, gpus=gpus, trace=trace, dataset=dataset,
-                           batching=batching, mode=mode, time_model=time_model, max_requests=max_requests,
+                           batching=batching, mode=mode, time_model=time_model, decision=decision,
+                           in_sample=in_sample, max_requests=max_requests,
                            time_scale=time_scale, keep_alive_s=keep_alive, equal_budget=equal_budget,
                            num_prompts=num_prompts, epochs=epochs, out=out, pareto=pareto,
                            pareto_iterations=pareto_iterations,

@@ -49,16 +49,15 @@ def ratios(systems: dict[str, Any]) -> dict[str, dict[str, float | None]]:
     return out
 
 
-def _prepare(request: BenchRequest) -> Any:
-    """Every check that can fail before minutes of work; returns the trace."""
+def _prepare(request: BenchRequest) -> tuple[Any, int]:
+    """Every check that can fail before minutes of work; returns the trace window replayed and its start."""
     from moeless_cli.bench.pipeline import check_routing_model
     from moeless_cli.fileio import ensure_writable_parent
     from moeless_cli.sim.presets import get_preset
-    from moeless_cli.workloads.traces import load_trace
 
     request.validate()
     request.resolve_mode()
-    trace = load_trace(request.trace, time_scale=request.time_scale, max_requests=request.max_requests)
+    window = request.load_trace()
     if request.mode == "sim":
         check_routing_model(request.routing_model(), get_preset(request.preset))
     ensure_writable_parent(request.out)
@@ -66,7 +65,7 @@ def _prepare(request: BenchRequest) -> Any:
         request.out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise MoelessError(f"cannot create --out {request.out}: {exc.strerror}") from None
-    return trace
+    return window
 
 
 def _write_outputs(result: BenchResult, out: Path) -> tuple[Path, ...]:
@@ -83,10 +82,11 @@ def run_bench(request: BenchRequest, say: Callable[[str], None] = lambda _: None
     """The whole pipeline, every system, and the reports in request.out."""
     from moeless_cli.bench.pipeline import predictor_stage, profile_stage
 
-    trace = _prepare(request)
+    trace, trace_start = _prepare(request)
     model = request.routing_model()
     profile = profile_stage(request.out, request.profile_request(), say)
-    predictor = predictor_stage(request.out, request.train_request(), profile, say)
+    split = request.replay_split(profile.path, trace_start)
+    predictor = predictor_stage(request.out, request.train_request(split), profile, say)
     if request.mode == "real":
         from moeless_cli.bench.real import run_real
 
@@ -94,9 +94,10 @@ def run_bench(request: BenchRequest, say: Callable[[str], None] = lambda _: None
     else:
         from moeless_cli.bench.compare import run_sim
 
-        runs = run_sim(request, model, trace, profile.path, predictor.path, say, on_progress)
+        runs = run_sim(request, model, trace, profile.path, predictor.path, split, say, on_progress)
     stages = {"profile": profile.as_dict(), "predictor": predictor.as_dict()}
-    result = BenchResult(mode=request.mode, setting=runs.setting, systems=runs.systems, ratios=ratios(runs.systems),
+    setting = {**runs.setting, "split": split.as_dict(len(trace))}
+    result = BenchResult(mode=request.mode, setting=setting, systems=runs.systems, ratios=ratios(runs.systems),
                          stages=stages if runs.plan is None else stages | {"plan": runs.plan},
                          moe_layer_s=runs.moe_layer_s, simulator_check=runs.simulator_check, pareto=runs.pareto)
     return dataclasses.replace(result, files=_write_outputs(result, request.out))

@@ -16,6 +16,9 @@ and reads these attributes:
                       billed alike, live and per invocation (`online/report.py`)
   `perfect_balance`   the time model (and serve's gate) spread its work perfectly (oracle)
   `predictor_method`  "paper" / "moeless": the forecasts `prepare` wants; None: no forecast
+  `decision_on_host`  its `dispatch` split is computed on the host after the gate (Python per layer:
+                      the simulator charges its time on the critical path); False: what an engine's
+                      dispatch kernel computes on the device anyway (DeepEP's layout), free
   `pool`              its expert function instances (`online/functions.py`): what is live, billing
 
 Registry (`ONLINE_POLICIES`):
@@ -127,6 +130,7 @@ class Policy(Protocol):
     serverful: ClassVar[bool]
     perfect_balance: ClassVar[bool]
     predictor_method: ClassVar[str | None]
+    decision_on_host: ClassVar[bool]
     pool: FunctionPool
 
     def prepare(self, layer: int, predicted_load: np.ndarray | None, now: float) -> tuple[np.ndarray, np.ndarray]:
@@ -161,6 +165,7 @@ class OnlinePolicy:
     serverful: ClassVar[bool] = True  # bills reserved memory for the whole run (else per invocation)
     perfect_balance: ClassVar[bool] = False  # the time model spreads its work perfectly (oracle)
     predictor_method: ClassVar[str | None] = None  # "paper" / "moeless": forecasts wanted by prepare()
+    decision_on_host: ClassVar[bool] = False  # dispatch's split is host code after the gate (charged by the simulator)
 
     def initial_plan(self, layer: int) -> LayerPlan:
         return static_placement(self.setting.num_experts, self.setting.num_gpus)
@@ -297,6 +302,7 @@ class EplbBalancedPolicy(EplbPolicy):
     """EPLB's placement and re-plans; each batch's whole tokens balanced over the plan's replicas."""
 
     name = "eplb+balanced"
+    decision_on_host = True  # moeless's whole-token split, host code after the gate
 
     def _split(self, layer: int, plan: LayerPlan, load: np.ndarray) -> np.ndarray:
         return _balanced_over(plan, load, self.setting)
@@ -306,6 +312,7 @@ class MoelessPaperPolicy(OnlinePolicy):
     name = "moeless-paper"
     serverful = False
     predictor_method = "paper"
+    decision_on_host = True
 
     def prepare(self, layer: int, predicted_load: np.ndarray | None, now: float) -> tuple[np.ndarray, np.ndarray]:
         from moeless_cli.planning.solvers.moeless_paper import moeless_paper_layer
@@ -343,6 +350,7 @@ class MoelessPolicy(OnlinePolicy):
     name = "moeless"
     serverful = False
     predictor_method = "moeless"
+    decision_on_host = True
 
     def initial_plan(self, layer: int) -> LayerPlan:
         s = self.setting
@@ -427,6 +435,7 @@ class BalancedPlanPolicy(FixedPlanPolicy):
     """`setting.plan`'s replicas; each layer's whole tokens balanced over GPUs once the true load is known."""
 
     name = "fixed-plan-balanced"
+    decision_on_host = True
 
     def dispatch(self, layer: int, true_load: np.ndarray, now: float) -> Dispatch:
         plan = self.plans[layer]
