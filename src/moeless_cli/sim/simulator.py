@@ -27,7 +27,7 @@ from moeless_cli.errors import MoelessError, require_choice
 from moeless_cli.online.batching import BATCHING, ContinuousBatcher, PaperBatcher, Request, next_event_s
 from moeless_cli.online.functions import FunctionPool
 from moeless_cli.online.policies import Policy, PolicySetting, make_policy
-from moeless_cli.online.report import CostTotals, build_report, latency_stats, pool_gbs
+from moeless_cli.online.report import CostTotals, build_report, latency_stats
 from moeless_cli.planning.dispatch import round_split
 from moeless_cli.planning.plan import Plan, replica_cap
 from moeless_cli.sim.routing import RecordedRouting
