@@ -99,6 +99,8 @@ def accounted_report(o: ServeOptions, run: RunDir, reason: str, interrupted: boo
         options=replace(o, backend="dist").to_json(), model=facts["model"], workers=o.workers,
         num_layers=int(facts["num_moe_layers"]), policy=facts["policy"], lossy=bool(facts["lossy"]), timings=timings,
         layers=[], predict_s=[], predictor_method=None, predictions=0,
-        cost=CostTotals(0.0, 0.0, 0.0, o.workers * now, o.gpu_price_per_hour), functions=FunctionCounters(),
+        cost=CostTotals(gbs_proxy=0.0, gbs_live=0.0, gbs_per_invocation=0.0, serverless_gpu_s=0.0,
+                        serverful_gpu_s=o.workers * now, usd_per_gpu_hour=o.gpu_price_per_hour),
+        functions=FunctionCounters(),
         functions_measured=asdict(MeasuredFunctionCounters()), makespan_s=now, interrupted=interrupted,
         errors=[reason], outputs={rid: line["outputs"] for rid, line in done.items()}))
