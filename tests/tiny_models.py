@@ -192,6 +192,7 @@ def plain_greedy_outputs(model_dir: str | Path, small_args: tuple[str, ...]) -> 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from moeless_cli.serving.reference import reference_outputs
     from moeless_cli.serving.setup import ServeOptions, build_workload
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, local_files_only=True).eval()
@@ -200,12 +201,5 @@ def plain_greedy_outputs(model_dir: str | Path, small_args: tuple[str, ...]) -> 
     options = ServeOptions(model=str(model_dir), max_requests=int(flags["--max-requests"]),
                            max_output_tokens=int(flags["--max-output-tokens"]),
                            max_prompt_tokens=int(flags["--max-prompt-tokens"]), time_scale=float(flags["--time-scale"]))
-    workload = build_workload(options, tokenizer)
-    out = {}
     with single_thread_torch():
-        for r in workload.requests:
-            ids = torch.tensor([workload.prompts[r.id]])
-            gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                 max_new_tokens=r.output_tokens, min_new_tokens=r.output_tokens, pad_token_id=0)
-            out[str(r.id)] = gen[0, ids.shape[1]:].tolist()
-    return out
+        return reference_outputs(model, build_workload(options, tokenizer))
