@@ -29,7 +29,7 @@ class Setting:
     preset: str
     trace: str
     batching: str = "continuous"
-    time_model: str = "default"
+    time_model: str = "physical"
     hardware: str = "a6000"
     max_requests: int | None = None  # None: --max-requests
     equal_budget: bool = False  # serverless systems held to EPLB's replicas

@@ -9,7 +9,7 @@ import pytest
 
 from tests.tiny_models import cached_tiny_checkpoint
 
-SYSTEMS = {"static", "eplb", "oracle", "moeless-paper", "moeless"}
+SYSTEMS = {"static", "eplb", "eplb+balanced", "oracle", "moeless-paper", "moeless"}
 
 
 @pytest.fixture(scope="module")
@@ -49,17 +49,93 @@ def test_json_core_and_files(bench_run):
         assert core["policy"] == name
         assert core["requests"] == {"submitted": 6, "completed": 6, "failed": 0}
         assert set(core["latency_s"]) == {"ttft", "tpot", "e2e"}
-        assert set(core["cost"]) >= {"gbs_proxy", "serverless_gpu_s", "serverful_gpu_s", "usd_serverless", "usd_serverful"}
+        cost = core["cost"]
+        assert set(cost) >= {"gbs_proxy", "gbs_live", "gbs_per_invocation", "serverless_gpu_s", "serverful_gpu_s",
+                             "usd_serverless", "usd_serverful"}
+        assert cost["gbs_live"] > 0 and cost["gbs_per_invocation"] > 0  # one rule, every system billed
+        serverless = name in ("moeless-paper", "moeless")  # the paper's asymmetric proxy, kept as published
+        assert cost["gbs_proxy"] == cost["gbs_per_invocation" if serverless else "gbs_live"]
+        assert set(doc["ratios"][name]) >= {"gbs_live_vs_static", "gbs_live_vs_eplb", "gbs_per_invocation_vs_static",
+                                            "gbs_vs_static", "gbs_vs_eplb", "moe_vs_static", "moe_vs_eplb"}
         assert set(core["functions"]) == {"cold_starts", "warm_hits", "created", "retired", "bytes_moved"}
         assert core["lossy"] == (name == "oracle")
         assert core["moe_layer_ms"]["mean"] >= doc["systems"]["oracle"]["moe_layer_ms"]["mean"] - 1e-12
     assert doc["ratios"]["static"]["moe_vs_static"] == pytest.approx(1.0)
-    for name in ("bench.json", "report.md", "moe_latency_cdf.png", "cost.png", "predictor.safetensors"):
+    assert doc["ratios"]["eplb"]["gbs_live_vs_eplb"] == pytest.approx(1.0)
+    for name in ("bench.json", "report.md", "moe_latency_cdf.png", "cost.png", "pareto.png", "predictor.safetensors"):
         assert (out / name).is_file(), name
     assert (out / "moe_latency_cdf.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((out / "bench.json").read_text())["systems"]["moeless"]["policy"] == "moeless"
     assert "| moeless |" in (out / "report.md").read_text()
-    assert "Against the paper: moeless / static EP" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "Against the paper: moeless / static EP" in report
+    assert report.count("As published") == 1 and "| eplb+balanced |" in report
+
+
+def test_pareto_has_one_row_per_system_and_memory_point(bench_run):
+    from moeless_cli.bench.pareto import PARETO_SYSTEMS, memory_points
+
+    out, doc = bench_run
+    setting, pareto = doc["setting"], doc["pareto"]
+    points = memory_points(setting["preset"]["num_experts"], setting["gpus"], setting["slots_per_gpu_per_layer"])
+    assert [p.replicas_per_layer for p in points] == [8, 12, 16, 24]  # E + 0, G/2, G; 2G = 4G = memory (3 slots)
+    assert pareto["systems"] == list(PARETO_SYSTEMS) and 0 < pareto["iterations"] <= 400
+    rows = pareto["rows"]
+    assert sorted((r["system"], r["replicas_per_layer"]) for r in rows) == sorted(
+        (s, p.replicas_per_layer) for s in PARETO_SYSTEMS for p in points)
+    for row in rows:
+        assert row["moe_layer_ms"] > 0 and row["gbs_live"] > 0 and row["gbs_per_invocation"] > 0
+        assert row["live_replicas_per_layer"] <= row["replicas_per_layer"] + 1e-9  # held within the point
+    assert any(row["pareto_optimal"] for row in rows)
+    smallest = [r for r in rows if r["replicas_per_layer"] == 8]  # E + 0: one replica per expert, nothing to scale
+    # (live GB·s still differs by the run's length: host decisions are charged)
+    assert {round(r["live_replicas_per_layer"], 6) for r in smallest} == {8.0}
+    assert "## Latency-memory Pareto" in (out / "report.md").read_text()
+    assert (out / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_physical_time_and_held_out_traffic_by_default(bench_run):
+    out, doc = bench_run
+    setting = doc["setting"]
+    assert setting["time_model"] == "physical" and setting["decision_cost"] == "measured"
+    split = setting["split"]
+    train, replayed = set(split["training_requests"]), set(split["replay_requests"])
+    assert split["kind"] == "held-out" and train and replayed and train.isdisjoint(replayed)
+    assert train | replayed == set(range(8))  # the 8 prompts of the file: half learn, half are replayed
+    assert split["trace_training_window"] == [0, 6] and split["trace_replay_window"] == [6, 12]
+    from moeless_cli.predictor.store import read_manifest
+
+    manifest = read_manifest(out / "predictor.safetensors")  # the predictors saw the training requests alone
+    assert manifest["train_requests"] == split["training_requests"]
+    assert "held-out" in (out / "report.md").read_text()
+    for name in ("moeless", "moeless-paper"):
+        assert doc["systems"][name]["moe_layer_parts_ms"]["decide"]["mean"] > 0  # host decisions are charged
+    assert doc["systems"]["static"]["moe_layer_parts_ms"]["decide"]["mean"] == 0
+
+
+def test_in_sample_replays_what_the_learners_saw(cli, tmp_path, prompts):
+    result = cli(*_args(tmp_path / "out", prompts, "--in-sample", "--time-model", "compute", "--decision-cost", "none",
+                        "--json"))
+    assert result.exit_code == 0, result.output
+    setting = json.loads(result.stdout)["setting"]
+    split = setting["split"]
+    assert split["kind"] == "in-sample" and split["training_requests"] == split["replay_requests"] == list(range(8))
+    assert split["trace_replay_window"] == [0, 6] and setting["time_model"] == "compute"
+    assert setting["decision_cost"] == "none"
+    assert "in-sample" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_llama4_scout_preset_runs(cli, bench_run, prompts):
+    out, _ = bench_run  # the tiny mixtral's top-2 of 8 feeds a top-1 of 16 (first expert, split in two)
+    result = cli(*_args(out, prompts, "--preset", "llama-4-scout", "--max-requests", "10", "--json"))
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    setting = doc["setting"]
+    assert setting["preset"]["name"] == "llama-4-scout" and setting["preset"]["top_k"] == 1
+    assert setting["hardware"] == "h100" and setting["expert_split"] == 2  # the preset's hardware by default
+    assert set(doc["systems"]) >= SYSTEMS and doc["stages"]["profile"]["reused"]
+    for core in doc["systems"].values():
+        assert core["requests"]["completed"] == 10 and core["moe_layer_ms"]["mean"] > 0
 
 
 def test_cached_stages_are_reused_and_table_prints(cli, bench_run, prompts):
@@ -120,6 +196,8 @@ def test_real_mode_runs_every_system_through_serve(cli, bench_run, prompts):
         (["--batching", "weekly"], "unknown --batching"),
         (["--mode", "live"], "unknown --mode"),
         (["--time-model", "fast"], "unknown --time-model"),
+        (["--time-model", "default"], "unknown --time-model"),
+        (["--decision-cost", "soon"], "--decision-cost"),
         (["--preset", "olmoe-1b-7b"], "top-8"),
     ],
 )

@@ -59,7 +59,7 @@ def test_empty_dataset(cli, tmp_path):
 
 def test_unknown_dataset_lists_builtins(cli, tmp_path):
     _fails(cli, "--model", cached_tiny_checkpoint("mixtral"), "--dataset", "nope", "--out", tmp_path / "o",
-           match="gsm8k, humaneval, mix, tinyshakespeare, wikitext2")
+           match="gsm8k, humaneval, mix, shift, tinyshakespeare, wikitext2")
 
 
 def test_unwritable_out(cli, tmp_path):

@@ -25,7 +25,12 @@ def check_core(report, policy):
     for name in ("ttft", "tpot", "e2e"):
         assert set(report["latency_s"][name]) == {"mean", "p50", "p90", "p99"}
     assert set(report["moe_layer_ms"]) == {"mean", "p50", "p99"}
-    assert {"gbs_proxy", "serverless_gpu_s", "serverful_gpu_s", "usd_serverless", "usd_serverful"} <= set(report["cost"])
+    cost = report["cost"]
+    assert {"gbs_proxy", "gbs_live", "gbs_per_invocation", "serverless_gpu_s", "serverful_gpu_s", "usd_serverless",
+            "usd_serverful"} <= set(cost)
+    if req["completed"]:  # one billing rule for every policy: live instances and invocations both cost
+        assert cost["gbs_live"] > 0 and cost["gbs_per_invocation"] > 0
+        assert cost["gbs_proxy"] in (cost["gbs_live"], cost["gbs_per_invocation"])  # the paper's asymmetric rule
     assert set(report["functions"]) == {"cold_starts", "warm_hits", "created", "retired", "bytes_moved"}
     if req["completed"]:  # the starting replicas are warm: layers that ran on them are warm hits
         assert report["functions"]["warm_hits"] > 0
@@ -50,8 +55,8 @@ def test_serve_json_core_and_identical_tokens(cli, tmp_path, family):
     assert report["functions_measured"]["created"] >= 8 * 3  # every expert copied onto a worker
 
 
-@pytest.mark.parametrize("policy,extra", [("static", ()), ("eplb", ()), ("moeless-paper", ("--batching", "paper")),
-                                          ("oracle", ())])
+@pytest.mark.parametrize("policy,extra", [("static", ()), ("eplb", ()), ("eplb+balanced", ()),
+                                          ("moeless-paper", ("--batching", "paper")), ("oracle", ())])
 def test_serve_other_policies(cli, policy, extra):
     model = cached_tiny_checkpoint("mixtral")
     report = run_json(cli, "--model", model, "--policy", policy, "--workers", "2", *SMALL, *extra)

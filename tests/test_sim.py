@@ -12,16 +12,16 @@ from moeless_cli.planning.dispatch import round_split
 from moeless_cli.sim.hardware import HARDWARE, get_hardware
 from moeless_cli.sim.presets import PRESETS, get_preset
 from moeless_cli.sim.routing import TokenTable, build_routing
-from moeless_cli.sim.simulator import SimConfig, replay, replica_budget, simulate
+from moeless_cli.sim.simulator import SimConfig, replay, replay_costs, replica_budget, simulate
 from moeless_cli.sim.timemodel import ClusterModel
 from moeless_cli.workloads.traces import Trace
 
 
-def _cluster(preset="mixtral-8x7b", hw="a6000", gpus=8, time_model="default") -> ClusterModel:
+def _cluster(preset="mixtral-8x7b", hw="a6000", gpus=8, time_model="compute") -> ClusterModel:
     return ClusterModel(get_hardware(hw), get_preset(preset), gpus, time_model)
 
 
-@pytest.mark.parametrize("time_model", ["default", "roofline"])
+@pytest.mark.parametrize("time_model", ["compute", "roofline", "physical"])
 def test_oracle_is_a_floor_and_static_uniform_equals_it(time_model):
     cluster = _cluster(time_model=time_model)
     rng = np.random.default_rng(0)
@@ -119,10 +119,10 @@ def test_routing_maps_layers_cyclically_and_splits_experts():
 def test_simulator_runs_every_system_and_costs_add_up(batching):
     cluster = _cluster()
     routing = build_routing(_fake_profile(), cluster.preset.moe_layers, cluster.preset.num_experts, 2)
-    config = SimConfig(batching=batching, keep_alive_s=1.0)
+    config = SimConfig(batching=batching, keep_alive_s=1.0, decision="none")  # the time model alone
     trace = _trace()
     results = {name: simulate(name, cluster, routing, trace, config) for name in
-               ("static", "eplb", "oracle", "moeless-paper", "moeless")}
+               ("static", "eplb", "eplb+balanced", "oracle", "moeless-paper", "moeless")}
     schedule = results["static"]["schedule"]
     same = {name: replay(name, cluster, routing, schedule, config) for name in results}
     for name, result in results.items():
@@ -135,10 +135,50 @@ def test_simulator_runs_every_system_and_costs_add_up(batching):
         assert result["moe_layer_s"].size == core["iterations"] * 32
         assert same[name].size == len(schedule) * 32
         assert same[name].mean() >= same["oracle"].mean() - 1e-12  # Oracle is the floor on the same batches
+        cost = core["cost"]  # one billing rule for every system; the paper's asymmetric proxy beside it
+        assert cost["gbs_live"] > 0 and cost["gbs_per_invocation"] > 0
+        assert cost["gbs_proxy"] == cost["gbs_live" if name in ("static", "eplb", "eplb+balanced", "oracle")
+                                         else "gbs_per_invocation"]
     static = results["static"]["report"]
     assert static["cost"]["gbs_proxy"] == pytest.approx(static["makespan_s"] * 32 * 8 * cluster.preset.expert_bytes / 1e9)
     assert results["moeless"]["report"]["cost"]["gbs_proxy"] < static["cost"]["gbs_proxy"]
     assert same["moeless"].mean() <= same["static"].mean()
+
+
+def test_per_invocation_gbs_is_bytes_times_seconds_of_each_invocation_for_a_static_system(monkeypatch):
+    cluster = _cluster()
+    routing = build_routing(_fake_profile(), cluster.preset.moe_layers, cluster.preset.num_experts, 2)
+    calls = []
+    original = ClusterModel.moe_layer
+
+    def recorded(self, gpu, tokens, perfect_balance=False):
+        seconds, gpu_s = original(self, gpu, tokens, perfect_balance)
+        calls.append((int((tokens > 0).sum()), seconds))
+        return seconds, gpu_s
+
+    monkeypatch.setattr(ClusterModel, "moe_layer", recorded)
+    core = simulate("static", cluster, routing, _trace(), SimConfig(keep_alive_s=1.0))["report"]
+    mult = np.tile(routing.multiplicity, len(calls) // routing.num_layers)  # layer calls come in layer order
+    expected = sum(m * used * cluster.preset.expert_bytes / 1e9 * s for m, (used, s) in zip(mult, calls))
+    assert core["cost"]["gbs_per_invocation"] == pytest.approx(expected)
+    live = core["makespan_s"] * 32 * 8 * cluster.preset.expert_bytes / 1e9  # pinned for the whole run
+    assert core["cost"]["gbs_live"] == pytest.approx(live)
+
+
+def test_replay_costs_hold_every_system_to_the_swept_budget():
+    cluster = _cluster()
+    routing = build_routing(_fake_profile(), cluster.preset.moe_layers, cluster.preset.num_experts, 2)
+    schedule = simulate("static", cluster, routing, _trace(), SimConfig(keep_alive_s=1.0))["schedule"]
+    gb_layers = cluster.preset.expert_bytes / 1e9 * 32
+    for replicas in (8, 12, 16):
+        config = SimConfig(keep_alive_s=1.0, replicas_per_layer=replicas)
+        for name in ("eplb", "eplb+balanced", "moeless-paper", "moeless"):
+            run = replay_costs(name, cluster, routing, schedule, config)
+            assert run["moe_layer_s"].size == len(schedule) * 32 and run["end_s"] > 0
+            held = run["gbs_live"] / (gb_layers * run["end_s"])  # time-averaged live replicas per layer
+            assert 8 - 1e-9 <= held <= replicas + 1e-9 and run["gbs_per_invocation"] > 0
+    base = replay_costs("eplb", cluster, routing, schedule, SimConfig(keep_alive_s=1.0))
+    assert np.array_equal(base["moe_layer_s"], replay("eplb", cluster, routing, schedule, SimConfig(keep_alive_s=1.0)))
 
 
 def test_serverless_systems_scale_within_memory_unless_held_to_eplbs_budget():

@@ -118,3 +118,14 @@ def test_chat_template_applies_to_chat_prompts_only():
     assert render_prompt(Prompt("def f():", "code", "t", chat=False), tokenizer) == "def f():"
     tokenizer.chat_template = None
     assert render_prompt(Prompt("q", "math", "t", chat=True), tokenizer) == "q"
+
+
+def test_shift_yields_its_phases_in_order():
+    assert "shift" in builtin_dataset_names()
+    shift = load_prompts("shift", num_prompts=12, seed=0)
+    assert [p.domain for p in shift.prompts] == ["code"] * 4 + ["math"] * 4 + ["prose"] * 4
+    assert {p.source for p in shift.prompts[8:]} == {"wikitext2", "tinyshakespeare"}  # prose interleaves both
+    assert [p.domain for p in load_prompts("shift", num_prompts=7).prompts] == ["code"] * 3 + ["math"] * 2 + ["prose"] * 2
+    assert shift.prompts == load_prompts("shift", num_prompts=12, seed=0).prompts  # seeded
+    whole = load_prompts("shift")
+    assert len(whole) == 3 * 164  # as many per phase as the smallest (HumanEval) has

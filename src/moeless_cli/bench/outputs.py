@@ -1,4 +1,5 @@
-"""Bench outputs: the table rows, a markdown report, and two PNGs (MoE-layer latency CDF, cost bars)."""
+"""Bench outputs: the table rows, a markdown report, and PNGs (MoE-layer latency CDF, cost bars, and
+the latency-memory Pareto when the sweep ran)."""
 
 from __future__ import annotations
 
@@ -20,24 +21,35 @@ LATENCY_COLUMNS = (
     ("tok/s", "throughput"), ("lossy", "lossy"),
 )
 COST_COLUMNS = (
-    ("system", "system"), ("GB·s", "gbs"), ("GB·s vs static", "gbs_vs_static"), ("GB·s live", "gbs_live"),
-    ("GPU·s serverless", "gpu_s_serverless"), ("GPU·s serverful", "gpu_s_serverful"),
-    ("replicas/layer", "replicas"), ("cold starts", "cold"),
+    ("system", "system"), ("GB·s live", "gbs_live"), ("live vs static", "gbs_live_vs_static"),
+    ("live vs EPLB", "gbs_live_vs_eplb"), ("GB·s per invocation", "gbs_invocation"),
+    ("per invocation vs static", "gbs_invocation_vs_static"), ("GPU·s serverless", "gpu_s_serverless"),
+    ("GPU·s serverful", "gpu_s_serverful"), ("replicas/layer", "replicas"), ("cold starts", "cold"),
 )
-TABLES = (("Latency", LATENCY_COLUMNS), ("Cost", COST_COLUMNS))
+TABLES = (("Latency", LATENCY_COLUMNS), ("Cost (one billing rule for every system)", COST_COLUMNS))
+PARETO_COLUMNS = (
+    ("memory", "memory"), ("replicas/layer", "replicas"), ("system", "system"), ("MoE mean ms", "moe_mean"),
+    ("GB·s live", "gbs_live"), ("GB·s per invocation", "gbs_invocation"), ("live replicas/layer", "held"),
+    ("cold starts", "cold"), ("Pareto", "optimal"),
+)
 # The MoEless paper's headline ratios for MoEless (MoE-layer latency -43.19% vs static EP and
 # -21.89% vs EPLB; cost -92.68% vs static EP), on its 8x A6000 Mixtral-8x7B testbed.
 PUBLISHED = {"moe_vs_static": 0.5681, "moe_vs_eplb": 0.7811, "gbs_vs_static": 0.0732}
 
 
 def against_the_paper(ratios: dict[str, dict[str, float | None]]) -> str:
-    """One line: moeless's ratios (system -> ratio name -> value, as BenchResult.ratios) beside the
-    published ones, and the floor Oracle sets (simulated runs)."""
+    """One paragraph: moeless's ratios (system -> ratio name -> value, as BenchResult.ratios) beside the
+    published ones, the floor Oracle sets (simulated runs), memory billed alike, and the paper's
+    asymmetric cost comparison, once, labelled as published."""
     r, floor = ratios["moeless"], ratios["oracle"]["moe_vs_static"]
     return (f"moeless / static EP {r['moe_vs_static']:.3f} (paper {PUBLISHED['moe_vs_static']}), / EPLB "
-            f"{r['moe_vs_eplb']:.3f} (paper {PUBLISHED['moe_vs_eplb']}), GB·s / static {r['gbs_vs_static']:.4f} "
-            f"(paper {PUBLISHED['gbs_vs_static']}); the floor any lossless system can reach, Oracle / static EP, "
-            f"is {floor:.3f} here: it is set by how skewed the routing is (docs/results.md).")
+            f"{r['moe_vs_eplb']:.3f} (paper {PUBLISHED['moe_vs_eplb']}); the floor any lossless system can reach, "
+            f"Oracle / static EP, is {floor:.3f} here: it is set by how skewed the routing is (docs/results.md). "
+            f"Memory billed alike: live GB·s / static EP {_f(r['gbs_live_vs_static'])}, / EPLB "
+            f"{_f(r['gbs_live_vs_eplb'])}; per invocation / static EP {_f(r['gbs_per_invocation_vs_static'])}. "
+            f"As published (the paper's asymmetric rule: serverful systems pay reserved memory for the whole run, "
+            f"serverless ones per invocation): GB·s / static {_f(r['gbs_vs_static'], 4)} "
+            f"(paper {PUBLISHED['gbs_vs_static']}).")
 
 
 def _f(value: Any, digits: int = 3, scale: float = 1.0) -> str:
@@ -63,8 +75,9 @@ def table_rows(result: BenchResult) -> list[dict[str, str]]:
             "ttft_p50": _f(lat["ttft"]["p50"]), "ttft_p99": _f(lat["ttft"]["p99"]),
             "tpot_p50": _f(lat["tpot"]["p50"], 2, 1e3), "tpot_p99": _f(lat["tpot"]["p99"], 2, 1e3),
             "throughput": _f(core["throughput_tokens_per_s"], 0),
-            "gbs": _g(core["cost"]["gbs_proxy"]), "gbs_vs_static": _f(r["gbs_vs_static"], 3),
-            "gbs_live": _g(core["cost"]["gbs_live"]),
+            "gbs_live": _g(core["cost"]["gbs_live"]), "gbs_live_vs_static": _f(r["gbs_live_vs_static"]),
+            "gbs_live_vs_eplb": _f(r["gbs_live_vs_eplb"]), "gbs_invocation": _g(core["cost"]["gbs_per_invocation"]),
+            "gbs_invocation_vs_static": _f(r["gbs_per_invocation_vs_static"]),
             "gpu_s_serverless": _f(core["cost"]["serverless_gpu_s"], 1),
             "gpu_s_serverful": _f(core["cost"]["serverful_gpu_s"], 1),
             "replicas": _f(core.get("replicas", {}).get("mean_per_layer"), 1),
@@ -81,7 +94,9 @@ def markdown_report(result: BenchResult) -> str:
     lines = [
         "# moeless bench",
         "",
-        f"- mode: {result.mode}; time model: {s['time_model']}; batching: {s['batching']}",
+        f"- mode: {result.mode}; time model: {s['time_model']} ({s.get('time_model_note', '')}); "
+        f"batching: {s['batching']}; host decisions charged: {s.get('decision_cost', 'none')}",
+        f"- traffic: {s['split']['kind']}: {s['split']['note']}" if "split" in s else "- traffic: in-sample",
         f"- cluster: {s['gpus']} x {s['hardware']} ({s['hardware_description']}); "
         f"{s['slots_per_gpu_per_layer']} replica slots per GPU per layer",
         f"- model sizes: {preset['name']} ({preset['moe_layers']} MoE layers, {preset['num_experts']} experts "
@@ -100,9 +115,10 @@ def markdown_report(result: BenchResult) -> str:
         "",
         f"Against the paper: {against_the_paper(result.ratios)}",
         "",
-        "Costs: `GB·s` is the MoEless paper's memory x time proxy (serverful systems reserve their replicas for",
-        "the whole run; serverless ones pay per invocation); `GB·s live` is memory actually held by live",
-        "instances, keep-alive included; GPU·s serverless counts GPU time spent on layers, serverful all GPUs",
+        "Costs, one billing rule for every system: `GB·s live` is the memory of every live instance x its",
+        "lifetime, keep-alive and pinned ones included (what a serverless GPU platform bills and a reserved",
+        "cluster pays); `GB·s per invocation` is each invocation's instance GB x the time its layer ran (the",
+        "paper's proxy, applied to all). GPU·s serverless counts GPU time spent on layers, serverful all GPUs",
         "for the whole run.",
         "",
         "![MoE-layer latency CDF](moe_latency_cdf.png)",
@@ -110,7 +126,32 @@ def markdown_report(result: BenchResult) -> str:
         "![Cost](cost.png)",
         "",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines + pareto_lines(result.pareto))
+
+
+def pareto_rows(pareto: dict[str, Any] | None) -> list[dict[str, str]]:
+    """The sweep's rows as strings keyed like PARETO_COLUMNS ([] when the sweep did not run)."""
+    return [{"memory": row["memory"], "replicas": str(row["replicas_per_layer"]), "system": row["system"],
+             "moe_mean": _f(row["moe_layer_ms"], 4), "gbs_live": _g(row["gbs_live"]),
+             "gbs_invocation": _g(row["gbs_per_invocation"]), "held": _f(row["live_replicas_per_layer"], 1),
+             "cold": str(row["cold_starts"]), "optimal": "yes" if row["pareto_optimal"] else ""}
+            for row in (pareto or {}).get("rows", [])]
+
+
+def pareto_caption(pareto: dict[str, Any]) -> str:
+    return (f"Replica memory per layer swept for {', '.join(pareto['systems'])} on the first {pareto['iterations']} "
+            "iterations of the same batches (bench/pareto.py). EPLB fills whole GPUs (the largest multiple of G "
+            "within a point); the serverless systems scale up to it. Pareto: no other row is as fast and as cheap.")
+
+
+def pareto_lines(pareto: dict[str, Any] | None) -> list[str]:
+    """Markdown: the latency-memory sweep's table and plot ([] when it did not run)."""
+    if not pareto:
+        return []
+    lines = ["## Latency-memory Pareto", "", pareto_caption(pareto), "",
+             "| " + " | ".join(name for name, _ in PARETO_COLUMNS) + " |", "|" + "---|" * len(PARETO_COLUMNS)]
+    lines += ["| " + " | ".join(row[key] for _, key in PARETO_COLUMNS) + " |" for row in pareto_rows(pareto)]
+    return lines + ["", "![Latency-memory Pareto](pareto.png)", ""]
 
 
 def _tables(result: BenchResult) -> list[str]:
@@ -165,13 +206,25 @@ def _png(fig: Any) -> bytes:
 
 
 def write_plots(result: BenchResult, out: Path) -> list[Path]:
+    """moe_latency_cdf.png, cost.png, and pareto.png when the sweep ran; returns the files written."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     written = []
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for name, draw in (("moe_latency_cdf.png", _latency_cdf), ("cost.png", _cost_bars), ("pareto.png", _pareto_plot)):
+        if name == "pareto.png" and not result.pareto:
+            continue
+        fig, ax = plt.subplots(figsize=(6.4, 4.0))
+        draw(ax, result)
+        ax.grid(alpha=0.3)
+        written.append(write_bytes_atomic(out / name, _png(fig)))
+        plt.close(fig)
+    return written
+
+
+def _latency_cdf(ax: Any, result: BenchResult) -> None:
     for name, times in result.moe_layer_s.items():
         values = np.sort(np.asarray(times) * 1e3)
         if values.size:
@@ -180,24 +233,34 @@ def write_plots(result: BenchResult, out: Path) -> list[Path]:
     measured = "measured, each system's own run" if result.mode == "real" else "same batches"
     ax.set_xlabel(f"MoE-layer latency (ms, {measured})")
     ax.set_ylabel("CDF")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    written.append(write_bytes_atomic(out / "moe_latency_cdf.png", _png(fig)))
-    plt.close(fig)
+    ax.legend(loc="lower right")  # a fixed corner: "best" scans every point of long CDFs (slow, and warns)
 
+
+def _cost_bars(ax: Any, result: BenchResult) -> None:
+    """Each system's costs, billed alike, over static EP's."""
     names = list(result.systems)
     static = result.systems["static"]["cost"]
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
     width = 0.27
     x = np.arange(len(names))
-    for k, (key, label) in enumerate((("gbs_proxy", "GB·s (paper proxy)"), ("gbs_live", "GB·s live"),
+    for k, (key, label) in enumerate((("gbs_live", "GB·s live"), ("gbs_per_invocation", "GB·s per invocation"),
                                       ("serverless_gpu_s", "GPU·s serverless"))):
         values = [result.systems[n]["cost"][key] / static[key] if static[key] else 0.0 for n in names]
         ax.bar(x + (k - 1) * width, values, width, label=label)
-    ax.set_xticks(x, names)
-    ax.set_ylabel("cost relative to static EP")
+    ax.set_xticks(x, names, rotation=20)
+    ax.set_ylabel("cost relative to static EP (billed alike)")
     ax.legend()
-    ax.grid(axis="y", alpha=0.3)
-    written.append(write_bytes_atomic(out / "cost.png", _png(fig)))
-    plt.close(fig)
-    return written
+
+
+def _pareto_plot(ax: Any, result: BenchResult) -> None:
+    """Mean MoE-layer latency against live GB·s, one line per system through its memory points."""
+    rows = result.pareto["rows"]
+    for name in result.pareto["systems"]:
+        mine = [row for row in rows if row["system"] == name]
+        ax.plot([row["gbs_live"] for row in mine], [row["moe_layer_ms"] for row in mine], marker="o", label=name)
+        for row in mine:
+            ax.annotate(str(row["replicas_per_layer"]), (row["gbs_live"], row["moe_layer_ms"]), fontsize=7,
+                        textcoords="offset points", xytext=(3, 3))
+    ax.set_xlabel("live GB·s (memory of live instances x lifetime)")
+    ax.set_ylabel("mean MoE-layer latency (ms, same batches)")
+    ax.set_title("replicas per layer at each point", fontsize=9)
+    ax.legend()

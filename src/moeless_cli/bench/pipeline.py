@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from moeless_cli.jobs.profile import ProfileRequest
     from moeless_cli.planning.plan import Plan
 
-SYSTEMS = ("static", "eplb", "oracle", "moeless-paper", "moeless")
+SYSTEMS = ("static", "eplb", "eplb+balanced", "oracle", "moeless-paper", "moeless")
 Say = Callable[[str], None]
 
 
@@ -56,10 +56,11 @@ def check_routing_model(model: str, preset: Any) -> dict[str, Any]:
     adapter = adapter_for(config, str(path))
     experts = int(config.get(adapter.num_experts_key) or 0)
     top_k = int(config.get(adapter.top_k_key) or 0)
-    if top_k != preset.top_k or experts < 1 or preset.num_experts % experts:
+    if top_k < preset.top_k or experts < 1 or preset.num_experts % experts:
         raise MoelessError(
-            f"model {model} routes {experts} experts top-{top_k}; preset {preset.name} needs top-{preset.top_k} and an "
-            f"expert count dividing {preset.num_experts} (built-in: tiny-mixtral 8 top-2, tiny-olmoe 64 top-8)"
+            f"model {model} routes {experts} experts top-{top_k}; preset {preset.name} needs top-{preset.top_k} (or "
+            f"more: the heaviest are kept) and an expert count dividing {preset.num_experts} (built-in: tiny-mixtral "
+            "8 top-2, tiny-olmoe 64 top-8)"
         )
     return {"path": str(path), "experts": experts, "top_k": top_k}
 

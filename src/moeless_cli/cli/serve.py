@@ -22,7 +22,9 @@ def serve_command(
     plan: Optional[Path] = typer.Option(None, "--plan", help="Plan file from `moeless plan` (moeless's start)."),
     predictor: Optional[Path] = typer.Option(None, "--predictor", help="Predictor file from `train-predictor`."),
     profile: Optional[Path] = typer.Option(None, "--profile", help="Profile of this model: policies' load history."),
-    policy: str = typer.Option("moeless", "--policy", help="moeless, moeless-paper, static, eplb or oracle (lossy)."),
+    policy: str = typer.Option(
+        "moeless", "--policy", help="moeless, moeless-paper, static, eplb, eplb+balanced or oracle (lossy)."
+    ),
     backend: str = typer.Option("local", "--backend", help="local (one process) or dist (torchrun)."),
     devices: str = typer.Option("cpu", "--devices", help="Comma-separated devices workers go on (cpu, cuda:0,...)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Expert-parallel workers (default: plan's GPUs, else 4)."),
@@ -38,6 +40,14 @@ def serve_command(
     keep_alive: float = typer.Option(10.0, "--keep-alive", help="Seconds an idle replica stays warm."),
     gpu_price_per_hour: float = typer.Option(2.0, "--gpu-price-per-hour", help="USD per GPU-hour for costs."),
     distance: int = typer.Option(1, "--distance", help="Predict layer l+d while layer l runs."),
+    expert_memory_mb: Optional[float] = typer.Option(
+        None, "--expert-memory-mb", help="Most MiB of expert replicas one worker may hold (all layers)."),
+    nnodes: int = typer.Option(1, "--nnodes", help="dist: machines the workers are split over (one torchrun each)."),
+    node_rank: int = typer.Option(0, "--node-rank", help="dist: this machine's index (0 hosts the rendezvous)."),
+    rdzv_endpoint: Optional[str] = typer.Option(
+        None, "--rdzv-endpoint", help="dist, --nnodes > 1: node 0's HOST:PORT."),
+    heartbeat_timeout: float = typer.Option(
+        5.0, "--heartbeat-timeout", help="dist: seconds without a heartbeat before a rank is replaced."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the JSON report to this file."),
     json_output: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP),
 ) -> None:
@@ -50,6 +60,8 @@ def serve_command(
         trace=trace, time_scale=time_scale, max_requests=max_requests, max_output_tokens=max_output_tokens,
         max_prompt_tokens=max_prompt_tokens, token_budget=token_budget, max_batch=max_batch, batching=batching,
         keep_alive_s=keep_alive, gpu_price_per_hour=gpu_price_per_hour, distance=distance,
+        expert_memory_mb=expert_memory_mb, nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint,
+        heartbeat_timeout_s=heartbeat_timeout,
     )
     if out is not None and out.parent and not out.parent.is_dir():
         raise MoelessError(f"--out {out}: directory {out.parent} does not exist")
@@ -85,6 +97,9 @@ def _print_tables(report: dict[str, Any]) -> None:
     console.print(f"[bold]{title}[/bold] · {report['workers']} workers ({report['backend']}) · "
                   f"requests {req['completed']}/{req['submitted']} completed, {req['failed']} failed"
                   + (" · INTERRUPTED (partial report)" if report.get("interrupted") else ""))
+    for fault in report.get("faults", []):
+        after = f"recovered in {fault['recovery_s']:.1f} s" if fault["recovered"] else "not recovered"
+        console.print(f"fault: rank {fault['rank']} {fault['cause']}; {after}")
     lat = Table(title="Latency (seconds)")
     for col in ("metric", "mean", "p50", "p90", "p99"):
         lat.add_column(col, justify="right" if col != "metric" else "left")
@@ -106,8 +121,9 @@ def _print_tables(report: dict[str, Any]) -> None:
     other.add_column("value", justify="right")
     rows = [
         ("throughput (tokens/s)", _fmt(report["throughput_tokens_per_s"], digits=1)),
-        ("GB·s proxy (paper)", _fmt(cost["gbs_proxy"], digits=4)),
-        ("GB·s live (keep-alive incl.)", _fmt(cost["gbs_live"], digits=4)),
+        ("GB·s live (billed alike: keep-alive, pinned incl.)", _fmt(cost["gbs_live"], digits=4)),
+        ("GB·s per invocation (billed alike)", _fmt(cost["gbs_per_invocation"], digits=4)),
+        ("GB·s as published (paper's asymmetric rule)", _fmt(cost["gbs_proxy"], digits=4)),
         ("serverless GPU·s / USD", f"{_fmt(cost['serverless_gpu_s'])} / {_fmt(cost['usd_serverless'], digits=6)}"),
         ("serverful GPU·s / USD", f"{_fmt(cost['serverful_gpu_s'])} / {_fmt(cost['usd_serverful'], digits=6)}"),
         ("cold starts / warm hits", f"{fn['cold_starts']} / {fn['warm_hits']}"),

@@ -2,8 +2,8 @@
 
 `run_bench` runs the stages through the same jobs as their commands (cached in the out dir,
 `bench/pipeline.py`), then every system on a simulated cluster (`bench/compare.py`) or through
-serve's runtime (`bench/real.py`), and writes bench.json, report.md and two plots. Its request and
-result types live in `bench/request.py` (the stages use them too).
+serve's runtime (`bench/real.py`), and writes bench.json, report.md and the plots (`pareto.png` too
+when the latency-memory sweep ran). Its request and result types live in `bench/request.py`.
 """
 
 from __future__ import annotations
@@ -22,36 +22,42 @@ __all__ = ["BenchRequest", "BenchResult", "ratios", "run_bench"]
 
 
 def ratios(systems: dict[str, Any]) -> dict[str, dict[str, float | None]]:
-    """Per system: mean MoE-layer latency and GB·s cost over static EP, EPLB and Oracle."""
+    """Per system: mean MoE-layer latency over static EP, EPLB, Oracle and moeless-paper; memory cost
+    billed alike over static EP's and EPLB's (`gbs_live_*`, the headline; `gbs_per_invocation_*`);
+    `gbs_vs_*`: the paper's asymmetric proxy (`cost.gbs_proxy`), kept as published."""
 
     def ratio(a: float | None, b: float | None) -> float | None:
         return None if a is None or not b else float(a) / float(b)
 
+    def over(core: dict[str, Any], base: str, key: str) -> float | None:
+        return ratio(core["cost"][key], systems[base]["cost"][key])
+
     out: dict[str, dict[str, float | None]] = {}
     for name, core in systems.items():
         moe = core["moe_layer_ms"]["mean"]
-        gbs = core["cost"]["gbs_proxy"]
         out[name] = {
             "moe_vs_static": ratio(moe, systems["static"]["moe_layer_ms"]["mean"]),
             "moe_vs_eplb": ratio(moe, systems["eplb"]["moe_layer_ms"]["mean"]),
             "moe_vs_oracle": ratio(moe, systems["oracle"]["moe_layer_ms"]["mean"]),
             "moe_vs_moeless_paper": ratio(moe, systems["moeless-paper"]["moe_layer_ms"]["mean"]),
-            "gbs_vs_static": ratio(gbs, systems["static"]["cost"]["gbs_proxy"]),
-            "gbs_vs_eplb": ratio(gbs, systems["eplb"]["cost"]["gbs_proxy"]),
+            "gbs_live_vs_static": over(core, "static", "gbs_live"),
+            "gbs_live_vs_eplb": over(core, "eplb", "gbs_live"),
+            "gbs_per_invocation_vs_static": over(core, "static", "gbs_per_invocation"),
+            "gbs_vs_static": over(core, "static", "gbs_proxy"),
+            "gbs_vs_eplb": over(core, "eplb", "gbs_proxy"),
         }
     return out
 
 
-def _prepare(request: BenchRequest) -> Any:
-    """Every check that can fail before minutes of work; returns the trace."""
+def _prepare(request: BenchRequest) -> tuple[Any, int]:
+    """Every check that can fail before minutes of work; returns the trace window replayed and its start."""
     from moeless_cli.bench.pipeline import check_routing_model
     from moeless_cli.fileio import ensure_writable_parent
     from moeless_cli.sim.presets import get_preset
-    from moeless_cli.workloads.traces import load_trace
 
     request.validate()
     request.resolve_mode()
-    trace = load_trace(request.trace, time_scale=request.time_scale, max_requests=request.max_requests)
+    window = request.load_trace()
     if request.mode == "sim":
         check_routing_model(request.routing_model(), get_preset(request.preset))
     ensure_writable_parent(request.out)
@@ -59,7 +65,7 @@ def _prepare(request: BenchRequest) -> Any:
         request.out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise MoelessError(f"cannot create --out {request.out}: {exc.strerror}") from None
-    return trace
+    return window
 
 
 def _write_outputs(result: BenchResult, out: Path) -> tuple[Path, ...]:
@@ -76,10 +82,11 @@ def run_bench(request: BenchRequest, say: Callable[[str], None] = lambda _: None
     """The whole pipeline, every system, and the reports in request.out."""
     from moeless_cli.bench.pipeline import predictor_stage, profile_stage
 
-    trace = _prepare(request)
+    trace, trace_start = _prepare(request)
     model = request.routing_model()
     profile = profile_stage(request.out, request.profile_request(), say)
-    predictor = predictor_stage(request.out, request.train_request(), profile, say)
+    split = request.replay_split(profile.path, trace_start)
+    predictor = predictor_stage(request.out, request.train_request(split), profile, say)
     if request.mode == "real":
         from moeless_cli.bench.real import run_real
 
@@ -87,9 +94,10 @@ def run_bench(request: BenchRequest, say: Callable[[str], None] = lambda _: None
     else:
         from moeless_cli.bench.compare import run_sim
 
-        runs = run_sim(request, model, trace, profile.path, predictor.path, say, on_progress)
+        runs = run_sim(request, model, trace, profile.path, predictor.path, split, say, on_progress)
     stages = {"profile": profile.as_dict(), "predictor": predictor.as_dict()}
-    result = BenchResult(mode=request.mode, setting=runs.setting, systems=runs.systems, ratios=ratios(runs.systems),
+    setting = {**runs.setting, "split": split.as_dict(len(trace))}
+    result = BenchResult(mode=request.mode, setting=setting, systems=runs.systems, ratios=ratios(runs.systems),
                          stages=stages if runs.plan is None else stages | {"plan": runs.plan},
-                         moe_layer_s=runs.moe_layer_s, simulator_check=runs.simulator_check)
+                         moe_layer_s=runs.moe_layer_s, simulator_check=runs.simulator_check, pareto=runs.pareto)
     return dataclasses.replace(result, files=_write_outputs(result, request.out))

@@ -28,6 +28,8 @@ class TrainRequest:
     out: Path | None = None  # predictor file; None: predictor.safetensors inside the first training profile
     model: str | None = None  # model checkpoint, if not where the profile recorded it
     seed: int = 0  # request split and training seed
+    requests: tuple[int, ...] | None = None  # train only on these request ids of each profile (the rest are
+    # held out, e.g. for bench's replay); None: every request
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -74,11 +76,11 @@ def _read_profiles(request: TrainRequest) -> tuple[Any, RoutingProfile, RoutingP
     from moeless_cli.profiling import load_profile
 
     profile = load_profile(request.profiles[0])
-    parts = [routing_profile(profile)]
+    parts = [routing_profile(profile, request.requests)]
     for path in request.profiles[1:]:
         other = load_profile(path)
         check_same_model(profile, other, "--profile")
-        parts.append(routing_profile(other))
+        parts.append(routing_profile(other, request.requests))
     evaluation = None
     if request.eval_profile is not None:
         other = load_profile(request.eval_profile)
@@ -108,6 +110,7 @@ def train_predictor(request: TrainRequest, on_epoch: Callable[[int], None] | Non
         "model_id": profile.model_id,
         "config_hash": profile.config_hash,
         "train_profiles": [str(p) for p in request.profiles],
+        "train_requests": None if request.requests is None else list(request.requests),
         "eval_profile": None if request.eval_profile is None else str(request.eval_profile),
         "distances": request.distances,
         "accuracy_threshold": request.accuracy_threshold,

@@ -1,7 +1,8 @@
 """The serve job: a ServeRequest (serving.setup.ServeOptions) in, a ServeResult out.
 
 Picks the backend: `local` serves in this process (serving/run.py); `dist` checks the inputs,
-then starts one process per worker under torchrun (serving/launch.py, serving/dist_main.py).
+then starts one process per worker under torchrun and supervises them, replacing a lost rank
+(serving/launch.py, serving/dist_main.py, serving/recovery.py).
 """
 
 from __future__ import annotations

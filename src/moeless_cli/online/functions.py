@@ -9,9 +9,10 @@ its link, so a burst of cold starts takes longer than one.
 Accounting, all in one place so serve and the simulator bill the same way:
 - counters: cold_starts (copies started), warm_hits (invocations of a replica already warm when its
   layer was dispatched), created, retired, bytes_moved;
-- `live_gbs`: GB·s of every live instance from creation to retirement, keep-alive idle included;
-- `busy_gbs`: GB·s billed per invocation (instance GB x the time its layer ran), the serverless
-  billing the MoEless paper's cost proxy uses.
+- `live_gbs`: GB·s of every live instance from creation to retirement, keep-alive idle and pinned
+  instances included (what a serverless GPU platform bills, and what a reserved cluster pays);
+- `busy_gbs`: GB·s billed per invocation (instance GB x the time its layer ran), for every system
+  that invokes (`bill`): the MoEless paper's proxy.
 """
 
 from __future__ import annotations
@@ -30,6 +31,16 @@ class Instance:
     ready_s: float  # when its weights are in place
     last_used_s: float  # last invocation (or creation)
     pinned: bool = False  # serverful: never reclaimed
+    copies: int = 1  # weight copies held (EPLB can place two replicas of an expert on one GPU; each holds memory)
+    billed_s: float | None = None  # live GB·s of `copies` count from here (None: from created_s)
+
+    def __post_init__(self) -> None:
+        if self.billed_s is None:
+            self.billed_s = self.created_s
+
+    def live_seconds(self, now: float) -> float:
+        """Copy-seconds held since billed_s (earlier ones are settled in the pool's live_gbs)."""
+        return self.copies * max(0.0, now - self.billed_s)
 
 
 @dataclass
@@ -67,7 +78,7 @@ class FunctionPool:
     layers: dict[int, dict[Slot, Instance]] = field(default_factory=dict)  # layer -> (expert, gpu) -> instance
     counters: FunctionCounters = field(default_factory=FunctionCounters)
     live_gbs: float = 0.0  # accumulated for retired instances; see live_gb_seconds(now)
-    busy_gbs: float = 0.0  # per-invocation billing
+    busy_gbs: float = 0.0  # per-invocation billing (every system alike)
     _link_free_s: list[float] = field(default_factory=list)  # when each GPU's copy link is free
 
     def __post_init__(self) -> None:
@@ -158,8 +169,15 @@ class FunctionPool:
     def retire(self, key: Key, now: float) -> None:
         inst = self._layer(key[0]).pop((key[1], key[2]))
         m = self.times(key[0])
-        self.live_gbs += m * self.expert_gb * max(0.0, now - inst.created_s)
+        self.live_gbs += m * self.expert_gb * inst.live_seconds(now)
         self.counters.retired += m
+
+    def set_copies(self, layer: int, expert: int, gpu: int, copies: int, now: float) -> None:
+        """Hold `copies` weight copies in instance (expert, gpu) of `layer` from `now` on (a plan that
+        puts k replicas of an expert on one GPU holds k copies' memory, and is billed for them)."""
+        inst = self._layer(layer)[(expert, gpu)]
+        self.live_gbs += self.times(layer) * self.expert_gb * inst.live_seconds(now)
+        inst.billed_s, inst.copies = now, copies
 
     def reclaim(self, now: float) -> list[Key]:
         """Retire unpinned instances idle for longer than the keep-alive. Returns their keys."""
@@ -206,11 +224,12 @@ class FunctionPool:
     def live_gb_seconds(self, now: float) -> float:
         """GB·s of all instances up to `now`, live ones included."""
         live = sum(
-            self.times(layer) * max(0.0, now - inst.created_s)
+            self.times(layer) * inst.live_seconds(now)
             for layer, table in self.layers.items() for inst in table.values()
         )
         return self.live_gbs + self.expert_gb * live
 
     def live_count(self) -> int:
-        """Live instances, counting each simulated layer as the model layers it stands for."""
-        return sum(self.times(layer) * len(table) for layer, table in self.layers.items())
+        """Live weight copies, counting each simulated layer as the model layers it stands for."""
+        return sum(self.times(layer) * sum(inst.copies for inst in table.values())
+                   for layer, table in self.layers.items())

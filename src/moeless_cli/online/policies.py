@@ -11,16 +11,25 @@ iteration and layer:
 and reads these attributes:
   `name`              the system's name in reports
   `lossy`             it changes the model's output (oracle)
-  `serverful`         bills reserved memory for the whole run (else per invocation)
+  `serverful`         reserves its memory for the whole run: the paper's asymmetric cost proxy
+                      (`gbs_proxy`) bills it so, the others per invocation; every system is also
+                      billed alike, live and per invocation (`online/report.py`)
   `perfect_balance`   the time model (and serve's gate) spread its work perfectly (oracle)
   `predictor_method`  "paper" / "moeless": the forecasts `prepare` wants; None: no forecast
+  `decision_on_host`  its `dispatch` split is computed on the host after the gate (Python per layer:
+                      the simulator charges its time on the critical path); False: what an engine's
+                      dispatch kernel computes on the device anyway (DeepEP's layout), free
   `pool`              its expert function instances (`online/functions.py`): what is live, billing
 
 Registry (`ONLINE_POLICIES`):
 - static: Megatron-LM expert parallelism, expert e on GPU e mod G, pinned, no replicas.
 - eplb: DeepSeek EPLB with a fixed replica budget (`replica_budget`: its redundant experts),
   re-planned every `eplb_period` iterations from the last `eplb_window` iterations' loads; new
-  copies load in the background and the plan switches when they are in place.
+  copies load in the background and the plan switches when they are in place. It dispatches as
+  vLLM does: each token goes to a pseudo-random replica of its expert (equal shares in expectation,
+  not the planner's shares), drawn from a generator seeded by (`dispatch_seed`, layer, iteration).
+- eplb+balanced: EPLB's placement and re-plans, with moeless's per-batch whole-token dispatch
+  (`balanced_split` over the plan's replicas): placement and dispatch rule measured apart.
 - oracle: static placement, but tokens are balanced perfectly over GPUs whatever the gate said
   (lossy: it changes the model's output); its time is the floor under the default time model.
 - moeless-paper: the published Algorithms 1 + 2 on the gate-copy predictor's forecast, every layer
@@ -49,7 +58,15 @@ import numpy as np
 
 from moeless_cli.errors import MoelessError, require_choice
 from moeless_cli.online.functions import FunctionPool
-from moeless_cli.planning.dispatch import balanced_split, equal_split, gpu_work, round_split, share_split, water_fill
+from moeless_cli.planning.dispatch import (
+    balanced_split,
+    equal_split,
+    gpu_work,
+    random_split,
+    round_split,
+    share_split,
+    water_fill,
+)
 from moeless_cli.planning.plan import LayerPlan, Plan, PlanningProblem, replica_cap
 from moeless_cli.planning.solvers.static import static_placement
 
@@ -67,6 +84,7 @@ class PolicySetting:
     eplb_window: int = 1000  # EPLB: iterations of history a re-plan looks at
     eplb_period: int = 3000  # EPLB: iterations between re-plans
     cv_threshold: float = 0.2  # moeless-paper: Algorithm 1's V
+    dispatch_seed: int = 0  # EPLB: seed of its pseudo-random replica choice per token (runs are reproducible)
     plan: Plan | None = None  # moeless: starting placement; None: water-filling on `history`
     max_new_per_layer: int = 2  # moeless: replicas pre-warmed per layer and iteration at most
     gain_threshold: float = 0.02  # moeless: pre-warm only while the forecast straggles by more
@@ -112,6 +130,7 @@ class Policy(Protocol):
     serverful: ClassVar[bool]
     perfect_balance: ClassVar[bool]
     predictor_method: ClassVar[str | None]
+    decision_on_host: ClassVar[bool]
     pool: FunctionPool
 
     def prepare(self, layer: int, predicted_load: np.ndarray | None, now: float) -> tuple[np.ndarray, np.ndarray]:
@@ -146,6 +165,7 @@ class OnlinePolicy:
     serverful: ClassVar[bool] = True  # bills reserved memory for the whole run (else per invocation)
     perfect_balance: ClassVar[bool] = False  # the time model spreads its work perfectly (oracle)
     predictor_method: ClassVar[str | None] = None  # "paper" / "moeless": forecasts wanted by prepare()
+    decision_on_host: ClassVar[bool] = False  # dispatch's split is host code after the gate (charged by the simulator)
 
     def initial_plan(self, layer: int) -> LayerPlan:
         return static_placement(self.setting.num_experts, self.setting.num_gpus)
@@ -158,6 +178,7 @@ class OnlinePolicy:
         self.last_load = [np.asarray(row, dtype=np.float64) for row in self.setting.history]
         for layer, plan in enumerate(self.plans):
             self.pool.warm_up(layer, plan.expert, plan.gpu, now, pinned=True, preloaded=True)
+            _hold_copies(self.pool, layer, plan, now, keep_more=False)
 
     def forecast(self, layer: int, predicted_load: np.ndarray | None) -> np.ndarray:
         """The predictor's forecast, or the layer's last observed load when there is none."""
@@ -215,6 +236,8 @@ class OraclePolicy(OnlinePolicy):
 
 
 class EplbPolicy(OnlinePolicy):
+    """DeepSeek EPLB's placement, re-planned on its period, dispatched as vLLM does (`random_split`)."""
+
     name = "eplb"
 
     def start(self, now: float = 0.0) -> None:
@@ -233,15 +256,31 @@ class EplbPolicy(OnlinePolicy):
         self._window[layer].append(np.asarray(true_load, dtype=np.float64))
 
     def dispatch(self, layer: int, true_load: np.ndarray, now: float) -> Dispatch:
+        self._switch_when_ready(layer, now)
+        plan = self.plans[layer]
+        load = np.asarray(true_load, dtype=np.float64)
+        return self._finish(layer, plan.expert, plan.gpu, self._split(layer, plan, load), now, load)
+
+    def _split(self, layer: int, plan: LayerPlan, load: np.ndarray) -> np.ndarray:
+        """load: [experts]. Tokens per replica of the plan: a pseudo-random replica per token, drawn
+        afresh for every (layer, iteration); fractional loads (forecasts, tests) get the expectation."""
+        if not np.array_equal(load, np.rint(load)):
+            return equal_split(plan.expert, load)
+        rng = np.random.default_rng((self.setting.dispatch_seed, layer, self._iterations))
+        return random_split(plan.expert, load, rng)
+
+    def _switch_when_ready(self, layer: int, now: float) -> None:
+        """Switch to the pending re-plan once all its copies are in place; retire what it dropped."""
         pending = self._pending.get(layer)
-        if pending is not None and all(self.pool.ready(layer, e, g, now) for e, g in zip(pending.expert, pending.gpu)):
-            old = self.plans[layer]
-            keep = set(zip(pending.expert.tolist(), pending.gpu.tolist()))
-            for e, g in set(zip(old.expert.tolist(), old.gpu.tolist())) - keep:
-                self.pool.retire((layer, e, g), now)
-            self.plans[layer] = pending
-            del self._pending[layer]
-        return super().dispatch(layer, true_load, now)
+        if pending is None or not all(self.pool.ready(layer, e, g, now) for e, g in zip(pending.expert, pending.gpu)):
+            return
+        old = self.plans[layer]
+        keep = set(zip(pending.expert.tolist(), pending.gpu.tolist()))
+        for e, g in set(zip(old.expert.tolist(), old.gpu.tolist())) - keep:
+            self.pool.retire((layer, e, g), now)
+        _hold_copies(self.pool, layer, pending, now, keep_more=False)
+        self.plans[layer] = pending
+        del self._pending[layer]
 
     def end_iteration(self, now: float) -> None:
         from moeless_cli.planning.solvers.eplb import eplb_layer
@@ -254,13 +293,26 @@ class EplbPolicy(OnlinePolicy):
                 continue
             plan = eplb_layer(np.sum(window, axis=0), self.setting.problem(), None, 0.0)
             self._pending[layer] = plan
-            self.pool.warm_up(layer, plan.expert, plan.gpu, now, pinned=True)
+            # needed: the switch waits for every copy, so a busy copy link must not refuse one
+            self.pool.warm_up(layer, plan.expert, plan.gpu, now, pinned=True, needed=True)
+            _hold_copies(self.pool, layer, plan, now, keep_more=True)
+
+
+class EplbBalancedPolicy(EplbPolicy):
+    """EPLB's placement and re-plans; each batch's whole tokens balanced over the plan's replicas."""
+
+    name = "eplb+balanced"
+    decision_on_host = True  # moeless's whole-token split, host code after the gate
+
+    def _split(self, layer: int, plan: LayerPlan, load: np.ndarray) -> np.ndarray:
+        return _balanced_over(plan, load, self.setting)
 
 
 class MoelessPaperPolicy(OnlinePolicy):
     name = "moeless-paper"
     serverful = False
     predictor_method = "paper"
+    decision_on_host = True
 
     def prepare(self, layer: int, predicted_load: np.ndarray | None, now: float) -> tuple[np.ndarray, np.ndarray]:
         from moeless_cli.planning.solvers.moeless_paper import moeless_paper_layer
@@ -298,6 +350,7 @@ class MoelessPolicy(OnlinePolicy):
     name = "moeless"
     serverful = False
     predictor_method = "moeless"
+    decision_on_host = True
 
     def initial_plan(self, layer: int) -> LayerPlan:
         s = self.setting
@@ -382,12 +435,30 @@ class BalancedPlanPolicy(FixedPlanPolicy):
     """`setting.plan`'s replicas; each layer's whole tokens balanced over GPUs once the true load is known."""
 
     name = "fixed-plan-balanced"
+    decision_on_host = True
 
     def dispatch(self, layer: int, true_load: np.ndarray, now: float) -> Dispatch:
         plan = self.plans[layer]
         load = np.asarray(true_load, dtype=np.float64)
-        tokens = balanced_split(plan.expert, plan.gpu, load, self.setting.num_gpus, self.setting.entry_tokens)
-        return self._finish(layer, plan.expert, plan.gpu, tokens, now, load)
+        return self._finish(layer, plan.expert, plan.gpu, _balanced_over(plan, load, self.setting), now, load)
+
+
+def _hold_copies(pool: FunctionPool, layer: int, plan: LayerPlan, now: float, keep_more: bool) -> None:
+    """Bill every replica `plan` places: k replicas of an expert on one GPU (EPLB's packing allows it)
+    are k weight copies in that instance. keep_more: an older plan that still runs holds more."""
+    pairs: dict[tuple[int, int], int] = {}
+    for key in zip(plan.expert.tolist(), plan.gpu.tolist()):
+        pairs[key] = pairs.get(key, 0) + 1
+    for (e, g), k in pairs.items():
+        inst = pool.get(layer, e, g)
+        want = k if inst is None or not keep_more else max(k, inst.copies)
+        if inst is not None and inst.copies != want:
+            pool.set_copies(layer, e, g, want, now)
+
+
+def _balanced_over(plan: LayerPlan, load: np.ndarray, setting: PolicySetting) -> np.ndarray:
+    """load: [experts]. moeless's whole-token dispatch over every replica of `plan`: [replicas]."""
+    return balanced_split(plan.expert, plan.gpu, load, setting.num_gpus, setting.entry_tokens)
 
 
 def _warm_within_slots(pool: FunctionPool, layer: int, expert: np.ndarray, gpu: np.ndarray, slots: int,
@@ -434,6 +505,7 @@ def _water_filled_plan(load: np.ndarray, num_gpus: int, slots: int, max_replicas
 ONLINE_POLICIES: dict[str, type[OnlinePolicy]] = {
     "static": StaticPolicy,
     "eplb": EplbPolicy,
+    "eplb+balanced": EplbBalancedPolicy,
     "oracle": OraclePolicy,
     "moeless-paper": MoelessPaperPolicy,
     "moeless": MoelessPolicy,

@@ -1,11 +1,15 @@
 """serve's fixed `--json` core, shared by bench (one per system): latency, throughput, cost, functions;
 and `serve_report`, the one writer of serve's whole report.
 
-Costs, three ways (all from the same run):
-- `gbs_proxy`: the MoEless paper's memory x time proxy in GB·s. Serverful systems (static EP, EPLB,
-  Oracle) reserve their replicas' memory for the whole run; serverless ones pay per invocation
-  (instance GB x the time its layer ran). `gbs_live` beside it is the memory actually held by live
-  instances, keep-alive idle time included, for the serverless systems too.
+Costs (all from the same run's function pool, `online/functions.py`). One billing rule for every
+system, two figures:
+- `gbs_live` (the headline): GB·s of every live instance over its lifetime, keep-alive idle time and
+  pinned instances included: what a serverless GPU platform bills, and what a reserved cluster pays.
+- `gbs_per_invocation`: GB·s of each invocation (instance GB x the time its layer ran), for every
+  system alike: the MoEless paper's proxy, applied to all.
+- `gbs_proxy`: the paper's asymmetric comparison, kept as published: serverful systems (static EP,
+  EPLB, Oracle) pay `gbs_live`, serverless ones (moeless-paper, moeless) `gbs_per_invocation`. It
+  compares two billing rules, not two systems.
 - `serverless_gpu_s`: GPU-seconds billed only while a GPU works on an MoE layer (sum over GPUs).
 - `serverful_gpu_s`: every GPU for the whole run (G x makespan).
 `usd_*` multiply the GPU-seconds by the hardware's hourly price.
@@ -23,17 +27,21 @@ from moeless_cli.online.functions import FunctionCounters, FunctionPool
 
 @dataclass
 class CostTotals:
-    gbs_proxy: float  # GB·s as each system would be billed (see module doc)
-    gbs_live: float  # GB·s of live instances, keep-alive included
+    gbs_proxy: float  # the paper's asymmetric rule: serverful gbs_live, serverless gbs_per_invocation
+    gbs_live: float  # GB·s of live instances over their lifetime, keep-alive and pinned included
+    gbs_per_invocation: float  # GB·s of each invocation (instance GB x its layer's time), every system
     serverless_gpu_s: float  # GPU-seconds of MoE-layer work
     serverful_gpu_s: float  # GPUs x makespan
     usd_per_gpu_hour: float  # hardware price used for the usd fields
 
-
-def pool_gbs(pool: FunctionPool, serverful: bool, now: float) -> tuple[float, float]:
-    """(gbs_proxy, gbs_live) of a run's pool up to `now` (see the module doc)."""
-    live = pool.live_gb_seconds(now)
-    return (live if serverful else pool.busy_gbs), live
+    @classmethod
+    def from_pool(cls, pool: FunctionPool, serverful: bool, now: float, serverless_gpu_s: float,
+                  serverful_gpu_s: float, usd_per_gpu_hour: float) -> "CostTotals":
+        """A run's costs: its pool's GB·s up to `now` (see the module doc) and the GPU-seconds given."""
+        live, per_invocation = pool.live_gb_seconds(now), pool.busy_gbs
+        return cls(gbs_proxy=live if serverful else per_invocation, gbs_live=live,
+                   gbs_per_invocation=per_invocation, serverless_gpu_s=serverless_gpu_s,
+                   serverful_gpu_s=serverful_gpu_s, usd_per_gpu_hour=usd_per_gpu_hour)
 
 
 def latency_stats(values: Iterable[float], percentiles: tuple[int, ...] = (50, 90, 99)) -> dict[str, float | None]:
@@ -83,6 +91,7 @@ def build_report(
         "cost": {
             "gbs_proxy": float(cost.gbs_proxy),
             "gbs_live": float(cost.gbs_live),
+            "gbs_per_invocation": float(cost.gbs_per_invocation),
             "serverless_gpu_s": float(cost.serverless_gpu_s),
             "serverful_gpu_s": float(cost.serverful_gpu_s),
             "usd_serverless": float(cost.serverless_gpu_s * hourly),

@@ -4,7 +4,9 @@ Shared by the online policies (`online/policies.py`, at every layer call) and th
 (`planning/spares.py` scores spare replicas by the split they allow), so it lives in planning.
 
 One way per family of systems:
-- `share_split`: a plan's fixed shares (static EP, EPLB);
+- `share_split`: a plan's fixed shares (static EP; EPLB's planner);
+- `random_split`: each token to a pseudo-random replica of its expert, equal chances (EPLB as vLLM
+  deploys it: equal shares in expectation, whatever the planner's shares were);
 - `equal_split`: each expert's tokens evenly over its replicas (the MoEless paper, step 4);
 - `water_fill`: minimise the busiest GPU's work given the true loads (moeless's first step).
   Experts are poured heaviest first into their replicas' GPUs, filling the emptiest GPU up to a
@@ -41,6 +43,26 @@ def equal_split(expert: np.ndarray, load: np.ndarray) -> np.ndarray:
 def share_split(expert: np.ndarray, share: np.ndarray, load: np.ndarray) -> np.ndarray:
     """expert, share: [replicas] (shares sum to 1 per expert); load: [experts]. Returns [replicas]."""
     return share * load[expert]
+
+
+def random_split(expert: np.ndarray, load: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """expert: [replicas]; load: [experts] whole counts. Every token of expert e picks one of e's
+    replicas uniformly at random (one multinomial draw per expert), as vLLM's EPLB maps a logical
+    expert to a physical one. Returns whole tokens per replica as float64 [replicas]."""
+    counts = np.bincount(expert, minlength=load.size)  # [experts] replicas of each expert
+    if ((load > 0) & (counts == 0)).any():
+        raise ValueError(f"experts {np.flatnonzero((load > 0) & (counts == 0))[:5].tolist()} have load but no replica")
+    order = np.argsort(expert, kind="stable")  # replicas grouped by expert
+    grouped = expert[order]
+    rank = np.arange(order.size) - np.searchsorted(grouped, grouped)  # [replicas] position within its expert
+    width = int(counts.max(initial=1))
+    # [experts, width]: 1/c over an expert's c replicas, 0 in the padding (numpy gives the last column
+    # the remainder, which is 0 whenever the expert has a replica)
+    pvals = np.where(np.arange(width)[None, :] < counts[:, None], 1.0 / np.maximum(counts, 1)[:, None], 0.0)
+    draws = rng.multinomial(np.rint(load).astype(np.int64), pvals)  # [experts, width]
+    tokens = np.zeros(expert.size, dtype=np.float64)
+    tokens[order] = draws[grouped, rank]
+    return tokens
 
 
 def _pour(amount: float, bases: list[float]) -> tuple[float, int]:

@@ -13,8 +13,11 @@ from moeless_cli.predictor.samples import RoutingSamples
 ROUTER_SAMPLES_HINT = "record them with `moeless profile --router-samples K`"
 
 
-def routing_profile(profile) -> RoutingProfile:
-    """Router-sampled tokens and the load matrix of a loaded profile (moeless_cli.profiling.Profile)."""
+def routing_profile(profile, requests: tuple[int, ...] | None = None) -> RoutingProfile:
+    """Router-sampled tokens and the load matrix of a loaded profile (moeless_cli.profiling.Profile).
+
+    requests: only these profile requests (their samples, and the load their tokens put on each
+    iteration: the rest is held out for a replay); None: all."""
     if profile.router_inputs is None or profile.router_input_tokens is None or profile.router_inputs.shape[0] == 0:
         kind = "an imported load-only profile" if profile.imported else "profiled without router inputs"
         raise MoelessError(
@@ -23,16 +26,33 @@ def routing_profile(profile) -> RoutingProfile:
     if profile.topk_ids is None or profile.token_request is None or profile.token_iteration is None:
         raise MoelessError(f"profile {profile.path} has no per-token routing arrays; re-run `moeless profile` on it")
     tokens = profile.router_input_tokens.astype(np.int64)
-    requests = profile.token_request[tokens].astype(np.int64)
-    domains = None if profile.request_domain is None else profile.request_domain.astype(np.int64)[requests]
+    sample_requests = profile.token_request[tokens].astype(np.int64)
+    domains = None if profile.request_domain is None else profile.request_domain.astype(np.int64)[sample_requests]
     samples = RoutingSamples(
         router_inputs=profile.router_inputs,
         true_topk=profile.topk_ids[tokens].astype(np.int64),
-        request_ids=requests,
+        request_ids=sample_requests,
         iteration_ids=profile.token_iteration[tokens].astype(np.int64),
         domain_ids=domains,
     )
-    return RoutingProfile(samples=samples, load=profile.load.astype(np.float64))
+    if requests is None:
+        return RoutingProfile(samples=samples, load=profile.load.astype(np.float64))
+    keep = np.isin(samples.request_ids, np.asarray(requests, dtype=np.int64))
+    if not keep.any():
+        raise MoelessError(f"profile {profile.path} has no router samples of the training requests")
+    return RoutingProfile(samples=samples.subset(keep), load=requests_load(profile, requests))
+
+
+def requests_load(profile, requests: tuple[int, ...]) -> np.ndarray:
+    """[iterations, layers, experts] token counts of only the given requests' tokens (iterations without
+    them stay zero, which the history prior skips)."""
+    mine = np.flatnonzero(np.isin(profile.token_request, np.asarray(requests, dtype=np.int64)))
+    topk = profile.topk_ids[mine].astype(np.int64)  # [tokens, layers, k]
+    load = np.zeros(profile.load.shape, dtype=np.float64)
+    iteration = profile.token_iteration[mine].astype(np.int64)[:, None, None]
+    layer = np.arange(topk.shape[1])[None, :, None]
+    np.add.at(load, (np.broadcast_to(iteration, topk.shape), np.broadcast_to(layer, topk.shape), topk), 1.0)
+    return load
 
 
 def merge_profiles(parts: list[RoutingProfile]) -> RoutingProfile:

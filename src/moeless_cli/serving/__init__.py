@@ -12,6 +12,7 @@ Glossary (see also moeless_cli.planning):
 Modules: setup (options, the checks made before any weights load, the workload), experts
 (per-expert math and the host store), workers, lifecycle (the real weight copies), runtime (the
 expert-parallel block; fixed-plan policies for it are in online/policies.py), gather and engine (continuous batching), run (the
-local backend's serve loop), dist, dist_main and launch (the torchrun backend). The report is
+local backend's serve loop), dist, dist_main, launch, recovery and rundir (the torchrun backend:
+partitioned expert memory, heartbeats, recovery from a lost rank). The report is
 built by online/report.py; the entry point is the job, moeless_cli.jobs.serve.
 """

@@ -8,27 +8,75 @@ the replicas that serve them (`all_to_all_single`, uneven splits), runs its repl
 received, sends the outputs back (a second all-to-all), combines its own tokens in the model's
 order, and an all-reduce of the zero-padded result gives every rank the full layer output (exact:
 each row is non-zero on one rank only).
+
+Memory is partitioned: local rank 0 of each node writes every expert to the node's host store file
+(`experts.safetensors`, shared by the node's ranks through the page cache), then every rank frees
+the model's fused expert weights and holds only the replicas its policy places on it, plus the
+dense weights (replicated).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from moeless_cli.errors import MoelessError
 from moeless_cli.online.policies import Policy
+from moeless_cli.serving.experts import FileHostStore, release_fused, tensor_bytes, write_host_store
 from moeless_cli.serving.runtime import ExpertParallelRuntime, LayerTiming, Route
+
+STORE_WAIT_S = 1800.0  # how long a rank waits for its node's host store to be written
+
+
+@dataclass
+class RankPlace:
+    """Where this process sits in the dist group."""
+
+    rank: int  # global rank: the worker index the policy places replicas on
+    world: int  # number of workers (processes) over all nodes
+    store_path: Path  # the node's host weight store (experts.safetensors)
+    writes_store: bool  # local rank 0 writes the store when it is not there yet (a restart reuses it)
 
 
 class DistRuntime(ExpertParallelRuntime):
     def __init__(self, loaded: Any, workers: list[Any], policy: Policy, predictor: Any, distance: int,
-                 rank: int, world: int):
+                 place: RankPlace):
         super().__init__(loaded, workers, policy, predictor, distance)
-        self.rank = rank  # this process's worker index
-        self.world = world  # number of workers (processes)
+        self.place = place
+        self.rank = place.rank  # this process's worker index
+        self.world = place.world  # number of workers (processes)
         self.iteration_now = 0.0  # rank 0's clock for the current step (same on every rank)
+        self.planned_replicas = 0  # replicas the policy placed on this rank at install (its plan's share)
+
+    def install(self) -> None:
+        super().install()
+        self.planned_replicas = sum(1 for table in self.policy.pool.layers.values() for _, gpu in table
+                                    if gpu == self.rank)
+
+    def _attach_store(self, modules: list[Any]) -> None:
+        """Serve replicas from the node's host store file, and free the model's fused expert weights."""
+        path = self.place.store_path
+        if self.place.writes_store and not path.is_file():
+            write_host_store(path, modules, [self.math[layer] for layer in range(len(modules))])
+        deadline = time.monotonic() + STORE_WAIT_S
+        while not path.is_file():
+            if time.monotonic() > deadline:
+                raise MoelessError(f"rank {self.rank}: the node's host weight store {path} was never written")
+            time.sleep(0.05)
+        self.store = FileHostStore(path, self.math)
+        for layer, module in enumerate(modules):
+            release_fused(module, self.math[layer])
+
+    def resident_expert_bytes(self) -> int:
+        """Expert weight bytes this process holds: its replicas and whatever fused weights remain."""
+        tensors = [t for key, weights in self.workers[self.rank].replicas.items() for t in weights.values()]
+        tensors += [getattr(module, name) for layer, (_, _, module) in self._originals.items()
+                    for name in self.math[layer].names]
+        return tensor_bytes(t for t in tensors if t.numel() > 0)
 
     def now(self) -> float:
         return self.iteration_now

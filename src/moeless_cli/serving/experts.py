@@ -13,7 +13,9 @@ differ in bf16 (and in fp32 for top-k >= 3), so copying the right one keeps the 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -124,7 +126,8 @@ def _gate_of(module: Any) -> Callable[[Any], Any]:
 
 
 class HostStore:
-    """Every expert's weights in host memory: layer -> fused tensors [num_experts, ...] on the CPU."""
+    """Every expert's weights in host memory: layer -> fused tensors [num_experts, ...] on the CPU
+    (the model's own parameters, not a copy: the local backend keeps the whole model)."""
 
     def __init__(self) -> None:
         self._layers: dict[int, dict[str, Any]] = {}  # MoE layer -> parameter name -> fused CPU tensor
@@ -143,3 +146,65 @@ class HostStore:
     def copy_to(self, layer: int, expert: int, device: Any) -> dict[str, Any]:
         """A fresh copy of one expert's weights on `device` (the cold start of a replica)."""
         return {name: t[expert].to(device=device, copy=True) for name, t in self._layers[layer].items()}
+
+
+def _expert_key(layer: int, expert: int, name: str) -> str:
+    return f"{layer}.{expert}.{name}"
+
+
+def write_host_store(path: Path, modules: list[Any], maths: list[ExpertMath]) -> None:
+    """Write every expert of every MoE layer (modules[layer], the fused experts modules) to one
+    safetensors file, one tensor per (layer, expert, weight), so a rank reads only what it hosts.
+    Written to a temp name and renamed: readers never see a partial store."""
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for layer, (module, math) in enumerate(zip(modules, maths)):
+        for name in math.names:
+            fused = getattr(module, name).detach()
+            for expert in range(fused.shape[0]):
+                tensors[_expert_key(layer, expert, name)] = fused[expert].to("cpu", copy=True).contiguous()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file(tensors, str(tmp))
+    os.replace(tmp, path)
+
+
+class FileHostStore:
+    """The host weight store of the dist backend: the experts in a safetensors file shared by the
+    node's ranks through the page cache (memory-mapped, not held by any rank), read one replica at a
+    time. A rank's own memory holds only the replicas it hosts."""
+
+    def __init__(self, path: Path, maths: dict[int, ExpertMath]):
+        from safetensors import safe_open
+
+        self.path = path  # experts.safetensors (write_host_store)
+        self._file = safe_open(str(path), framework="pt")
+        self._names = {layer: math.names for layer, math in maths.items()}  # layer -> weight names
+        self.expert_bytes = tensor_bytes(self.copy_to(0, 0, "cpu").values())  # bytes of one expert of one layer
+
+    def copy_to(self, layer: int, expert: int, device: Any) -> dict[str, Any]:
+        """One expert's weights read from the store onto `device` (the cold start of a replica)."""
+        out = {}
+        for name in self._names[layer]:
+            tensor = self._file.get_tensor(_expert_key(layer, expert, name))
+            out[name] = tensor if str(device) == "cpu" else tensor.to(device)
+        return out
+
+
+def release_fused(module: Any, math: ExpertMath) -> None:
+    """Free a fused experts module's weights once a rank's replicas come from the host store (the
+    module stays: its activation is the experts' own `apply_gate`)."""
+    import torch
+
+    for name in math.names:
+        old = getattr(module, name)
+        setattr(module, name, torch.nn.Parameter(old.new_empty((0,)), requires_grad=False))
+
+
+def tensor_bytes(tensors: Any) -> int:
+    """Bytes held by the distinct storages of some tensors (views of one storage count once)."""
+    seen: dict[int, int] = {}
+    for t in tensors:
+        storage = t.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
+    return sum(seen.values())

@@ -30,6 +30,7 @@ class FunctionLedger:
     expert_bytes: int  # bytes of one replica
     counters: MeasuredFunctionCounters = field(default_factory=MeasuredFunctionCounters)
     live_keys: set[tuple[int, int, int]] = field(default_factory=set)  # (layer, expert, worker) on a worker now
+    peak_live: int = 0  # most replicas live at once
     _last_event: float | None = None
 
     def _advance(self, now: float) -> None:
@@ -40,6 +41,7 @@ class FunctionLedger:
     def created(self, key: tuple[int, int, int], seconds: float, now: float) -> None:
         self._advance(now)
         self.live_keys.add(key)
+        self.peak_live = max(self.peak_live, len(self.live_keys))
         c = self.counters
         c.cold_starts += 1
         c.created += 1

@@ -94,7 +94,7 @@ class ExpertParallelRuntime:
         self.distance = distance  # predict layer l + distance while layer l runs
         # which of the predictor's models the policy wants ("paper" or "moeless"); None: no forecast
         self.predictor_method = policy.predictor_method if predictor is not None else None
-        self.store = HostStore()
+        self.store: Any = HostStore()  # where replicas are copied from (dist: serving.experts.FileHostStore)
         self.math: dict[int, ExpertMath] = {}
         self.stats = RuntimeStats()
         self.ledger = FunctionLedger(expert_bytes=0)
@@ -109,21 +109,32 @@ class ExpertParallelRuntime:
     # -- load time ---------------------------------------------------------------------------------
     def install(self) -> None:
         """Swap every MoE layer's experts for the expert-parallel block and warm the policy's replicas."""
+        self._attach_store(self._swap_experts())
+        self.ledger.expert_bytes = self.store.expert_bytes
+        for layer in range(self.loaded.num_moe_layers):
+            self._warm(layer, *self.policy.prepare(layer, None, self.now()))
+
+    def _swap_experts(self) -> list[Any]:
+        """Put the expert-parallel block in place of each MoE layer's fused experts module; returns
+        the fused modules, by MoE layer."""
         cls = _make_module_class()
         self._restore_blocks = self.loaded.standardise_moe_blocks()  # Llama-4 blocks call experts another way
+        modules = []
         for layer in range(self.loaded.num_moe_layers):
             module = self.loaded.experts(layer)
-            where = f"{self.loaded.model_id} MoE layer {layer}"
-            self.math[layer] = expert_math_of(module, where)
-            self.store.add_layer(layer, module, self.math[layer])
+            self.math[layer] = expert_math_of(module, f"{self.loaded.model_id} MoE layer {layer}")
             parent_path, _, attr = self.loaded.adapter.experts_path.rpartition(".")
             decoder = self.loaded.model.model.layers[self.loaded.moe_layer_ids[layer]]
             parent = decoder.get_submodule(parent_path) if parent_path else decoder
             self._originals[layer] = (parent, attr, module)
             setattr(parent, attr, cls(self, layer))
-        self.ledger.expert_bytes = self.store.expert_bytes
-        for layer in range(self.loaded.num_moe_layers):
-            self._warm(layer, *self.policy.prepare(layer, None, self.now()))
+            modules.append(module)
+        return modules
+
+    def _attach_store(self, modules: list[Any]) -> None:
+        """The host store serves replicas from the model's own fused weights (kept in memory)."""
+        for layer, module in enumerate(modules):
+            self.store.add_layer(layer, module, self.math[layer])
 
     def uninstall(self) -> None:
         """Put the model's own experts modules back (the plain model again)."""

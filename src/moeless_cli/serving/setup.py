@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,11 @@ class ServeOptions:
     distance: int = 1  # predict layer l + d while layer l runs
     dtype: str | None = None  # model dtype (default float32 on CPU)
     record_layers: bool = False  # keep every MoE layer call's per-worker rows, replicas and seconds (calibration)
+    expert_memory_mb: float | None = None  # most MiB of expert replicas one worker holds (all layers); None: no cap
+    nnodes: int = 1  # dist: machines (torchrun agents) the workers are split over, workers / nnodes each
+    node_rank: int = 0  # dist: this machine's index; node 0 hosts the rendezvous
+    rdzv_endpoint: str | None = None  # dist with nnodes > 1: HOST:PORT of node 0's rendezvous
+    heartbeat_timeout_s: float = 5.0  # dist: a rank silent this long (dead or stopped) is replaced
 
     def to_json(self) -> dict[str, Any]:
         """The options as a JSON object (paths as strings): the dist ranks' input and the report's echo."""
@@ -71,6 +77,30 @@ def check_options(o: ServeOptions) -> None:
             raise MoelessError(f"{name} must be >= 1, got {value}")
     if o.keep_alive_s < 0 or o.gpu_price_per_hour < 0:
         raise MoelessError("--keep-alive and --gpu-price-per-hour must be >= 0")
+    check_dist_options(o)
+
+
+def check_dist_options(o: ServeOptions) -> None:
+    """The expert-memory cap and the multi-node, heartbeat options (one-line errors)."""
+    if o.expert_memory_mb is not None and not 0 < o.expert_memory_mb < math.inf:
+        raise MoelessError(f"--expert-memory-mb must be a positive number of MiB, got {o.expert_memory_mb}")
+    if not 0.5 <= o.heartbeat_timeout_s <= 3600:
+        raise MoelessError(f"--heartbeat-timeout must be between 0.5 and 3600 seconds, got {o.heartbeat_timeout_s}")
+    if not 1 <= o.nnodes <= 4096 or not 0 <= o.node_rank < o.nnodes:
+        raise MoelessError(f"--nnodes must be >= 1 and --node-rank in [0, nnodes), got {o.nnodes} and {o.node_rank}")
+    if o.nnodes > 1 and o.backend != "dist":
+        raise MoelessError("--nnodes > 1 needs --backend dist")
+    if o.nnodes > 1 and parse_endpoint(o.rdzv_endpoint) is None:
+        raise MoelessError(f"--nnodes {o.nnodes} needs --rdzv-endpoint HOST:PORT (node 0's address), "
+                           f"got {o.rdzv_endpoint!r}")
+
+
+def parse_endpoint(endpoint: str | None) -> tuple[str, int] | None:
+    """HOST:PORT -> (host, port), None when it is not one."""
+    host, _, port = (endpoint or "").rpartition(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        return None
+    return host, int(port)
 
 
 @dataclass
@@ -95,12 +125,14 @@ def check_inputs(o: ServeOptions, launcher: bool = False) -> CheckedInputs:
         check_predictor(o.predictor, chash)
     plan = check_plan_cheaply(o.plan, chash, o.workers) if o.plan is not None else None
     workers = o.workers or (plan.num_gpus if plan is not None else DEFAULT_WORKERS)
+    if launcher and workers % o.nnodes:
+        raise MoelessError(f"--workers {workers} cannot be split evenly over --nnodes {o.nnodes}")
     if launcher and any(d.startswith("cuda") for d in o.devices):
         import torch
 
-        if torch.cuda.device_count() < workers:
-            raise MoelessError(f"--backend dist with CUDA needs one GPU per worker: {workers} workers, "
-                               f"{torch.cuda.device_count()} GPUs visible")
+        if torch.cuda.device_count() < workers // o.nnodes:
+            raise MoelessError(f"--backend dist with CUDA needs one GPU per worker: {workers // o.nnodes} workers, "
+                               f"{torch.cuda.device_count()} GPUs visible" + (" on this node" if o.nnodes > 1 else ""))
     return CheckedInputs(chash, plan, workers)
 
 
@@ -153,6 +185,30 @@ def slots_per_gpu(num_experts: int, workers: int, plan: Any) -> int:
     if plan is not None:
         slots = max(slots, max(int(layer.slots_used(workers).max()) for layer in plan.layers))
     return slots
+
+
+def capped_slots_per_gpu(num_experts: int, workers: int, plan: Any, memory_mb: float | None,
+                         replica_bytes: int) -> int:
+    """`slots_per_gpu`, capped by --expert-memory-mb: replica_bytes is one expert over all MoE layers."""
+    slots = slots_per_gpu(num_experts, workers, plan)
+    if memory_mb is None:
+        return slots
+    cap = expert_slot_cap(memory_mb, replica_bytes)
+    planned = max(int(layer.slots_used(workers).max()) for layer in plan.layers) if plan is not None else 0
+    if planned > cap:
+        raise MoelessError(f"the plan puts {planned} replicas of a layer on one worker; --expert-memory-mb "
+                           f"{memory_mb:g} holds {cap}")
+    if cap * workers < num_experts:
+        raise MoelessError(
+            f"{num_experts} experts ({replica_bytes / 2**20:.2f} MiB each over all layers) do not fit in {workers} "
+            f"worker(s) x --expert-memory-mb {memory_mb:g} ({cap} per worker): give at least "
+            f"{-(-num_experts // max(cap, 1))} workers or more memory")
+    return min(slots, cap)
+
+
+def expert_slot_cap(memory_mb: float, replica_bytes: int) -> int:
+    """Replicas per layer that fit in memory_mb MiB when each takes replica_bytes over all layers."""
+    return int(memory_mb * 2**20 // max(replica_bytes, 1))
 
 
 @dataclass

@@ -1,9 +1,12 @@
 """Model presets: the real sizes of published MoE models (from their Hugging Face config.json files).
 
-Routing for a preset comes from a recorded profile of a smaller model with the same top-k: its
-layers are mapped onto the preset's cyclically, and when the preset has f times as many experts,
-each recorded expert is split into f experts (a token goes to one of them by a fixed hash), which
-keeps the recorded skew between groups and spreads it evenly inside a group.
+Routing for a preset comes from a recorded profile of a smaller model with the same top-k or a
+larger one: its layers are mapped onto the preset's cyclically, and when the preset has f times as
+many experts, each recorded expert is split into f experts (a token goes to one of them by a fixed
+hash), which keeps the recorded skew between groups and spreads it evenly inside a group. A preset
+with a smaller top-k keeps each token's highest-weight recorded experts (the recorder stores a
+router's top-k in weight order: `torch.topk` sorts): Llama-4-Scout (top-1 of 16) takes each
+token's first expert of tiny-mixtral's top-2 of 8, split in two.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ class ModelPreset:
     other_params: float = 0.0  # embeddings and LM head
     kv_bytes_per_token: float = 0.0  # KV-cache bytes per token per layer
     routing_model: str = ""  # built-in model whose recorded routing feeds the preset by default
+    default_hardware: str = "a6000"  # the GPU bench simulates when none is named (one the model fits on 8 of)
 
     @property
     def expert_params(self) -> float:
@@ -76,6 +80,17 @@ PRESETS: dict[str, ModelPreset] = {
         "qwen3-30b-a3b", "Qwen3-30B-A3B: 48 layers, 128 experts top-8, hidden 2048, expert FFN 768 (bf16)",
         48, 128, 8, 2048, 768, 2.0, _gqa(2048, 32, 4, 128),
         other_params=2 * 151936 * 2048, kv_bytes_per_token=2 * 4 * 128 * 2, routing_model="tiny-olmoe"),
+    # Llama-4-Scout-17B-16E (text_config of its config.json): 48 layers, all MoE (interleave_moe_layer_step
+    # 1), 16 routed experts top-1 plus one shared expert of the same width (intermediate_size 8192;
+    # intermediate_size_mlp 16384 is the dense FFN, unused when every layer is MoE), hidden 5120, 40 heads,
+    # 8 KV heads of 128, vocab 202048, untied embeddings, bf16. Its 109B bf16 parameters do not fit on
+    # 8 A6000s (one expert slot per GPU, 16 experts), so it runs on H100s by default.
+    "llama-4-scout": ModelPreset(
+        "llama-4-scout", "Llama-4-Scout-17B-16E: 48 layers, 16 experts top-1 + 1 shared, hidden 5120, "
+        "expert FFN 8192 (bf16)",
+        48, 16, 1, 5120, 8192, 2.0, _gqa(5120, 40, 8, 128), shared_expert_params=3 * 5120 * 8192,
+        other_params=2 * 202048 * 5120, kv_bytes_per_token=2 * 8 * 128 * 2, routing_model="tiny-mixtral",
+        default_hardware="h100"),
     # MLA attention: q_a 7168x1536, q_b 1536x(128x192), kv_a 7168x576, kv_b 512x(128x256), o (128x128)x7168.
     "deepseek-v3": ModelPreset(
         "deepseek-v3", "DeepSeek-V3: 58 MoE + 3 dense layers, 256 experts top-8 + 1 shared, hidden 7168, "
@@ -83,7 +98,8 @@ PRESETS: dict[str, ModelPreset] = {
         58, 256, 8, 7168, 2048, 1.0,
         7168 * 1536 + 1536 * 128 * 192 + 7168 * 576 + 512 * 128 * 256 + 128 * 128 * 7168,
         shared_expert_params=3 * 7168 * 2048, dense_layers=3, dense_ffn_params=3 * 7168 * 18432,
-        other_params=2 * 129280 * 7168, kv_bytes_per_token=(512 + 64) * 2, routing_model="tiny-olmoe"),
+        other_params=2 * 129280 * 7168, kv_bytes_per_token=(512 + 64) * 2, routing_model="tiny-olmoe",
+        default_hardware="h200"),
 }
 
 

@@ -5,11 +5,20 @@ layer runs once and counts for the preset layers it stands for. Per layer: the p
 warm set one layer ahead (d = 1; copies begun then may finish in time), the gate's true load is
 dispatched, and the layer takes its wait for copies still loading + its MoE time; attention and
 the rest of the model add the non-MoE time, spread evenly over layers.
+
+The policy's per-layer decision is on the critical path: a policy that computes its split on the
+host after the gate (`decision_on_host`: moeless, moeless-paper, eplb+balanced) pays the measured seconds of its
+`dispatch` call (the thread's CPU time around it, this machine's Python: what the decision costs,
+not the waits a loaded machine's scheduler adds), or a fixed charge
+(`SimConfig.decision`); it overlaps a copy the layer waits for. The others decide what an engine's
+dispatch kernel computes on the device anyway (DeepEP's layout) and pay nothing extra. `prepare`
+(forecast and pre-warming) runs a layer ahead, overlapped with the layer before, and is not charged.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from time import thread_time
 from typing import Any, Callable
 
 import numpy as np
@@ -18,7 +27,7 @@ from moeless_cli.errors import MoelessError, require_choice
 from moeless_cli.online.batching import BATCHING, ContinuousBatcher, PaperBatcher, Request, next_event_s
 from moeless_cli.online.functions import FunctionPool
 from moeless_cli.online.policies import Policy, PolicySetting, make_policy
-from moeless_cli.online.report import CostTotals, build_report, pool_gbs
+from moeless_cli.online.report import CostTotals, build_report, latency_stats
 from moeless_cli.planning.dispatch import round_split
 from moeless_cli.planning.plan import Plan, replica_cap
 from moeless_cli.sim.routing import RecordedRouting
@@ -36,14 +45,45 @@ class SimConfig:
     redundant: int | None = None  # EPLB's replicas per layer beyond one per expert (its redundant experts);
     # None: max(2G, E/4) (two spare slots per GPU, or DeepSeek-like E/4), whole GPUs, within memory
     equal_budget: bool = False  # cap moeless-paper and moeless at EPLB's replicas too (else: memory only)
+    replicas_per_layer: int | None = None  # every system's replica budget per layer (EPLB's and the
+    # serverless cap alike: the latency-memory sweep, `bench/pareto.py`); None: the two rules above
     copy_backlog_s: float = 0.25  # serverless: no new copy into a GPU whose copy link is busy this long
+    decision: str | float = "measured"  # host-decision policies' per-layer charge: "measured" (their dispatch
+    # call, timed here), "none", or fixed seconds (deterministic, for tests)
+    request_order: str = "cycle"  # trace request i plays recorded request: "cycle": i mod R; "phases":
+    # i * R // n over the n trace requests (each recorded request in turn, once: a phased set's phases in order)
 
     def validate(self) -> None:
         require_choice("--batching", self.batching, BATCHING)
+        require_choice("request order", self.request_order, REQUEST_ORDERS)
         if self.token_budget < 1 or self.max_batch < 1:
             raise MoelessError("token budget and max batch must be at least 1")
         if self.keep_alive_s < 0:
             raise MoelessError(f"--keep-alive must be non-negative, got {self.keep_alive_s}")
+        self.decision = parse_decision(self.decision)
+
+    def decision_s(self, measured_s: float) -> float:
+        """Seconds charged for one host decision that took measured_s here."""
+        if self.decision == "measured":
+            return measured_s
+        return 0.0 if self.decision == "none" else float(self.decision)
+
+
+REQUEST_ORDERS = ("cycle", "phases")
+DECISIONS = ("measured", "none")
+
+
+def parse_decision(value: str | float) -> str | float:
+    """--decision-cost: "measured", "none" or a non-negative number of seconds (as a number or text)."""
+    if isinstance(value, str) and value in DECISIONS:
+        return value
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if not seconds >= 0 or seconds == float("inf"):
+        raise MoelessError(f"--decision-cost must be measured, none or seconds >= 0, got {value!r}")
+    return seconds
 
 
 def replica_budget(num_experts: int, num_gpus: int, slots: int, redundant: int | None) -> int:
@@ -57,12 +97,13 @@ def replica_budget(num_experts: int, num_gpus: int, slots: int, redundant: int |
 
 def make_setting(cluster: ClusterModel, routing: RecordedRouting, config: SimConfig, plan: Plan | None) -> PolicySetting:
     slots = cluster.slots_per_gpu()
-    budget = replica_budget(routing.num_experts, cluster.num_gpus, slots, config.redundant)
+    budget = config.replicas_per_layer or replica_budget(routing.num_experts, cluster.num_gpus, slots, config.redundant)
+    serverless = budget if config.equal_budget or config.replicas_per_layer else None
     return PolicySetting(
         num_layers=routing.num_layers, num_experts=routing.num_experts, num_gpus=cluster.num_gpus,
         slots_per_gpu=slots, history=routing.history, entry_tokens=cluster.entry_tokens,
         eplb_window=config.eplb_window, eplb_period=config.eplb_period, plan=plan,
-        replica_budget=budget, serverless_budget=budget if config.equal_budget else None,
+        replica_budget=budget, serverless_budget=serverless,
     )
 
 
@@ -87,8 +128,20 @@ class _Run:
     pool: FunctionPool
     predictor: Any
     method: str | None
+    config: SimConfig
     layer_s: list[np.ndarray]
+    decide_s: list[float] = field(default_factory=list)  # host decisions charged, per layer run (host policies)
     busy_gpu_s: float = 0.0
+
+    def decide(self, layer: int, load: np.ndarray, now: float) -> tuple[Any, float]:
+        """The policy's dispatch of the gate's load: [experts], and the seconds its decision is charged."""
+        started = thread_time()
+        d = self.policy.dispatch(layer, load, now)
+        if not self.policy.decision_on_host:
+            return d, 0.0
+        charged = self.config.decision_s(thread_time() - started)
+        self.decide_s.append(charged)
+        return d, charged
 
     def iteration(self, step: Step) -> float:
         """Run every layer of one iteration from step.start_s; returns when it ends."""
@@ -104,10 +157,10 @@ class _Run:
                 raw = self.predictor.blend_counts(forecast[layer], step.tokens, layer, 1, self.method)
                 predicted = routing.unfold(raw)
             policy.prepare(layer, predicted, max(step.start_s, t - lead))
-            d = policy.dispatch(layer, load[layer], t)
+            d, decide_s = self.decide(layer, load[layer], t)
             whole = round_split(d.tokens, d.expert, load[layer])  # tokens are indivisible
             moe_s, gpu_s = cluster.moe_layer(d.gpu, whole.astype(np.float64), policy.perfect_balance)
-            layer_s = (d.start_s - t) + moe_s
+            layer_s = max(d.start_s - t, decide_s) + moe_s  # the decision overlaps a copy it waits for
             pool.bill(layer, int((whole > 0).sum()), moe_s)
             self.busy_gpu_s += mult[layer] * (gpu_s + misc_layer * cluster.num_gpus)
             policy.observe(layer, load[layer])
@@ -139,7 +192,7 @@ def _start(policy_name: str, cluster: ClusterModel, routing: RecordedRouting, co
     method = policy.predictor_method if predictor is not None and routing.forecasts else None
     if predictor is not None:
         predictor.reset_history()
-    return _Run(cluster, routing, policy, pool, predictor, method, [])
+    return _Run(cluster, routing, policy, pool, predictor, method, config, [])
 
 
 def simulate(policy_name: str, cluster: ClusterModel, routing: RecordedRouting, trace: Any, config: SimConfig,
@@ -155,6 +208,7 @@ def simulate(policy_name: str, cluster: ClusterModel, routing: RecordedRouting, 
         batcher.add(Request(i, float(trace.arrival_s[i]), max(1, int(trace.input_tokens[i])),
                             max(1, int(trace.output_tokens[i]))))
     now, replicas_seen, schedule = 0.0, [], []
+    slot = recorded_request(routing.num_requests, len(trace), config.request_order)
     while batcher.has_work():
         it = batcher.next_iteration(now)
         if not it:
@@ -165,7 +219,6 @@ def simulate(policy_name: str, cluster: ClusterModel, routing: RecordedRouting, 
             run.pool.reclaim(now)  # idle time passes (not an iteration: EPLB counts those to re-plan)
             continue
         timings = batcher.timings
-        slot = lambda rid: rid % routing.num_requests  # noqa: E731
         step = Step(
             now,
             [(slot(rid), timings[rid].prefilled, n) for rid, n in it.prefill],
@@ -184,27 +237,50 @@ def simulate(policy_name: str, cluster: ClusterModel, routing: RecordedRouting, 
     return {"report": report, "moe_layer_s": run.layer_times(), "schedule": schedule}
 
 
+def _replayed(policy_name: str, cluster: ClusterModel, routing: RecordedRouting, schedule: list[Step],
+              config: SimConfig, predictor: Any, plan: Plan | None) -> tuple[_Run, float]:
+    """One system run over a fixed batch sequence; returns the run and when its last iteration ended."""
+    run = _start(policy_name, cluster, routing, config, predictor, plan)
+    end = 0.0
+    for step in schedule:
+        run.pool.reclaim(step.start_s)  # the idle gap before it (run.iteration ends each iteration)
+        end = run.iteration(step)
+    return run, end
+
+
+def recorded_request(recorded: int, trace_requests: int, order: str) -> Callable[[int], int]:
+    """Trace request id -> the recorded request whose routing it plays (SimConfig.request_order)."""
+    if order == "phases":
+        return lambda rid: rid * recorded // max(trace_requests, 1)
+    return lambda rid: rid % recorded
+
+
 def replay(policy_name: str, cluster: ClusterModel, routing: RecordedRouting, schedule: list[Step], config: SimConfig,
            predictor: Any = None, plan: Plan | None = None) -> np.ndarray:
     """MoE-layer times of one system on a fixed batch sequence (same batches for every system)."""
-    run = _start(policy_name, cluster, routing, config, predictor, plan)
-    for step in schedule:
-        run.pool.reclaim(step.start_s)  # the idle gap before it (run.iteration ends each iteration)
-        run.iteration(step)
-    return run.layer_times()
+    return _replayed(policy_name, cluster, routing, schedule, config, predictor, plan)[0].layer_times()
+
+
+def replay_costs(policy_name: str, cluster: ClusterModel, routing: RecordedRouting, schedule: list[Step],
+                 config: SimConfig, predictor: Any = None, plan: Plan | None = None) -> dict[str, Any]:
+    """`replay`, and what its function pool held and billed up to the last iteration's end:
+    {"moe_layer_s": [layer executions], "end_s", "gbs_live", "gbs_per_invocation", "cold_starts"}."""
+    run, end = _replayed(policy_name, cluster, routing, schedule, config, predictor, plan)
+    return {"moe_layer_s": run.layer_times(), "end_s": end, "gbs_live": run.pool.live_gb_seconds(end),
+            "gbs_per_invocation": run.pool.busy_gbs, "cold_starts": run.pool.counters.cold_starts}
 
 
 def _report(run: _Run, timings: Any, generated: int, now: float, replicas_seen: list[int]) -> dict[str, Any]:
     hw, pool, policy = run.cluster.hardware, run.pool, run.policy
     preset_layers = float(sum(run.routing.multiplicity))
-    gbs_proxy, gbs_live = pool_gbs(pool, policy.serverful, now)
-    cost = CostTotals(
-        gbs_proxy=gbs_proxy, gbs_live=gbs_live, serverless_gpu_s=run.busy_gpu_s,
-        serverful_gpu_s=run.cluster.num_gpus * now, usd_per_gpu_hour=hw.usd_per_gpu_hour,
-    )
+    cost = CostTotals.from_pool(pool, policy.serverful, now, serverless_gpu_s=run.busy_gpu_s,
+                                serverful_gpu_s=run.cluster.num_gpus * now, usd_per_gpu_hour=hw.usd_per_gpu_hour)
     seen = np.asarray(replicas_seen or [pool.live_count()], dtype=np.float64)
     report = build_report(policy.name, policy.lossy, timings, run.layer_times(), generated, now, cost, pool.counters,
                           replicas={"mean_per_layer": seen.mean() / preset_layers,
                                     "max_per_layer": seen.max() / preset_layers})
     report["iterations"] = len(run.layer_s)
+    # Host decisions charged per layer run (each counts once, whatever the preset layers it stands for).
+    report["moe_layer_parts_ms"] = {"decide": latency_stats(np.asarray(run.decide_s) * 1e3, (50, 99))
+                                    if run.decide_s else latency_stats([0.0], (50, 99))}
     return report

@@ -7,7 +7,7 @@ network) and sends its share out likewise; link classes run in parallel, each bo
 per-GPU bandwidth. Dispatch and combine: twice.
 
 Time models (`--time-model`):
-- physical: each replica that serves t > 0 tokens runs one grouped GEMM on its GPU, a roofline:
+- physical (the default): each replica that serves t > 0 tokens runs one grouped GEMM on its GPU, a roofline:
   max(w, c * tiles(t)), w = expert bytes / HBM bandwidth (its weights are streamed once), c * tiles(t)
   its compute with t rounded up to whole row tiles (`Hardware.gemm_tile_tokens`: a GEMM of 3 tokens
   costs a tile's compute, the small-batch efficiency loss). A GPU runs its replicas one after
@@ -15,10 +15,12 @@ Time models (`--time-model`):
   per-collective cost by link class (`intra_collective_s` / `inter_collective_s`) plus bytes over
   bandwidth. Oracle: the busiest GPU does at least the average of the one-replica-per-expert work,
   and at least one replica's GEMM over ceil(T / G) tokens.
-- default: a GPU is charged for all tokens of all the replicas it hosts (they share it); the layer
-  waits for the busiest GPU: c max_g (tokens on g) + 2 max_g comm_g. Oracle spreads the tokens
-  perfectly (c ceil(T / G), tokens being whole): no placement does better, so it is the floor.
-- roofline: as default, plus w = expert bytes / HBM bandwidth for every replica that serves any
+- compute: an idealisation, no weight streaming (a replica's weights cost nothing to read, however
+  few tokens it serves): a GPU is charged for all tokens of all the replicas it hosts (they share
+  it); the layer waits for the busiest GPU: c max_g (tokens on g) + 2 max_g comm_g. Oracle spreads
+  the tokens perfectly (c ceil(T / G), tokens being whole): no placement does better, so it is the
+  floor. The model of the first bench versions ("default" then); for comparison with them.
+- roofline: as compute, plus w = expert bytes / HBM bandwidth for every replica that serves any
   token (its weights are streamed once): small decode batches are memory-bound, and replicas that
   split an expert add weight reads. Oracle: max(sum_e (w + c t_e) / G, w + c T / G), still a floor
   (the busiest GPU does at least the average work, and at least one weight read plus 1/G of T).
@@ -42,7 +44,14 @@ from moeless_cli.sim.presets import ModelPreset
 
 ACTIVATION_BYTES = 2  # bf16 hidden states in the all-to-all
 KV_RESERVE = 0.2  # share of device memory kept for the KV cache and activations
-TIME_MODELS = ("physical", "default", "roofline", "paper")
+TIME_MODELS = ("physical", "compute", "roofline", "paper")  # the first is the default
+TIME_MODEL_NOTES = {  # one line each, for reports
+    "physical": "roofline GEMM per used replica (weights streamed from HBM, whole row tiles), busiest GPU, "
+                "all-to-all with per-collective latency",
+    "compute": "an idealisation: compute only, no weight streaming (small batches cost almost nothing)",
+    "roofline": "compute plus one weight read per used replica",
+    "paper": "the paper's: the slowest replica alone sets the layer time (comparison only)",
+}
 
 
 def link_classes(num_gpus: int, hardware: Hardware) -> list[tuple[np.ndarray, float]]:
@@ -61,11 +70,11 @@ def link_classes(num_gpus: int, hardware: Hardware) -> list[tuple[np.ndarray, fl
 
 @dataclass
 class ClusterModel:
-    hardware: Hardware
-    preset: ModelPreset
-    num_gpus: int
-    time_model: str = "default"
-    classes: list[tuple[np.ndarray, float]] = field(default_factory=list)
+    hardware: Hardware  # the GPU and its links
+    preset: ModelPreset  # the model's sizes
+    num_gpus: int  # G: expert-parallel GPUs
+    time_model: str = "physical"  # one of TIME_MODELS
+    classes: list[tuple[np.ndarray, float]] = field(default_factory=list)  # link classes (set from the hardware)
 
     def __post_init__(self) -> None:
         require_choice("--time-model", self.time_model, TIME_MODELS)
@@ -101,7 +110,8 @@ class ClusterModel:
 
     @property
     def entry_tokens(self) -> float:
-        """The weight read of a replica in tokens of compute: the dispatch's entry cost."""
+        """The weight read of a replica in tokens of compute: the dispatch's entry cost (0 under
+        compute and paper, which charge no weight reads; one replica's read under roofline and physical)."""
         return self.replica_weight_s / self.token_s
 
     def slots_per_gpu(self) -> int:

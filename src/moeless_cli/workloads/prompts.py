@@ -1,8 +1,11 @@
 """Prompt datasets: built-in named sets shipped in the package, or any local file via `datasets`.
 
 Built-ins (each folder under data/datasets/ has a SOURCE.md): gsm8k (math), humaneval (code),
-wikitext2 and tinyshakespeare (prose), and `mix`, which interleaves the four. Local .json/.jsonl/
-.parquet/.csv/.txt files go through `datasets.load_dataset`; a hub dataset name works when online.
+wikitext2 and tinyshakespeare (prose); `mix`, which interleaves the four; and `shift`, a workload
+that moves: phases of one domain each, in order (code, then math, then prose; equal phases of the
+requested prompts), so that a replay in prompt order shifts the routing under the systems. Local
+.json/.jsonl/.parquet/.csv/.txt files go through `datasets.load_dataset`; a hub dataset name works
+when online.
 """
 
 from __future__ import annotations
@@ -69,10 +72,12 @@ BUILTIN_DATASETS: dict[str, Callable[[str], list[Prompt]]] = {
     "tinyshakespeare": _builtin_reader("chunks.jsonl", "text", "prose", chat=False),
 }
 MIX_PARTS = ("gsm8k", "humaneval", "wikitext2", "tinyshakespeare")
+SHIFT_PHASES = (("code", ("humaneval",)), ("math", ("gsm8k",)), ("prose", ("wikitext2", "tinyshakespeare")))
+PHASED_DATASETS = ("shift",)  # built-ins whose prompt order is a sequence of phases (replay keeps it)
 
 
 def builtin_dataset_names() -> list[str]:
-    return sorted([*BUILTIN_DATASETS, "mix"])
+    return sorted([*BUILTIN_DATASETS, "mix", *PHASED_DATASETS])
 
 
 def _interleave(parts: list[list[Prompt]]) -> list[Prompt]:
@@ -95,6 +100,8 @@ def load_prompts(name_or_path: str, text_field: str | None = None, num_prompts: 
     if name_or_path == "mix":
         parts = [_shuffled(BUILTIN_DATASETS[n](n), rng) for n in MIX_PARTS]
         prompts = _interleave(parts)
+    elif name_or_path == "shift":
+        prompts = _phases(rng, num_prompts)
     elif name_or_path in BUILTIN_DATASETS:
         prompts = _shuffled(BUILTIN_DATASETS[name_or_path](name_or_path), rng)
     else:
@@ -102,6 +109,18 @@ def load_prompts(name_or_path: str, text_field: str | None = None, num_prompts: 
     if not prompts:
         raise MoelessError(f"dataset {name_or_path} has no non-empty prompts")
     return PromptSet(name=name_or_path, prompts=prompts[:num_prompts] if num_prompts else prompts)
+
+
+def _phases(rng: random.Random, num_prompts: int | None) -> list[Prompt]:
+    """SHIFT_PHASES in order, each a seeded random subset of its datasets (interleaved when several):
+    num_prompts split as evenly as the phases allow (the first ones get the remainder), or as many per
+    phase as the smallest has."""
+    phases = [_interleave([_shuffled(BUILTIN_DATASETS[n](n), rng) for n in names]) for _, names in SHIFT_PHASES]
+    if num_prompts is None:
+        sizes = [min(len(p) for p in phases)] * len(phases)
+    else:
+        sizes = [num_prompts // len(phases) + (i < num_prompts % len(phases)) for i in range(len(phases))]
+    return [prompt for phase, size in zip(phases, sizes) for prompt in phase[:size]]
 
 
 def _shuffled(prompts: list[Prompt], rng: random.Random) -> list[Prompt]:
