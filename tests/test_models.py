@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from tiny_models import FAMILIES, cached_tiny_checkpoint, make_tiny_dense_checkpoint, single_thread_torch
+from tiny_models import FAMILIES, cached_tiny_checkpoint, make_tiny_dense_checkpoint, single_thread_torch, tiny_top_k
 
 from moeless_cli.errors import MoelessError
 from moeless_cli.models import ADAPTERS, config_hash, load_moe_model, resolve_model_path, supported_families
@@ -20,7 +20,8 @@ def _one_thread():
 def test_every_supported_family_has_a_tiny_checkpoint():
     assert sorted(ADAPTERS) == FAMILIES
     listed = {f["model_type"] for f in supported_families()}
-    assert {"mixtral", "phimoe", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3", "gpt_oss"} <= listed
+    assert {"mixtral", "phimoe", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3", "gpt_oss",
+            "llama4_text", "llama4"} <= listed
     assert all(f["architecture"].endswith("ForCausalLM") and f["notes"] for f in supported_families())
 
 
@@ -30,7 +31,7 @@ def test_load_every_family_from_disk(family):
     loaded = load_moe_model(path)
     config = loaded.model.config
     assert loaded.family == family
-    assert loaded.num_experts == 8 and loaded.top_k == 2 and loaded.hidden_size == 32
+    assert loaded.num_experts == 8 and loaded.top_k == tiny_top_k(family) and loaded.hidden_size == 32
     # The MoE layers found by module structure agree with the family's config rule.
     assert loaded.moe_layer_ids == loaded.adapter.expected_moe_layers(config.to_dict())
     assert loaded.num_moe_layers == len(loaded.moe_layer_ids) >= 2
@@ -38,6 +39,8 @@ def test_load_every_family_from_disk(family):
     assert loaded.experts(0).gate_up_proj.shape[0] == loaded.num_experts  # fused 3-D weights
     assert loaded.tokenizer is not None and loaded.tokenizer.padding_side == "left"
     assert loaded.config_hash == config_hash(json.loads((path / "config.json").read_text()))
+    on_disk = json.loads((path / "config.json").read_text())  # composite configs nest the text model
+    assert loaded.adapter.expected_moe_layers(on_disk) == loaded.moe_layer_ids
 
 
 def test_deepseek_dense_layers_follow_first_k_dense_replace(tmp_path):

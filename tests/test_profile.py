@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from tiny_models import FAMILIES, cached_tiny_checkpoint, single_thread_torch
+from tiny_models import FAMILIES, cached_tiny_checkpoint, single_thread_torch, tiny_top_k
 
 from moeless_cli.models import builtin_names
 from moeless_cli.profiling import load_profile
@@ -48,7 +48,7 @@ def test_profile_every_family_from_disk(cli, tmp_path, family):
     out = tmp_path / "prof"
     doc = _run(cli, "--model", cached_tiny_checkpoint(family), *SMALL, "--out", out)
     assert {"out", "layers", "experts", "top_k", "iterations", "tokens"} <= set(doc)
-    assert doc["out"] == str(out) and doc["experts"] == 8 and doc["top_k"] == 2
+    assert doc["out"] == str(out) and doc["experts"] == 8 and doc["top_k"] == tiny_top_k(family)
     profile = load_profile(out)
     assert profile.num_layers == doc["layers"] and profile.num_iterations == doc["iterations"]
     assert profile.num_tokens == doc["tokens"] > 0

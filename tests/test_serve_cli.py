@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from tiny_models import cached_tiny_checkpoint, single_thread_torch
+from tiny_models import cached_tiny_checkpoint, plain_greedy_outputs
 
 SMALL = ("--max-requests", "4", "--max-output-tokens", "4", "--max-prompt-tokens", "12", "--time-scale", "200")
 
@@ -39,24 +39,7 @@ def check_core(report, policy):
 
 def plain_outputs(model_dir, args):
     """What plain transformers generates, greedy, for the same prompts and output lengths."""
-    import torch
-
-    from moeless_cli.models import load_moe_model
-    from moeless_cli.serving.setup import ServeOptions, build_workload
-
-    loaded = load_moe_model(model_dir)
-    options = ServeOptions(model=str(model_dir), max_requests=int(args[1]), max_output_tokens=int(args[3]),
-                           max_prompt_tokens=int(args[5]), time_scale=float(args[7]))
-    workload = build_workload(options, loaded.tokenizer)
-    out = {}
-    with single_thread_torch():
-        for r in workload.requests:
-            ids = torch.tensor([workload.prompts[r.id]])
-            gen = loaded.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                        max_new_tokens=r.output_tokens, min_new_tokens=r.output_tokens,
-                                        pad_token_id=0)
-            out[str(r.id)] = gen[0, ids.shape[1]:].tolist()
-    return out
+    return plain_greedy_outputs(model_dir, args)
 
 
 @pytest.mark.parametrize("family", ["mixtral", "olmoe"])

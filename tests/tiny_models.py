@@ -30,6 +30,13 @@ _COMMON: dict[str, Any] = dict(
     eos_token_id=EOS_ID,
     tie_word_embeddings=False,
 )
+# Llama-4 as released (Scout/Maverick): top-1 sigmoid router, a shared expert, dense layers between MoE
+# ones (Maverick: interleave_moe_layer_step 2), chunked attention in the RoPE layers.
+_LLAMA4_TEXT = dict(num_local_experts=8, num_experts_per_tok=1, intermediate_size_mlp=64, head_dim=8,
+                    num_hidden_layers=4, interleave_moe_layer_step=2, attention_chunk_size=16)
+_LLAMA4_VISION = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                      image_size=28, patch_size=14, vision_output_dim=32, projector_input_dim=32,
+                      projector_output_dim=32)
 _DEEPSEEK_ATTENTION = dict(
     num_key_value_heads=4, kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=8
 )
@@ -60,8 +67,28 @@ FAMILY_OVERRIDES: dict[str, dict[str, Any]] = {
     "minimax": dict(num_local_experts=8, num_experts_per_tok=2, head_dim=8),
     "exaone_moe": dict(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32, head_dim=8,
                        mlp_layer_types=["dense", "sparse", "sparse"]),
+    "llama4_text": _LLAMA4_TEXT,
+    # Llama4ForConditionalGeneration's checkpoint (text + vision); moeless loads its text model
+    "llama4": dict(text_config=_LLAMA4_TEXT, vision_config=_LLAMA4_VISION),
 }
 FAMILIES = sorted(FAMILY_OVERRIDES)
+COMPOSITE = {"llama4"}  # config.json nests the language model under text_config
+
+
+def tiny_top_k(family: str) -> int:
+    """Experts per token of a family's tiny checkpoint (Llama-4: 1, as released; the others: 2)."""
+    return 1 if family.startswith("llama4") else 2
+
+
+def _tiny_config(family: str, overrides: dict[str, Any]) -> Any:
+    from transformers import AutoConfig
+
+    if family in COMPOSITE:
+        fields = FAMILY_OVERRIDES[family]
+        text = {**_COMMON, **fields["text_config"], **overrides}
+        return AutoConfig.for_model(family, text_config=text, vision_config=fields["vision_config"],
+                                    tie_word_embeddings=False)
+    return AutoConfig.for_model(family, **{**_COMMON, **FAMILY_OVERRIDES[family], **overrides})
 
 
 def make_tiny_tokenizer() -> Any:
@@ -87,16 +114,17 @@ def make_tiny_checkpoint(family: str, path: str | Path, seed: int = 0, with_toke
                          **overrides: Any) -> Path:
     """Save a random tiny `family` model (plus tokenizer) to `path`; returns `path`."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     if family not in FAMILY_OVERRIDES:
         raise KeyError(f"no tiny config for {family!r}; known: {', '.join(FAMILIES)}")
     path = Path(path)
-    config = AutoConfig.for_model(family, **{**_COMMON, **FAMILY_OVERRIDES[family], **overrides})
+    config = _tiny_config(family, overrides)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config)
+    auto = AutoModelForImageTextToText if family in COMPOSITE else AutoModelForCausalLM
+    model = auto.from_config(config)
     model.save_pretrained(path)
     if with_tokenizer:
         make_tiny_tokenizer().save_pretrained(path)
@@ -153,3 +181,25 @@ def single_thread_torch():
             torch.set_num_threads(before)
 
     return scope()
+
+
+def plain_greedy_outputs(model_dir: str | Path, small_args: tuple[str, ...]) -> dict[str, list[int]]:
+    """What plain transformers (its own loader, fp32, CPU) generates greedily for the prompts and
+    output lengths `moeless serve --model model_dir *small_args` serves; request id -> new token ids.
+
+    small_args: ("--max-requests", N, "--max-output-tokens", N, "--max-prompt-tokens", N, "--time-scale", X).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from moeless_cli.serving.reference import reference_outputs
+    from moeless_cli.serving.setup import ServeOptions, build_workload
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, local_files_only=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    flags = dict(zip(small_args[::2], small_args[1::2]))
+    options = ServeOptions(model=str(model_dir), max_requests=int(flags["--max-requests"]),
+                           max_output_tokens=int(flags["--max-output-tokens"]),
+                           max_prompt_tokens=int(flags["--max-prompt-tokens"]), time_scale=float(flags["--time-scale"]))
+    with single_thread_torch():
+        return reference_outputs(model, build_workload(options, tokenizer))

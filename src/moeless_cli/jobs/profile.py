@@ -136,9 +136,9 @@ def choose_threads(model: str, device: str, threads: int | None) -> int | None:
         return threads or None
     if device != "cpu":
         return None
-    from moeless_cli.models.loading import read_model_config, resolve_model_path
+    from moeless_cli.models.loading import read_text_config, resolve_model_path
 
-    hidden = read_model_config(resolve_model_path(model)).get("hidden_size") or 0
+    hidden = read_text_config(resolve_model_path(model)).get("hidden_size") or 0
     return 1 if isinstance(hidden, int) and hidden < SMALL_MODEL_HIDDEN else None
 
 

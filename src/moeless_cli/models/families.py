@@ -6,6 +6,12 @@ experts module holding 3-D weights `[num_experts, ...]`. The adapter only names 
 and config keys that differ between families, plus what the router does before its top-k (which we
 never recompute: hooks read the selected indices from the router's output tuple).
 
+Llama-4 is the exception: its router returns `(scores [T, E], logits [T, E])` without ids (they are
+the top-k of the logits, the router's own operation, taken again on the same tensor) and its MoE
+block scales each expert's *input* by the score and runs every expert densely. `serve_shim` names
+the module in `moeless_cli.models` that makes such blocks call their experts the transformers-5 way
+while serving (see `models/llama4.py`).
+
 This module imports nothing heavy, so `moeless models` can list families without torch.
 """
 
@@ -33,8 +39,11 @@ class FamilyAdapter:
     moe_layers_rule: Callable[[ConfigDict, int], list[int]] | None = None
     rule_notes: str = "every decoder layer is MoE"
     extra_notes: str = ""
-    indices_position: int = -1  # index of the top-k expert ids in the router's output tuple
+    indices_position: int | None = -1  # top-k expert ids in the router's output tuple; None: not returned
+    logits_position: int = 0  # router logits in its output tuple (the ids are their top-k when not returned)
     shared_expert: bool = False  # family also has always-on shared experts (not routed, not profiled)
+    text_config_key: str | None = None  # composite (multimodal) config.json: the key of the text model's config
+    serve_shim: str | None = None  # models/<name>.py whose `standardise(loaded)` adapts the MoE blocks for serve
 
     def num_experts(self, config: Any) -> int:
         """Routed experts per layer, from a transformers config object (aliases resolved)."""
@@ -43,7 +52,26 @@ class FamilyAdapter:
     def top_k(self, config: Any) -> int:
         return int(getattr(config, self.top_k_key))
 
+    def router_top_k(self, output: Any, top_k: int) -> Any:
+        """The expert ids [tokens, top_k] a router chose, from its forward output (None: not a tuple)."""
+        if not isinstance(output, tuple):
+            return None
+        if self.indices_position is not None:
+            return output[self.indices_position]
+        return output[self.logits_position].topk(top_k, dim=-1).indices
+
+    def text_config(self, config: ConfigDict) -> ConfigDict:
+        """The config dict describing the language model: the text part of a composite config.json
+        (a dict without that key, such as the loaded text model's own config, is returned as is)."""
+        text = config.get(self.text_config_key) if self.text_config_key else None
+        if text is None:
+            return config
+        if not isinstance(text, dict):
+            raise MoelessError(f"model_type {self.model_type!r}: config.json {self.text_config_key!r} is not an object")
+        return text
+
     def expected_moe_layers(self, config: ConfigDict) -> list[int]:
+        config = self.text_config(config)
         num_layers = int(config["num_hidden_layers"])
         if self.moe_layers_rule is None:
             return list(range(num_layers))
@@ -84,6 +112,27 @@ def _ernie_layers(config: ConfigDict, num_layers: int) -> list[int]:
 def _exaone_layers(config: ConfigDict, num_layers: int) -> list[int]:
     types = config.get("mlp_layer_types") or ["sparse"] * num_layers
     return [i for i, kind in enumerate(types[:num_layers]) if kind == "sparse"]
+
+
+def _llama4_layers(config: ConfigDict, num_layers: int) -> list[int]:
+    listed = config.get("moe_layers")
+    if listed is not None:
+        return sorted({int(i) for i in listed} & set(range(num_layers)))
+    step = int(config.get("interleave_moe_layer_step") or 1)
+    return list(range(step - 1, num_layers, step))
+
+
+def _llama4(model_type: str, text_config_key: str | None) -> FamilyAdapter:
+    return FamilyAdapter(
+        model_type, "Llama4ForCausalLM", "feed_forward.router", "feed_forward.experts",
+        "num_local_experts", "num_experts_per_tok",
+        "top-k on logits (top-1 in the released models), sigmoid of the kept logits, no renormalisation; "
+        "the score scales the expert's input, not its output",
+        _llama4_layers, "MoE at moe_layers, else every interleave_moe_layer_step-th layer",
+        "plus a shared expert (not routed); fused transposed expert weights"
+        + ("; the text model of Llama4ForConditionalGeneration" if text_config_key else ""),
+        indices_position=None, logits_position=1, shared_expert=True, text_config_key=text_config_key,
+        serve_shim="llama4")
 
 
 SOFTMAX_RENORM = "softmax over all experts, top-k, kept weights renormalised to sum 1"
@@ -146,6 +195,8 @@ _ADAPTERS = [
                   "num_experts", "num_experts_per_tok",
                   "sigmoid + correction bias, group-limited top-k", _exaone_layers,
                   "MoE where mlp_layer_types[i] == 'sparse'", "plus shared experts", shared_expert=True),
+    _llama4("llama4_text", None),
+    _llama4("llama4", "text_config"),
 ]
 
 ADAPTERS: dict[str, FamilyAdapter] = {a.model_type: a for a in _ADAPTERS}

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 
 from moeless_cli.errors import MoelessError
 from moeless_cli.fileio import read_json
-from moeless_cli.models.families import FamilyAdapter, adapter_for
+from moeless_cli.models.families import ADAPTERS, FamilyAdapter, adapter_for
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
 BUILTIN_METADATA = "moeless-builtin.json"
@@ -41,12 +42,24 @@ class LoadedModel:
     def family(self) -> str:
         return self.adapter.model_type
 
+    def decoder_layer(self, moe_index: int) -> Any:
+        """The decoder layer holding the `moe_index`-th MoE layer (not the decoder-layer index)."""
+        return _decoder_layers(self.model)[self.moe_layer_ids[moe_index]]
+
     def router(self, moe_index: int) -> Any:
-        """The router module of the `moe_index`-th MoE layer (not the decoder-layer index)."""
-        return _decoder_layers(self.model)[self.moe_layer_ids[moe_index]].get_submodule(self.adapter.router_path)
+        """The router module of the `moe_index`-th MoE layer."""
+        return self.decoder_layer(moe_index).get_submodule(self.adapter.router_path)
 
     def experts(self, moe_index: int) -> Any:
-        return _decoder_layers(self.model)[self.moe_layer_ids[moe_index]].get_submodule(self.adapter.experts_path)
+        return self.decoder_layer(moe_index).get_submodule(self.adapter.experts_path)
+
+    def standardise_moe_blocks(self) -> Callable[[], None]:
+        """Make every MoE block call its experts as `experts(hidden [T, H], top_k_index [T, k],
+        top_k_weights [T, k])`, the call serve's expert-parallel module takes (already so for every
+        family but Llama-4: see the adapter's serve_shim). Returns the undo."""
+        if self.adapter.serve_shim is None:
+            return lambda: None
+        return importlib.import_module(f"moeless_cli.models.{self.adapter.serve_shim}").standardise(self)
 
 
 def builtin_names() -> list[str]:
@@ -86,6 +99,13 @@ def read_model_config(path: Path) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise MoelessError(f"{path / 'config.json'} is not a JSON object")
     return config
+
+
+def read_text_config(path: Path) -> dict[str, Any]:
+    """config.json of the language model: the text part of a composite (multimodal) config."""
+    config = read_model_config(path)
+    adapter = ADAPTERS.get(config.get("model_type"))  # type: ignore[arg-type]
+    return adapter.text_config(config) if adapter is not None else config
 
 
 def _decoder_layers(model: Any) -> Any:
@@ -174,6 +194,7 @@ def load_moe_model(name_or_path: str | os.PathLike[str], device: str = "cpu", dt
     if not moe_layer_ids:
         raise MoelessError(f"{path}: no MoE layers found (no {adapter.router_path} in any decoder layer)")
     num_experts = adapter.num_experts(model.config)  # config.json may omit defaults or use aliases
+    text_config = adapter.text_config(config)
     experts = _decoder_layers(model)[moe_layer_ids[0]].get_submodule(adapter.experts_path)
     expert_params = _expert_params(experts, num_experts)
     name = str(name_or_path)
@@ -189,8 +210,9 @@ def load_moe_model(name_or_path: str | os.PathLike[str], device: str = "cpu", dt
         moe_layer_ids=moe_layer_ids,
         num_experts=num_experts,
         top_k=adapter.top_k(model.config),
-        hidden_size=int(config["hidden_size"]),
-        expert_bytes=expert_params * _checkpoint_dtype_bytes(config, next(experts.parameters()).element_size()),
+        hidden_size=int(model.config.hidden_size),
+        expert_bytes=expert_params * _checkpoint_dtype_bytes({**config, **text_config},
+                                                             next(experts.parameters()).element_size()),
         expert_params=expert_params,
         builtin_metadata=read_json(path / BUILTIN_METADATA, what="built-in model metadata")
         if (path / BUILTIN_METADATA).is_file() else None,

@@ -2,7 +2,8 @@
 
 Each router returns `(router_logits, top_k_weights, top_k_indices)`; the hook keeps the indices the
 model itself selected (DeepSeek-style correction biases included) and, when this forward pass has
-sampled tokens, the router's input hidden states. All counting happens once per forward pass in
+sampled tokens, the router's input hidden states. Llama-4's router returns no ids: the adapter takes
+the top-k of the logits it returns, which is the router's own operation. All counting happens once per forward pass in
 `end_forward`, vectorised over layers, so the hooks themselves cost almost nothing.
 """
 
@@ -69,13 +70,13 @@ class RoutingRecorder:
         self.detach()
 
     def _make_hook(self, layer: int) -> Any:
-        position = self.loaded.adapter.indices_position
+        router_top_k, top_k = self.loaded.adapter.router_top_k, self.top_k
 
         def hook(module: Any, args: tuple[Any, ...], output: Any) -> None:
             state = self._state
             if state is None:  # a forward pass we were not asked to record
                 return
-            state.indices.append(output[position] if isinstance(output, tuple) else None)
+            state.indices.append(router_top_k(output, top_k))
             if state.capture_inputs:
                 state.inputs.append(args[0])
 

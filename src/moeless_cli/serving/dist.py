@@ -101,7 +101,7 @@ class DistRuntime(ExpertParallelRuntime):
         back = hidden.new_empty((ex.send.size, hidden.shape[1]))
         ran = time.perf_counter()
         dist.all_to_all_single(back, out_recv, ex.send_sizes, ex.recv_sizes)
-        final = _combine_mine(hidden, back, route, ex, top_k_weights)
+        final = _combine_mine(self.math[layer], hidden, back, route, ex, top_k_weights)
         dist.all_reduce(final)
         end = time.perf_counter()
         worker_s = [0.0] * self.world
@@ -168,21 +168,12 @@ def _plan_exchange(route: Route, rank: int, world: int) -> Exchange:
                     recv_sizes=np.bincount(owner[to_me], minlength=world).tolist())
 
 
-def _combine_mine(hidden: Any, back: Any, route: Route, ex: Exchange, top_k_weights: Any) -> Any:
+def _combine_mine(math: Any, hidden: Any, back: Any, route: Route, ex: Exchange, top_k_weights: Any) -> Any:
     """This rank's tokens' layer output, zero elsewhere: the returned rows (back: [m, H], in `send`
-    order) weighted by the router and summed in ascending expert id, the model's order."""
+    order) weighted and summed as the model's experts implementation does (`ExpertMath.combine`).
+    Every pair of an owned token is here, so the other tokens' rows are exact zeros."""
     import torch
 
-    k = route.top_k_index.shape[1]
-    out_mine = back[torch.from_numpy(np.argsort(np.argsort(ex.dest[ex.mine], kind="stable")))]  # rows in `mine` order
-    final = torch.zeros_like(hidden)
-    experts_mine = route.expert[ex.replica_of[ex.mine]]
-    bounds = np.flatnonzero(np.diff(experts_mine)) + 1
-    for seg in np.split(np.arange(ex.mine.size), bounds):  # ascending expert id: the model's order
-        if seg.size == 0:
-            continue
-        pos = ex.mine[seg]
-        tokens = torch.from_numpy(ex.token_of[pos])
-        out = out_mine[torch.from_numpy(seg)] * top_k_weights[tokens, torch.from_numpy(ex.order[pos] % k), None]
-        final.index_add_(0, tokens, out.to(final.dtype))
-    return final
+    rows = back.new_zeros((ex.order.size, back.shape[1]))  # [T*k, H] in `order`, zero where not mine
+    rows[torch.from_numpy(ex.mine)] = back[torch.from_numpy(np.argsort(np.argsort(ex.dest[ex.mine], kind="stable")))]
+    return math.combine(rows, route.order, route.token_of, route.load, top_k_weights, hidden)

@@ -1,9 +1,14 @@
 """Per-expert math of the model's own fused experts module, and the host-memory weight store.
 
 transformers 5 families keep every expert of a layer in one fused module with 3-D parameters
-(`gate_up_proj [E, 2I, H]`, `down_proj [E, H, I]`, optional biases; GPT-OSS stores them transposed)
-and flags set by `use_experts_implementation` (has_gate, has_bias, is_transposed). We compute one
-expert with exactly the eager forward's operations, on that expert's slice of the weights.
+(`gate_up_proj [E, 2I, H]`, `down_proj [E, H, I]`, optional biases; GPT-OSS and Llama-4 store them
+transposed) and flags set by `use_experts_implementation` (has_gate, has_bias, is_transposed; the
+Llama-4 serve shim sets them too). We compute one expert with exactly the forward's operations, on
+that expert's slice of the weights, and combine the weighted outputs the way the model's experts
+implementation does (`config._experts_implementation`): transformers' default `grouped_mm` (and
+`batched_mm`) sums each token's k outputs in slot order in the routing weights' precision (fp32 for
+most routers) and rounds once; `eager` adds them one expert at a time in the hidden dtype. The two
+differ in bf16 (and in fp32 for top-k >= 3), so copying the right one keeps the tokens identical.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
+
+import numpy as np
 
 from moeless_cli.errors import MoelessError
 
@@ -27,6 +34,7 @@ class ExpertMath:
     has_bias: bool  # *_bias parameters are added after each projection
     is_transposed: bool  # weights stored [in, out] (x @ W) instead of [out, in] (linear)
     apply_gate: Callable[[Any], Any]  # the module's own GLU (or activation) on the first projection
+    sums_slots: bool = False  # combine as grouped_mm/batched_mm (per token over its slots) rather than eager
 
     def __post_init__(self) -> None:
         import torch.nn.functional as F
@@ -47,6 +55,34 @@ class ExpertMath:
             return out if bias is None else out + bias
         return self._linear(x, weight) if bias is None else self._linear(x, weight) + bias
 
+    def combine(self, rows: Any, order: Any, token_of: Any, load: np.ndarray, top_k_weights: Any, like: Any) -> Any:
+        """The layer output [T, H] (dtype and device of `like`, [T, H]) from the experts' outputs.
+
+        rows: [T*k, H] output of each (token, slot) pair, pairs in `order`: [T*k] pair positions grouped
+        by expert, tokens ascending; token_of: [T*k] token of each; load: [E] pairs per expert;
+        top_k_weights: [T, k] the router's weights.
+        """
+        import torch
+
+        weighted = rows * top_k_weights.reshape(-1, 1).index_select(0, order)  # the model's product, same dtype
+        if self.sums_slots:  # grouped_mm: back to (token, slot) order, summed over the slots, rounded once
+            num_tokens, k = top_k_weights.shape
+            pairs = torch.empty_like(weighted).index_copy_(0, order, weighted)
+            return pairs.view(num_tokens, k, -1).sum(dim=1).to(like.dtype)
+        # eager: one index_add_ per expert, ascending, each rounded to the hidden dtype. One call for all
+        # experts would not do: on CPU it accumulates bf16 rows in fp32 across experts, on GPU atomically.
+        final = torch.zeros_like(like)
+        for lo, hi in _expert_runs(load):
+            final.index_add_(0, token_of[lo:hi], weighted[lo:hi].to(final.dtype))
+        return final
+
+
+def _expert_runs(load: np.ndarray) -> list[tuple[int, int]]:
+    """load: [experts]. (start, end) of each loaded expert's pairs in expert-sorted order."""
+    ends = np.cumsum(load)
+    return [(int(ends[e] - load[e]), int(ends[e])) for e in np.flatnonzero(load)]
+
+
 
 def expert_math_of(module: Any, where: str) -> ExpertMath:
     """Read a fused experts module's layout; refuse layouts we cannot compute exactly."""
@@ -63,8 +99,30 @@ def expert_math_of(module: Any, where: str) -> ExpertMath:
         has_gate=has_gate,
         has_bias=bool(getattr(module, "has_bias", False)),
         is_transposed=bool(getattr(module, "is_transposed", False)),
-        apply_gate=module._apply_gate if has_gate else module.act_fn,
+        apply_gate=_gate_of(module) if has_gate else module.act_fn,
+        sums_slots=_experts_implementation(module) != "eager",
     )
+
+
+def _experts_implementation(module: Any) -> str:
+    """How transformers runs this experts module: "grouped_mm" (its default), "batched_mm", "eager", ...
+    Modules without the `use_experts_implementation` decorator (Llama-4's) are eager."""
+    config = getattr(module, "config", None)
+    return str(getattr(config, "_experts_implementation", None) or "eager")
+
+
+def _gate_of(module: Any) -> Callable[[Any], Any]:
+    """The module's own GLU, else transformers' default one (Llama-4's experts define none)."""
+    own = getattr(module, "_apply_gate", None)
+    if own is not None:
+        return own
+    act_fn = module.act_fn
+
+    def glu(gate_up: Any) -> Any:
+        gate, up = gate_up.chunk(2, dim=-1)  # [gate; up] halves, as `_default_apply_gate` splits them
+        return act_fn(gate) * up
+
+    return glu
 
 
 class HostStore:

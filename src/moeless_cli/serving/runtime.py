@@ -83,12 +83,6 @@ def _make_module_class():
     return _Experts
 
 
-def _expert_runs(load: np.ndarray) -> list[tuple[int, int]]:
-    """load: [experts]. (start, end) of each loaded expert's pairs in expert-sorted order."""
-    ends = np.cumsum(load)
-    return [(int(ends[e] - load[e]), int(ends[e])) for e in np.flatnonzero(load)]
-
-
 class ExpertParallelRuntime:
     """Owns the host store, the workers' replicas, the policy, and per-layer timing."""
 
@@ -106,6 +100,7 @@ class ExpertParallelRuntime:
         self.ledger = FunctionLedger(expert_bytes=0)
         self.started = time.perf_counter()
         self._originals: dict[int, tuple[Any, str, Any]] = {}  # layer -> (parent, attr, module)
+        self._restore_blocks: Any = lambda: None  # undoes loaded.standardise_moe_blocks()
         self._predictable = set(predictor.layers(distance)) if self.predictor_method else set()
 
     def now(self) -> float:
@@ -123,6 +118,7 @@ class ExpertParallelRuntime:
         """Put the expert-parallel block in place of each MoE layer's fused experts module; returns
         the fused modules, by MoE layer."""
         cls = _make_module_class()
+        self._restore_blocks = self.loaded.standardise_moe_blocks()  # Llama-4 blocks call experts another way
         modules = []
         for layer in range(self.loaded.num_moe_layers):
             module = self.loaded.experts(layer)
@@ -145,6 +141,7 @@ class ExpertParallelRuntime:
         for parent, attr, module in self._originals.values():
             setattr(parent, attr, module)
         self._originals.clear()
+        self._restore_blocks()
 
     # -- replicas ----------------------------------------------------------------------------------
     def _load_replicas(self, layer: int, pairs: list[tuple[int, int]]) -> float:
@@ -210,13 +207,8 @@ class ExpertParallelRuntime:
         parts = [outputs[g][j] for g, j in slot_of]
         if any(moved.values()):
             parts = [p.to(device) for p in parts]
-        out = (parts[0] if len(parts) == 1 else torch.cat(parts)) * top_k_weights.reshape(-1, 1).index_select(0, order)
-        final = torch.zeros_like(hidden)
-        if device.type == "cpu":  # index_add_ adds row by row: ascending expert, as the model does
-            final.index_add_(0, token_of, out if out.dtype == final.dtype else out.to(final.dtype))
-        else:  # GPU index_add_ is atomic: one expert at a time keeps the model's order
-            for lo, hi in _expert_runs(load):
-                final.index_add_(0, token_of[lo:hi], out[lo:hi].to(final.dtype))
+        rows = parts[0] if len(parts) == 1 else torch.cat(parts)  # [T*k, H] in `order`
+        final = self.math[layer].combine(rows, order, token_of, load, top_k_weights, hidden)  # the model's sum
         end = time.perf_counter()
         busy_gpu, width = gpu[used], len(self.workers)
         timing = LayerTiming(layer, num_tokens, dispatched - start - cold, worker_s, end - ran, cold, route.decide_s,
