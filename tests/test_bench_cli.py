@@ -135,8 +135,10 @@ def test_llama4_scout_preset_runs(cli, bench_run, prompts):
     assert setting["preset"]["name"] == "llama-4-scout" and setting["preset"]["top_k"] == 1
     assert setting["hardware"] == "h100" and setting["expert_split"] == 2  # the preset's hardware by default
     assert set(doc["systems"]) >= SYSTEMS and doc["stages"]["profile"]["reused"]
-    for core in doc["systems"].values():
+    for name in SYSTEMS:
+        core = doc["systems"][name]
         assert core["requests"]["completed"] == 10 and core["moe_layer_ms"]["mean"] > 0
+    assert 0 < doc["systems"]["bound"]["moe_layer_ms"]["mean"] <= doc["systems"]["moeless"]["moe_layer_ms"]["mean"]
 
 
 def test_bound_is_the_lossless_floor_on_the_same_batches(bench_run):
