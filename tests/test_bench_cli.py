@@ -39,13 +39,14 @@ def bench_run(tmp_path_factory, prompts):
 
 def test_json_core_and_files(bench_run):
     out, doc = bench_run
-    assert doc["mode"] == "sim" and set(doc["systems"]) == SYSTEMS
+    assert doc["mode"] == "sim" and set(doc["systems"]) == SYSTEMS | {"bound"}
     setting = doc["setting"]
     assert setting["preset"]["name"] == "mixtral-8x7b" and setting["hardware"] == "a6000" and setting["gpus"] == 8
     assert setting["trace"] == "azure-conv" and setting["requests"] == 6
     assert setting["model_path"] == setting["model"]  # the checkpoint directory the test built (a local path wins)
     assert setting["serverless_replica_cap_per_layer"] == 8 * setting["slots_per_gpu_per_layer"]  # within memory
-    for name, core in doc["systems"].items():
+    for name in SYSTEMS:
+        core = doc["systems"][name]
         assert core["policy"] == name
         assert core["requests"] == {"submitted": 6, "completed": 6, "failed": 0}
         assert set(core["latency_s"]) == {"ttft", "tpot", "e2e"}
@@ -134,8 +135,25 @@ def test_llama4_scout_preset_runs(cli, bench_run, prompts):
     assert setting["preset"]["name"] == "llama-4-scout" and setting["preset"]["top_k"] == 1
     assert setting["hardware"] == "h100" and setting["expert_split"] == 2  # the preset's hardware by default
     assert set(doc["systems"]) >= SYSTEMS and doc["stages"]["profile"]["reused"]
-    for core in doc["systems"].values():
+    for name in SYSTEMS:
+        core = doc["systems"][name]
         assert core["requests"]["completed"] == 10 and core["moe_layer_ms"]["mean"] > 0
+    assert 0 < doc["systems"]["bound"]["moe_layer_ms"]["mean"] <= doc["systems"]["moeless"]["moe_layer_ms"]["mean"]
+
+
+def test_bound_is_the_lossless_floor_on_the_same_batches(bench_run):
+    out, doc = bench_run
+    bound = doc["systems"]["bound"]
+    assert bound["policy"] == "bound" and not bound["lossy"] and bound["clairvoyant"]
+    assert set(bound["moe_layer_ms"]) == {"mean", "p50", "p99"}
+    assert set(bound["parts_mean_ms"]) == {"experts", "all_to_all", "fixed"}
+    for name in SYSTEMS - {"oracle"}:  # every lossless system is at least as slow as the floor
+        assert doc["systems"][name]["moe_layer_ms"]["mean"] >= bound["moe_layer_ms"]["mean"] * (1 - 1e-9)
+        assert doc["ratios"][name]["moe_vs_bound"] >= 1 - 1e-9
+    assert doc["ratios"]["bound"]["moe_vs_bound"] == pytest.approx(1.0)
+    assert doc["ratios"]["bound"]["gbs_vs_static"] is None  # the floor is not a deployment: no cost
+    report = (out / "report.md").read_text()
+    assert "| bound |" in report and "clairvoyant lossless floor" in report
 
 
 def test_cached_stages_are_reused_and_table_prints(cli, bench_run, prompts):

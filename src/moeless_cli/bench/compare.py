@@ -162,7 +162,34 @@ def _simulate(cluster: Any, routing: RecordedRouting, trace: Any, config: Any, p
         core = result["report"]
         systems[name] = {**core, "moe_layer_ms": latency_stats(same[name] * 1e3, (50, 99)),
                          "moe_layer_ms_own_batches": core["moe_layer_ms"]}
+    bound = bound_system(cluster, routing, schedule, config)
+    if bound is not None:  # the clairvoyant lossless floor on the same batches
+        systems["bound"], same["bound"] = bound
     if on_progress is not None:
         on_progress("done", len(SYSTEMS), len(SYSTEMS))
     return systems, same, schedule
+
+
+def bound_system(cluster: Any, routing: RecordedRouting, schedule: list | None,
+                 config: Any) -> tuple[dict[str, Any], np.ndarray] | None:
+    """The lossless floor (`sim/bound.py`) on static EP's batches, within the memory and the largest replica
+    budget of the compared systems: (its JSON core, MoE-layer seconds [layer executions] in replay's order);
+    None under the paper time model."""
+    from moeless_cli.sim.bound import lossless_floor
+    from moeless_cli.sim.simulator import make_setting
+
+    setting = make_setting(cluster, routing, config, None)
+    floor = lossless_floor(cluster, setting.slots_per_gpu, setting.max_replicas(serverless=True))
+    if floor is None or not schedule:
+        return None
+    loads = np.stack([routing.batch(routing.truth, step.prefill, step.decode) for step in schedule])
+    parts = floor.parts(loads.reshape(-1, routing.num_experts))  # [iterations * recorded layers] each
+    repeat = np.tile(routing.multiplicity, len(schedule))  # each recorded layer stands for its preset layers
+    seconds = np.repeat(parts.total_s, repeat)
+    mean_ms = {name: float(np.repeat(part, repeat).mean() * 1e3) for name, part in
+               (("experts", parts.compute_s), ("all_to_all", parts.exchange_s), ("fixed", parts.fixed_s))}
+    core = {"policy": "bound", "lossy": False, "clairvoyant": True,
+            "moe_layer_ms": latency_stats(seconds * 1e3, (50, 99)), "parts_mean_ms": mean_ms,
+            "slots_per_gpu": floor.slots, "max_replicas_per_layer": floor.max_replicas}
+    return core, seconds
 

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 LATENCY_COLUMNS = (
     ("system", "system"), ("moe mean ms", "moe_mean"), ("moe p50", "moe_p50"), ("moe p99", "moe_p99"),
-    ("vs static", "vs_static"), ("vs EPLB", "vs_eplb"), ("vs Oracle", "vs_oracle"),
+    ("vs static", "vs_static"), ("vs EPLB", "vs_eplb"), ("vs Oracle", "vs_oracle"), ("vs bound", "vs_bound"),
     ("TTFT p50 s", "ttft_p50"), ("TTFT p99", "ttft_p99"), ("TPOT p50 ms", "tpot_p50"), ("TPOT p99", "tpot_p99"),
     ("tok/s", "throughput"), ("lossy", "lossy"),
 )
@@ -39,12 +39,13 @@ PUBLISHED = {"moe_vs_static": 0.5681, "moe_vs_eplb": 0.7811, "gbs_vs_static": 0.
 
 def against_the_paper(ratios: dict[str, dict[str, float | None]]) -> str:
     """One paragraph: moeless's ratios (system -> ratio name -> value, as BenchResult.ratios) beside the
-    published ones, the floor Oracle sets (simulated runs), memory billed alike, and the paper's
-    asymmetric cost comparison, once, labelled as published."""
-    r, floor = ratios["moeless"], ratios["oracle"]["moe_vs_static"]
+    published ones, the lossless floor (`bound` where simulated, else Oracle's balance), memory billed
+    alike, and the paper's asymmetric cost comparison, once, labelled as published."""
+    floor_by = "bound" if "bound" in ratios else "oracle"
+    r, floor = ratios["moeless"], ratios[floor_by]["moe_vs_static"]
     return (f"moeless / static EP {r['moe_vs_static']:.3f} (paper {PUBLISHED['moe_vs_static']}), / EPLB "
             f"{r['moe_vs_eplb']:.3f} (paper {PUBLISHED['moe_vs_eplb']}); the floor any lossless system can reach, "
-            f"Oracle / static EP, is {floor:.3f} here: it is set by how skewed the routing is (docs/results.md). "
+            f"{floor_by} / static EP, is {floor:.3f} here: it is set by how skewed the routing is (docs/results.md). "
             f"Memory billed alike: live GB·s / static EP {_f(r['gbs_live_vs_static'])}, / EPLB "
             f"{_f(r['gbs_live_vs_eplb'])}; per invocation / static EP {_f(r['gbs_per_invocation_vs_static'])}. "
             f"As published (the paper's asymmetric rule: serverful systems pay reserved memory for the whole run, "
@@ -62,16 +63,30 @@ def _g(value: Any) -> str:
     return "-" if value is None else f"{float(value):.4g}"
 
 
+def _floor_row(name: str, core: dict[str, Any], r: dict[str, float | None]) -> dict[str, str]:
+    """A row for the lossless floor (`bound`): MoE-layer latency and its ratios only ("-" elsewhere)."""
+    row = {key: "-" for _, columns in TABLES for _, key in columns}
+    moe = core["moe_layer_ms"]
+    row.update(system=name, moe_mean=_f(moe["mean"]), moe_p50=_f(moe["p50"]), moe_p99=_f(moe["p99"]),
+               vs_static=_f(r["moe_vs_static"], 2), vs_eplb=_f(r["moe_vs_eplb"], 2),
+               vs_oracle=_f(r["moe_vs_oracle"], 2), vs_bound=_f(r.get("moe_vs_bound"), 2), lossy="no")
+    return row
+
+
 def table_rows(result: BenchResult) -> list[dict[str, str]]:
     rows = []
     for name, core in result.systems.items():
         r = result.ratios[name]
+        if "latency_s" not in core:  # not a served system: the lossless floor
+            rows.append(_floor_row(name, core, r))
+            continue
         lat = core["latency_s"]
         rows.append({
             "system": name,
             "moe_mean": _f(core["moe_layer_ms"]["mean"]), "moe_p50": _f(core["moe_layer_ms"]["p50"]),
             "moe_p99": _f(core["moe_layer_ms"]["p99"]),
             "vs_static": _f(r["moe_vs_static"], 2), "vs_eplb": _f(r["moe_vs_eplb"], 2), "vs_oracle": _f(r["moe_vs_oracle"], 2),
+            "vs_bound": _f(r.get("moe_vs_bound"), 2),
             "ttft_p50": _f(lat["ttft"]["p50"]), "ttft_p99": _f(lat["ttft"]["p99"]),
             "tpot_p50": _f(lat["tpot"]["p50"], 2, 1e3), "tpot_p99": _f(lat["tpot"]["p99"], 2, 1e3),
             "throughput": _f(core["throughput_tokens_per_s"], 0),
@@ -110,6 +125,10 @@ def markdown_report(result: BenchResult) -> str:
         "TTFT, TPOT, throughput and costs come from each system's own closed-loop run.",
         "",
     ]
+    if "bound" in result.systems:
+        lines += ["`bound` is the clairvoyant lossless floor: knowing each batch, no placement within the same memory",
+                  "and no whole-token split can take less under this time model (proof: `planning/bounds.py`);",
+                  "Oracle is lossy and may go below it.", ""]
     lines += _tables(result)
     lines += [
         "",
@@ -236,9 +255,10 @@ def _latency_cdf(ax: Any, result: BenchResult) -> None:
     ax.legend(loc="lower right")  # a fixed corner: "best" scans every point of long CDFs (slow, and warns)
 
 
+
 def _cost_bars(ax: Any, result: BenchResult) -> None:
-    """Each system's costs, billed alike, over static EP's."""
-    names = list(result.systems)
+    """Each system's costs, billed alike, over static EP's (the floor, `bound`, has none)."""
+    names = [name for name, core in result.systems.items() if "cost" in core]
     static = result.systems["static"]["cost"]
     width = 0.27
     x = np.arange(len(names))

@@ -22,16 +22,18 @@ __all__ = ["BenchRequest", "BenchResult", "ratios", "run_bench"]
 
 
 def ratios(systems: dict[str, Any]) -> dict[str, dict[str, float | None]]:
-    """Per system: mean MoE-layer latency over static EP, EPLB, Oracle and moeless-paper; memory cost
-    billed alike over static EP's and EPLB's (`gbs_live_*`, the headline; `gbs_per_invocation_*`);
-    `gbs_vs_*`: the paper's asymmetric proxy (`cost.gbs_proxy`), kept as published."""
+    """Per system: mean MoE-layer latency over static EP, EPLB, Oracle, moeless-paper and the lossless
+    floor (`bound`, simulated runs only); memory cost billed alike over static EP's and EPLB's
+    (`gbs_live_*`, the headline; `gbs_per_invocation_*`); `gbs_vs_*`: the paper's asymmetric proxy
+    (`cost.gbs_proxy`), kept as published. The floor is not a deployment: its cost ratios are None."""
 
     def ratio(a: float | None, b: float | None) -> float | None:
         return None if a is None or not b else float(a) / float(b)
 
     def over(core: dict[str, Any], base: str, key: str) -> float | None:
-        return ratio(core["cost"][key], systems[base]["cost"][key])
+        return ratio(core["cost"][key], systems[base]["cost"][key]) if "cost" in core else None
 
+    bound = systems.get("bound", {}).get("moe_layer_ms", {}).get("mean")
     out: dict[str, dict[str, float | None]] = {}
     for name, core in systems.items():
         moe = core["moe_layer_ms"]["mean"]
@@ -40,6 +42,7 @@ def ratios(systems: dict[str, Any]) -> dict[str, dict[str, float | None]]:
             "moe_vs_eplb": ratio(moe, systems["eplb"]["moe_layer_ms"]["mean"]),
             "moe_vs_oracle": ratio(moe, systems["oracle"]["moe_layer_ms"]["mean"]),
             "moe_vs_moeless_paper": ratio(moe, systems["moeless-paper"]["moe_layer_ms"]["mean"]),
+            "moe_vs_bound": ratio(moe, bound),
             "gbs_live_vs_static": over(core, "static", "gbs_live"),
             "gbs_live_vs_eplb": over(core, "eplb", "gbs_live"),
             "gbs_per_invocation_vs_static": over(core, "static", "gbs_per_invocation"),
