@@ -60,7 +60,7 @@ def test_every_solver_keeps_invariants_and_ilp_is_never_worse(case):
             assert info.lower_bound <= peak * (1 + 1e-9) and 0 <= info.gap <= 1
     for name, values in peaks.items():
         for ilp_peak, other in zip(peaks["ilp"], values):
-            assert ilp_peak <= other * (1 + 1e-9) + 1e-9, f"ilp worse than {name}"
+            assert ilp_peak <= other * (1 + 1e-6), f"ilp worse than {name}"  # within the MILP solver's tolerance
 
 
 @settings(max_examples=10, deadline=None)
