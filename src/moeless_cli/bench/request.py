@@ -53,12 +53,21 @@ class BenchRequest:
         require_choice("--mode", self.mode, MODES)
         require_choice("--batching", self.batching, BATCHING)
         require_choice("--time-model", self.time_model, TIME_MODELS)
-        if self.gpus < 1:
-            raise MoelessError(f"--gpus must be at least 1, got {self.gpus}")
-        if self.max_requests < 1:
-            raise MoelessError(f"--max-requests must be at least 1, got {self.max_requests}")
-        if self.keep_alive_s < 0:
-            raise MoelessError(f"--keep-alive must be non-negative, got {self.keep_alive_s}")
+        if self.model is not None and not str(self.model).strip():
+            raise MoelessError("--model is empty: give a built-in name or a checkpoint folder (or leave it out)")
+        self._check_numbers()
+
+    def _check_numbers(self) -> None:
+        """Every numeric option (checks.py), the stages' own through their jobs' requests."""
+        from moeless_cli.checks import MAX_COUNT, MAX_GPUS, MAX_SECONDS, integer, number
+
+        integer("--gpus", self.gpus, 1, MAX_GPUS)
+        integer("--max-requests", self.max_requests, 1, MAX_COUNT)
+        number("--time-scale", self.time_scale, high=None, positive=True)
+        number("--keep-alive", self.keep_alive_s, 0.0, MAX_SECONDS)
+        number("plan_seconds", self.plan_seconds, high=MAX_SECONDS, positive=True)
+        self.profile_request().validate()  # --num-prompts and the profile's sizes
+        self.train_request().validate()  # --epochs
 
     def resolve_mode(self, cuda_devices: int | None = None) -> None:
         """Settle "auto": the requested cluster runs for real when this machine has that many CUDA
@@ -87,7 +96,7 @@ class BenchRequest:
         options = ProfileOptions(num_prompts=self.num_prompts, batch_size=16, max_new_tokens=self.max_new_tokens,
                                  max_prompt_tokens=self.max_prompt_tokens, router_samples=1_000_000, seed=0)
         return ProfileRequest(model=self.routing_model(), dataset=self.dataset, options=options,
-                              out=self.out / "profile")
+                              out=self.out / "profile", force=True)  # the bench folder's own cached stage
 
     def train_request(self) -> TrainRequest:
         """The predictor stage: d = 1 predictors on the profile."""

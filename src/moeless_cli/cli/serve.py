@@ -41,7 +41,7 @@ def serve_command(
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the JSON report to this file."),
     json_output: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP),
 ) -> None:
-    from moeless_cli.errors import MoelessError
+    from moeless_cli.fileio import output_file
     from moeless_cli.jobs.serve import ServeRequest, serve
 
     request = ServeRequest(
@@ -51,8 +51,8 @@ def serve_command(
         max_prompt_tokens=max_prompt_tokens, token_budget=token_budget, max_batch=max_batch, batching=batching,
         keep_alive_s=keep_alive, gpu_price_per_hour=gpu_price_per_hour, distance=distance,
     )
-    if out is not None and out.parent and not out.parent.is_dir():
-        raise MoelessError(f"--out {out}: directory {out.parent} does not exist")
+    if out is not None:  # checked before the run, not after it
+        output_file(out, "--out", inputs=[plan, predictor, Path(trace), Path(dataset)])
     with make_progress(disable=json_output) as bar:
         task = bar.add_task("serving", total=max_requests)
         result = serve(request, progress=lambda done, total: bar.update(task, completed=done, total=total))
@@ -62,15 +62,16 @@ def serve_command(
 
 
 def _show(report: dict[str, Any], out: Path | None, json_output: bool) -> None:
-    """Write the report to --out, then print it as JSON or as tables."""
+    """Print the report as JSON or as tables, then write it to --out: a report that cannot be
+    written is still shown."""
     from moeless_cli.fileio import write_json_atomic
 
-    if out is not None:
-        write_json_atomic(out, report)
     if json_output:
         emit_json(report)
     else:
         _print_tables(report)
+    if out is not None:
+        write_json_atomic(out, report)
 
 
 def _fmt(value: Any, scale: float = 1.0, digits: int = 3) -> str:
