@@ -83,28 +83,35 @@ def run_bench(request: BenchRequest, say: Callable[[str], None] = lambda _: None
               on_progress: OnProgress | None = None) -> BenchResult:
     """The whole pipeline, every system, and the reports in request.out. All or nothing: a run
     that fails (or is interrupted) leaves request.out as it was, cached stages included."""
-    from moeless_cli.bench.pipeline import predictor_stage, profile_stage
     from moeless_cli.fileio import restored_on_failure
 
     trace = _prepare(request)
-    model = request.routing_model()
     with restored_on_failure(request.out):
         _make_dir(request.out)
-        profile = profile_stage(request.out, request.profile_request(), say)
-        predictor = predictor_stage(request.out, request.train_request(), profile, say)
-        if request.mode == "real":
-            from moeless_cli.bench.real import run_real
+        return _run_stages(request, trace, say, on_progress)
 
-            runs = run_real(request, model, profile.path, predictor.path, on_progress)
-        else:
-            from moeless_cli.bench.compare import run_sim
 
-            runs = run_sim(request, model, trace, profile.path, predictor.path, say, on_progress)
-        stages = {"profile": profile.as_dict(), "predictor": predictor.as_dict()}
-        result = BenchResult(mode=request.mode, setting=runs.setting, systems=runs.systems,
-                             ratios=ratios(runs.systems), stages=stages if runs.plan is None else stages | {"plan": runs.plan},
-                             moe_layer_s=runs.moe_layer_s, simulator_check=runs.simulator_check)
-        return dataclasses.replace(result, files=_write_outputs(result, request.out))
+def _run_stages(request: BenchRequest, trace: Any, say: Callable[[str], None],
+                on_progress: OnProgress | None) -> BenchResult:
+    """The stages (cached in request.out), every system on the trace, and the reports."""
+    from moeless_cli.bench.pipeline import predictor_stage, profile_stage
+
+    model = request.routing_model()
+    profile = profile_stage(request.out, request.profile_request(), say)
+    predictor = predictor_stage(request.out, request.train_request(), profile, say)
+    if request.mode == "real":
+        from moeless_cli.bench.real import run_real
+
+        runs = run_real(request, model, profile.path, predictor.path, on_progress)
+    else:
+        from moeless_cli.bench.compare import run_sim
+
+        runs = run_sim(request, model, trace, profile.path, predictor.path, say, on_progress)
+    stages = {"profile": profile.as_dict(), "predictor": predictor.as_dict()}
+    result = BenchResult(mode=request.mode, setting=runs.setting, systems=runs.systems, ratios=ratios(runs.systems),
+                         stages=stages if runs.plan is None else stages | {"plan": runs.plan},
+                         moe_layer_s=runs.moe_layer_s, simulator_check=runs.simulator_check)
+    return dataclasses.replace(result, files=_write_outputs(result, request.out))
 
 
 def _make_dir(out: Path) -> None:
