@@ -38,11 +38,11 @@ def test_guarded_turns_user_errors_into_one_line_and_exit_code(capsys):
 def test_atomic_writes_turn_os_errors_into_user_errors(tmp_path):
     from moeless_cli.fileio import atomic_directory, write_bytes_atomic
 
-    # A directory where the file should go: the rename fails, nothing is left behind.
+    # A directory where the file should go: refused, nothing is left behind.
     target = tmp_path / "out.json"
     target.mkdir()
     (target / "keep").write_text("x")
-    with pytest.raises(MoelessError, match="cannot write"):
+    with pytest.raises(MoelessError, match="is a directory"):
         write_bytes_atomic(target, b"{}")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
     # A parent that is a file: no temp dir can be made there.

@@ -1,7 +1,7 @@
 """The package's shape: layers import only downwards, no import circles, short functions.
 
 Layers, bottom to top (a module may import its own layer and the ones below):
-  0 errors, fileio, loads_csv          plain helpers
+  0 errors, checks, fileio, loads_csv  plain helpers (checks: the one validation layer for numbers)
   1 planning                           pure planners and the dispatch arithmetic
   2 online, sim, plan_io, workloads    pure control plane and simulator; plan files; workload data
   3 models, profiling, predictor, serving, interop   torch code; engines' load records to profiles
@@ -20,7 +20,7 @@ from typing import Any
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "moeless_cli"
 LAYERS = {
-    "errors": 0, "fileio": 0, "loads_csv": 0,
+    "errors": 0, "checks": 0, "fileio": 0, "loads_csv": 0,
     "planning": 1,
     "online": 2, "sim": 2, "plan_io": 2, "workloads": 2,
     "models": 3, "profiling": 3, "predictor": 3, "serving": 3, "interop": 3,

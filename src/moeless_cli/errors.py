@@ -1,6 +1,7 @@
 """The one exception type that reaches users as a one-line message (no traceback)."""
 
 from collections.abc import Iterable
+from typing import Any
 
 
 class MoelessError(Exception):
@@ -12,6 +13,15 @@ class MoelessError(Exception):
     def __init__(self, message: str, exit_code: int = 2):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class UnwrittenReport(MoelessError):
+    """A run finished but its report could not be written: the CLI prints `report` (JSON on
+    stdout) before the one-line error, so a finished run's results are never lost."""
+
+    def __init__(self, message: str, report: Any, exit_code: int = 2):
+        super().__init__(message, exit_code)
+        self.report = report
 
 
 def require_choice(what: str, value: str, choices: Iterable[str]) -> None:

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
+from moeless_cli.checks import MAX_EXPERTS, MAX_FLOAT, MAX_LAYERS, fits_in_memory
 from moeless_cli.errors import MoelessError
+from moeless_cli.fileio import check_name_lengths
 
 REQUIRED_COLUMNS = ("layer", "expert", "count")
 
@@ -36,10 +38,11 @@ def read_loads_csv(path: str | Path, where: dict[str, str] | None = None) -> np.
     """
     path = Path(path)
     where = where or {}
+    check_name_lengths(path, "loads CSV")
     if not path.is_file():
         raise MoelessError(f"loads CSV not found: {path}")
     try:
-        with path.open(newline="", encoding="utf-8") as f:
+        with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: Excel's byte-order mark
             reader = csv.DictReader(f)
             header = reader.fieldnames or []
             missing = [c for c in REQUIRED_COLUMNS if c not in header]
@@ -53,24 +56,7 @@ def read_loads_csv(path: str | Path, where: dict[str, str] | None = None) -> np.
                 raise MoelessError(
                     f"--where column(s) {', '.join(unknown)} not in {path} (columns: {', '.join(header)})"
                 )
-            entries: dict[tuple[int, int], float] = {}
-            for row_number, row in enumerate(reader, start=2):  # line 1 is the header
-                if any(row.get(c) != v for c, v in where.items()):
-                    continue
-                try:
-                    layer, expert = int(row["layer"]), int(row["expert"])
-                    count = float(row["count"])
-                except (TypeError, ValueError):
-                    raise MoelessError(
-                        f"{path}: line {row_number}: layer and expert must be integers and count a "
-                        f"number (got layer={row.get('layer')!r}, expert={row.get('expert')!r}, "
-                        f"count={row.get('count')!r})"
-                    ) from None
-                if layer < 0 or expert < 0 or count < 0 or not np.isfinite(count):
-                    raise MoelessError(
-                        f"{path}: line {row_number}: layer, expert and count must be non-negative"
-                    )
-                entries[(layer, expert)] = entries.get((layer, expert), 0.0) + count
+            entries = _read_rows(path, reader, where)
     except UnicodeDecodeError:
         raise MoelessError(f"{path} is not a UTF-8 text CSV") from None
     except csv.Error as exc:
@@ -80,7 +66,33 @@ def read_loads_csv(path: str | Path, where: dict[str, str] | None = None) -> np.
         raise MoelessError(f"{path}: no load rows{filt}")
     num_layers = 1 + max(layer for layer, _ in entries)
     num_experts = 1 + max(expert for _, expert in entries)
+    fits_in_memory(f"{path}: the load matrix", (num_layers, num_experts))
     load = np.zeros((num_layers, num_experts), dtype=np.float64)  # [layers, experts]
     for (layer, expert), count in entries.items():
         load[layer, expert] = count
     return load
+
+
+def _read_rows(path: Path, reader: csv.DictReader, where: dict[str, str]) -> dict[tuple[int, int], float]:
+    """(layer, expert) -> summed count over the rows that pass `where`; every number checked."""
+    entries: dict[tuple[int, int], float] = {}
+    for row_number, row in enumerate(reader, start=2):  # line 1 is the header
+        if any(row.get(c) != v for c, v in where.items()):
+            continue
+        try:
+            layer, expert = int(row["layer"]), int(row["expert"])
+            count = float(row["count"])
+        except (TypeError, ValueError):
+            raise MoelessError(
+                f"{path}: line {row_number}: layer and expert must be integers and count a "
+                f"number (got layer={row.get('layer')!r}, expert={row.get('expert')!r}, "
+                f"count={row.get('count')!r})"
+            ) from None
+        if not 0 <= layer < MAX_LAYERS or not 0 <= expert < MAX_EXPERTS:
+            raise MoelessError(f"{path}: line {row_number}: layer must be in [0, {MAX_LAYERS}) and expert in "
+                               f"[0, {MAX_EXPERTS}) (got layer={layer}, expert={expert})")
+        if not np.isfinite(count) or not 0 <= count <= MAX_FLOAT:
+            raise MoelessError(f"{path}: line {row_number}: count must be a finite non-negative number up to "
+                               f"{MAX_FLOAT:g}, got {row.get('count')!r}")
+        entries[(layer, expert)] = entries.get((layer, expert), 0.0) + count
+    return entries

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from moeless_cli.checks import MAX_EXPERTS, MAX_GPUS, MAX_LAYERS, shown
 from moeless_cli.errors import MoelessError
 from moeless_cli.fileio import read_json, write_json_atomic
 from moeless_cli.planning.plan import LayerPlan, Plan
@@ -52,7 +53,7 @@ def write_plan(path: str | Path, plan: Plan, extra: dict[str, Any] | None = None
 def _int_field(obj: dict, key: str, where: str, low: int, high: int | None = None) -> int:
     value = obj.get(key)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise MoelessError(f"{where}{key}: expected an integer, got {value!r}")
+        raise MoelessError(f"{where}{key}: expected an integer, got {shown(value)}")
     if value < low or (high is not None and value >= high):
         bound = f"in [{low}, {high})" if high is not None else f">= {low}"
         raise MoelessError(f"{where}{key}: {value} is not {bound}")
@@ -64,43 +65,52 @@ def validate_plan_dict(doc: Any, source: str) -> Plan:
     if not isinstance(doc, dict):
         raise MoelessError(f"{source}: a plan must be a JSON object")
     if doc.get("schema") != SCHEMA:
-        raise MoelessError(f"{source}: schema: expected {SCHEMA!r}, got {doc.get('schema')!r}")
-    num_gpus = _int_field(doc, "num_gpus", f"{source}: ", 1)
-    num_layers = _int_field(doc, "num_layers", f"{source}: ", 1)
-    num_experts = _int_field(doc, "num_experts", f"{source}: ", 1)
+        raise MoelessError(f"{source}: schema: expected {SCHEMA!r}, got {shown(doc.get('schema'))}")
+    num_gpus = _int_field(doc, "num_gpus", f"{source}: ", 1, MAX_GPUS + 1)
+    num_layers = _int_field(doc, "num_layers", f"{source}: ", 1, MAX_LAYERS + 1)
+    num_experts = _int_field(doc, "num_experts", f"{source}: ", 1, MAX_EXPERTS + 1)
     layers = doc.get("layers")
     if not isinstance(layers, list) or len(layers) != num_layers:
         got = len(layers) if isinstance(layers, list) else type(layers).__name__
         raise MoelessError(f"{source}: layers: expected a list of {num_layers} layers, got {got}")
-    out = []
-    for i, entry in enumerate(layers):
-        where = f"{source}: layers[{i}]"
-        if not isinstance(entry, dict) or entry.get("layer") != i:
-            raise MoelessError(f"{where}.layer: expected {i}")
-        replicas = entry.get("replicas")
-        if not isinstance(replicas, list) or not replicas:
-            raise MoelessError(f"{where}.replicas: expected a non-empty list")
-        expert, gpu, share = [], [], []
-        for r, rep in enumerate(replicas):
-            at = f"{where}.replicas[{r}]."
-            if not isinstance(rep, dict):
-                raise MoelessError(f"{at[:-1]}: expected an object with expert, gpu, share")
-            expert.append(_int_field(rep, "expert", at, 0, num_experts))
-            gpu.append(_int_field(rep, "gpu", at, 0, num_gpus))
-            s = rep.get("share")
-            if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s) or not 0 <= s <= 1:
-                raise MoelessError(f"{at}share: expected a number in [0, 1], got {s!r}")
-            share.append(float(s))
-        layer = LayerPlan.from_lists(expert, gpu, share)
-        sums = np.bincount(layer.expert, weights=layer.share, minlength=num_experts)  # [experts]
-        counts = layer.replica_counts(num_experts)
-        for e in range(num_experts):
-            if counts[e] == 0:
-                raise MoelessError(f"{where}.replicas: expert {e} has no replica")
-            if abs(sums[e] - 1.0) > SHARE_TOLERANCE:
-                raise MoelessError(f"{where}.replicas: shares of expert {e} sum to {sums[e]:.6g}, not 1")
-        out.append(layer)
+    out = [_layer_plan(entry, f"{source}: layers[{i}]", i, num_gpus, num_experts) for i, entry in enumerate(layers)]
     return Plan(num_gpus, num_experts, out)
+
+
+def _layer_plan(entry: Any, where: str, index: int, num_gpus: int, num_experts: int) -> LayerPlan:
+    """One `layers[i]` entry: replicas with in-range ids and shares summing to 1 per expert.
+
+    An expert may sit twice on one GPU: engines' slot maps (DeepSeek EPLB, SGLang, vLLM) do that,
+    and the eplb solver reproduces them."""
+    if not isinstance(entry, dict) or entry.get("layer") != index or isinstance(entry.get("layer"), bool):
+        raise MoelessError(f"{where}.layer: expected {index}")
+    replicas = entry.get("replicas")
+    if not isinstance(replicas, list) or not replicas:
+        raise MoelessError(f"{where}.replicas: expected a non-empty list")
+    if len(replicas) > num_gpus * num_experts:
+        raise MoelessError(f"{where}.replicas: {len(replicas)} replicas, more than {num_gpus} GPUs x "
+                           f"{num_experts} experts can hold")
+    expert, gpu, share = [], [], []
+    for r, rep in enumerate(replicas):
+        at = f"{where}.replicas[{r}]."
+        if not isinstance(rep, dict):
+            raise MoelessError(f"{at[:-1]}: expected an object with expert, gpu, share")
+        expert.append(_int_field(rep, "expert", at, 0, num_experts))
+        gpu.append(_int_field(rep, "gpu", at, 0, num_gpus))
+        s = rep.get("share")
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s) or not 0 <= s <= 1:
+            raise MoelessError(f"{at}share: expected a number in [0, 1], got {shown(s)}")
+        share.append(float(s))
+    layer = LayerPlan.from_lists(expert, gpu, share)
+    sums = np.bincount(layer.expert, weights=layer.share, minlength=num_experts)  # [experts]
+    counts = layer.replica_counts(num_experts)
+    missing = np.flatnonzero(counts == 0)
+    if missing.size:
+        raise MoelessError(f"{where}.replicas: expert {int(missing[0])} has no replica")
+    off = np.flatnonzero(np.abs(sums - 1.0) > SHARE_TOLERANCE)
+    if off.size:
+        raise MoelessError(f"{where}.replicas: shares of expert {int(off[0])} sum to {sums[off[0]]:.6g}, not 1")
+    return layer
 
 
 def read_plan(path: str | Path) -> tuple[Plan, dict[str, Any]]:

@@ -61,14 +61,22 @@ class BenchRequest:
         require_choice("--mode", self.mode, MODES)
         require_choice("--batching", self.batching, BATCHING)
         require_choice("--time-model", self.time_model, TIME_MODELS)
-        if self.gpus < 1:
-            raise MoelessError(f"--gpus must be at least 1, got {self.gpus}")
-        if self.max_requests < 1:
-            raise MoelessError(f"--max-requests must be at least 1, got {self.max_requests}")
-        if self.keep_alive_s < 0:
-            raise MoelessError(f"--keep-alive must be non-negative, got {self.keep_alive_s}")
-        if self.pareto_iterations < 1:
-            raise MoelessError(f"--pareto-iterations must be at least 1, got {self.pareto_iterations}")
+        if self.model is not None and not str(self.model).strip():
+            raise MoelessError("--model is empty: give a built-in name or a checkpoint folder (or leave it out)")
+        self._check_numbers()
+
+    def _check_numbers(self) -> None:
+        """Every numeric option (checks.py), the stages' own through their jobs' requests."""
+        from moeless_cli.checks import MAX_COUNT, MAX_GPUS, MAX_SECONDS, integer, number
+
+        integer("--gpus", self.gpus, 1, MAX_GPUS)
+        integer("--max-requests", self.max_requests, 1, MAX_COUNT)
+        number("--time-scale", self.time_scale, high=None, positive=True)
+        number("--keep-alive", self.keep_alive_s, 0.0, MAX_SECONDS)
+        number("plan_seconds", self.plan_seconds, high=MAX_SECONDS, positive=True)
+        integer("--pareto-iterations", self.pareto_iterations, 1, MAX_COUNT)
+        self.profile_request().validate()  # --num-prompts and the profile's sizes
+        self.train_request().validate()  # --epochs
 
     def resolve_mode(self, cuda_devices: int | None = None) -> None:
         """Settle "auto": the requested cluster runs for real when this machine has that many CUDA
@@ -134,15 +142,15 @@ class BenchRequest:
         options = ProfileOptions(num_prompts=prompts, batch_size=16, max_new_tokens=self.max_new_tokens,
                                  max_prompt_tokens=self.max_prompt_tokens, router_samples=1_000_000, seed=0)
         return ProfileRequest(model=self.routing_model(), dataset=self.dataset, options=options,
-                              out=self.out / "profile")
+                              out=self.out / "profile", force=True)  # the bench folder's own cached stage
 
-    def train_request(self, split: ReplaySplit) -> TrainRequest:
-        """The predictor stage: d = 1 predictors on the profile's training requests."""
+    def train_request(self, split: ReplaySplit | None = None) -> TrainRequest:
+        """The predictor stage: d = 1 predictors on the profile's training requests (all: no split given)."""
         from moeless_cli.jobs.predictor import TrainRequest
 
         return TrainRequest(profiles=[self.out / "profile"], distances=[1], accuracy_threshold=0.8,
                             epochs=self.epochs, out=self.out / "predictor.safetensors", seed=0,
-                            requests=split.train_requests if split.held_out else None)
+                            requests=split.train_requests if split is not None and split.held_out else None)
 
     def plan_request(self, slots: int, budget: int) -> PlanRequest:
         """The plan stage: ilp within `slots` per GPU per layer, then spare replicas up to `budget` per layer."""

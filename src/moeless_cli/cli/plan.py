@@ -120,11 +120,12 @@ def export(
     json_out: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP),
 ) -> None:
     """Write the plan as an engine's physical-to-logical expert map (equal shares; see docs/interop.md)."""
-    from moeless_cli.fileio import write_json_atomic
+    from moeless_cli.fileio import output_file, write_json_atomic
     from moeless_cli.interop import describe_export, export_for_engine
 
-    doc, summary = export_for_engine(plan_file, fmt, dense_layers, profile)
     out = out or plan_file.with_name(f"{plan_file.stem}.{fmt}.json")
+    output_file(out, "--out", inputs=[plan_file])  # never over the plan it reads
+    doc, summary = export_for_engine(plan_file, fmt, dense_layers, profile)
     write_json_atomic(out, doc)
     summary = {"out": str(out), **summary}
     if json_out:

@@ -70,6 +70,7 @@ def run_profile(
                                           help="torch CPU threads (default: 1 for models narrower than 1024 "
                                                "on CPU, else torch's choice; 0 = torch's choice)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Profile directory (default profiles/<model>-<dataset>/)."),
+    force: bool = typer.Option(False, "--force", help="Replace a profile already at --out (never other folders)."),
     json_out: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP),
 ) -> None:
     """Run prefill + greedy decode over a workload and record per-iteration expert load,
@@ -82,7 +83,7 @@ def run_profile(
     options = ProfileOptions(num_prompts=num_prompts, batch_size=batch_size, max_new_tokens=max_new_tokens,
                              max_prompt_tokens=max_prompt_tokens, router_samples=router_samples, seed=seed)
     request = ProfileRequest(model=model, dataset=dataset, options=options, text_field=text_field, device=device,
-                             dtype=dtype, threads=threads, out=out)
+                             dtype=dtype, threads=threads, out=out, force=force)
     with make_progress(disable=json_out) as progress:
         task = progress.add_task("profiling forward passes", total=None)
         result = record_profile(request, progress=lambda total: progress.update(task, total=total),
@@ -100,13 +101,14 @@ def import_csv(
                                               help="Experts per layer: pads a CSV, checks an engine record's size."),
     top_k: Optional[int] = typer.Option(None, "--top-k", help="Experts per token of the model the loads came from."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Profile directory (default profiles/<csv name>/)."),
+    force: bool = typer.Option(False, "--force", help="Replace a profile already at --out (never other folders)."),
     json_out: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP),
 ) -> None:
     """Turn load counts recorded elsewhere (a CSV, SGLang or vLLM records) into a load-only profile."""
     from moeless_cli.jobs.profile import ImportRequest, import_profile
 
     request = ImportRequest(files=tuple(files), format=fmt, where=tuple(where or ()), num_experts=num_experts,
-                            top_k=top_k, out=out)
+                            top_k=top_k, out=out, force=force)
     _show(import_profile(request), json_out)
 
 

@@ -51,7 +51,7 @@ def serve_command(
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the JSON report to this file."),
     json_output: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP),
 ) -> None:
-    from moeless_cli.errors import MoelessError
+    from moeless_cli.fileio import output_file
     from moeless_cli.jobs.serve import ServeRequest, serve
 
     request = ServeRequest(
@@ -63,8 +63,8 @@ def serve_command(
         expert_memory_mb=expert_memory_mb, nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint,
         heartbeat_timeout_s=heartbeat_timeout,
     )
-    if out is not None and out.parent and not out.parent.is_dir():
-        raise MoelessError(f"--out {out}: directory {out.parent} does not exist")
+    if out is not None:  # checked before the run, not after it
+        output_file(out, "--out", inputs=[plan, predictor, Path(trace), Path(dataset)])
     with make_progress(disable=json_output) as bar:
         task = bar.add_task("serving", total=max_requests)
         result = serve(request, progress=lambda done, total: bar.update(task, completed=done, total=total))
@@ -74,15 +74,16 @@ def serve_command(
 
 
 def _show(report: dict[str, Any], out: Path | None, json_output: bool) -> None:
-    """Write the report to --out, then print it as JSON or as tables."""
+    """Print the report as JSON or as tables, then write it to --out: a report that cannot be
+    written is still shown."""
     from moeless_cli.fileio import write_json_atomic
 
-    if out is not None:
-        write_json_atomic(out, report)
     if json_output:
         emit_json(report)
     else:
         _print_tables(report)
+    if out is not None:
+        write_json_atomic(out, report)
 
 
 def _fmt(value: Any, scale: float = 1.0, digits: int = 3) -> str:

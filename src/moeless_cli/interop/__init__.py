@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from moeless_cli.checks import MAX_LAYERS, optional_integer
 from moeless_cli.errors import MoelessError, require_choice
 from moeless_cli.interop.records import EngineLoads, read_record
 
@@ -87,9 +88,10 @@ def engine_manifest(loads: EngineLoads, paths: list[Path], top_k: int | None) ->
 
 def import_loads(files: list[Path], fmt: str = "auto", where: dict[str, str] | None = None,
                  num_experts: int | None = None, top_k: int | None = None,
-                 out: str | Path | None = None) -> tuple[Path, dict[str, Any]]:
-    """`moeless profile import`: write a load profile from a CSV or an engine record."""
-    from moeless_cli.profiling.format import save_profile
+                 out: str | Path | None = None, force: bool = False) -> tuple[Path, dict[str, Any]]:
+    """`moeless profile import`: write a load profile from a CSV or an engine record (replacing an
+    existing profile at `out` only with `force`)."""
+    from moeless_cli.profiling.format import check_profile_out, save_profile
     from moeless_cli.profiling.importer import import_loads_csv
 
     require_choice("--format", fmt, IMPORT_FORMATS)
@@ -99,9 +101,11 @@ def import_loads(files: list[Path], fmt: str = "auto", where: dict[str, str] | N
     if fmt == "csv" or (fmt == "auto" and all(p.suffix.lower() == ".csv" for p in paths)):
         if len(paths) != 1:
             raise MoelessError(f"give one CSV file ({len(paths)} given)")
-        return import_loads_csv(paths[0], where or {}, num_experts=num_experts, top_k=top_k, out=out)
+        return import_loads_csv(paths[0], where or {}, num_experts=num_experts, top_k=top_k, out=out, force=force)
     if where:
         raise MoelessError("--where filters CSV rows only")
+    out = Path(out) if out is not None else Path("profiles") / paths[0].stem
+    check_profile_out(out, force)  # before reading: a bad output fails first
     loads = read_engine_loads(paths, fmt, num_experts)
     manifest = engine_manifest(loads, paths, _check_sizes(loads, paths[0], num_experts, top_k))
     phase = loads.iteration_phase if loads.iteration_phase is not None else np.zeros(len(loads.load), np.uint8)
@@ -109,8 +113,7 @@ def import_loads(files: list[Path], fmt: str = "auto", where: dict[str, str] | N
     if loads.routing is not None:
         per_pass = np.bincount(loads.routing["token_iteration"], minlength=len(phase))
         arrays["iteration_tokens"] = per_pass.astype(np.int32)
-    out = Path(out) if out is not None else Path("profiles") / paths[0].stem
-    save_profile(out, manifest, arrays)
+    save_profile(out, manifest, arrays, force)
     return out, manifest
 
 
@@ -124,14 +127,28 @@ def import_notes(manifest: dict[str, Any]) -> dict[str, Any]:
             "notes": source["notes"]}
 
 
+def _plan_source(plan_doc: dict[str, Any]) -> dict[str, Any]:
+    """The plan file's `source` record (what it was made from), or {} when absent or malformed."""
+    source = plan_doc.get("source")
+    return source if isinstance(source, dict) else {}
+
+
+def _is_existing(path: str, kind: str) -> bool:
+    """Whether `path` names an existing file or dir; False for names no file system could hold."""
+    try:
+        return Path(path).is_dir() if kind == "dir" else Path(path).is_file()
+    except (OSError, ValueError):  # a name too long, a NUL byte
+        return False
+
+
 def _profile_for(plan_file: Path, plan_doc: dict[str, Any], profile_dir: Path | None, num_layers: int,
                  num_experts: int) -> Any:
     """The profile named by --profile, else the plan's source profile if it still exists (or None)."""
     from moeless_cli.profiling import load_profile
 
     if profile_dir is None:
-        source = (plan_doc.get("source") or {}).get("profile")
-        if not isinstance(source, str) or not Path(source).is_dir():
+        source = _plan_source(plan_doc).get("profile")
+        if not isinstance(source, str) or not _is_existing(source, "dir"):
             return None
         profile_dir = Path(source)
     profile = load_profile(profile_dir)
@@ -145,19 +162,21 @@ def _plan_loads(plan_file: Path, plan_doc: dict[str, Any], profile: Any) -> np.n
     """The loads [layers, experts] a plan was made from: its profile's, or its CSV's."""
     if profile is not None:
         return np.asarray(profile.load, dtype=np.float64).sum(axis=0)
-    source = plan_doc.get("source") or {}
-    if isinstance(source.get("loads"), str) and Path(source["loads"]).is_file():
+    source = _plan_source(plan_doc)
+    where = source.get("where") or {}
+    if isinstance(source.get("loads"), str) and _is_existing(source["loads"], "file") and isinstance(where, dict):
         from moeless_cli.loads_csv import read_loads_csv
 
-        return read_loads_csv(source["loads"], source.get("where") or {})
+        return read_loads_csv(source["loads"], {str(k): str(v) for k, v in where.items()})
     raise MoelessError(f"{plan_file}: sglang-logical-count writes the loads the plan was made from, but its "
                        "source is gone; give --profile DIR")
 
 
 def _moe_layer_ids(plan_file: Path, plan_doc: dict[str, Any], profile: Any) -> list[int] | None:
     moe_ids = plan_doc.get("moe_layer_ids")
-    if moe_ids is not None and not (isinstance(moe_ids, list) and all(isinstance(i, int) and i >= 0 for i in moe_ids)):
-        raise MoelessError(f"{plan_file}: moe_layer_ids: expected a list of non-negative integers")
+    if moe_ids is not None and not (isinstance(moe_ids, list) and all(
+            isinstance(i, int) and not isinstance(i, bool) and 0 <= i < MAX_LAYERS for i in moe_ids)):
+        raise MoelessError(f"{plan_file}: moe_layer_ids: expected a list of layer indices in [0, {MAX_LAYERS})")
     return moe_ids if moe_ids is not None or profile is None else profile.moe_layer_ids
 
 
@@ -168,13 +187,13 @@ def export_for_engine(plan_file: Path, fmt: str, dense_layers: int | None = None
     from moeless_cli.plan_io import export_plan, read_plan
 
     require_choice("--format", fmt, EXPORT_FORMATS)
-    if dense_layers is not None and dense_layers < 0:
-        raise MoelessError("--dense-layers must be >= 0")
+    optional_integer("--dense-layers", dense_layers, 0, MAX_LAYERS)
     plan, plan_doc = read_plan(plan_file)
     profile = _profile_for(plan_file, plan_doc, profile_dir, plan.num_layers, plan.num_experts)
     moe_ids = _moe_layer_ids(plan_file, plan_doc, profile)
     source = (profile.manifest.get("source") or {}) if profile is not None else {}
     engine_rows = source.get("engine_rows") if str(source.get("format", "")).startswith("sglang") else None
+    optional_integer(f"profile {getattr(profile, 'path', '')}: source.engine_rows", engine_rows, 1, MAX_LAYERS)
     if fmt == "sglang-logical-count":
         load = _plan_loads(plan_file, plan_doc, profile)
         doc = logical_count_document(load, moe_ids, dense_layers, engine_rows)

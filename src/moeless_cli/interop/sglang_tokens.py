@@ -25,7 +25,7 @@ def _int_list(rec: dict[str, Any], key: str, size: int, where: str) -> np.ndarra
     value = rec.get(key)
     try:
         array = np.asarray(value, dtype=np.int64).reshape(-1)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise MoelessError(f"{where}.{key} must be a list of integers") from None
     if array.size != size:
         raise MoelessError(f"{where}.{key} has {array.size} entries for {size} tokens")
@@ -33,11 +33,16 @@ def _int_list(rec: dict[str, Any], key: str, size: int, where: str) -> np.ndarra
 
 
 def _segments(rec: dict[str, Any], num_tokens: int, decode: bool) -> np.ndarray:
-    """Sequence index of each token within its pass: [tokens]."""
+    """Sequence index of each token within its pass: [tokens]. Prefill sequences come from
+    extend_seq_lens when it is a list of lengths adding up to the pass's tokens, else one sequence."""
     lens = rec.get("extend_seq_lens")
-    if decode or not isinstance(lens, (list, tuple)) or sum(int(x) for x in lens) != num_tokens:
-        return np.arange(num_tokens) if decode else np.zeros(num_tokens, dtype=np.int64)
-    return np.repeat(np.arange(len(lens)), [int(x) for x in lens])
+    if decode:
+        return np.arange(num_tokens)
+    valid = isinstance(lens, (list, tuple)) and all(
+        isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= num_tokens for x in lens)
+    if not valid or sum(lens) != num_tokens:
+        return np.zeros(num_tokens, dtype=np.int64)
+    return np.repeat(np.arange(len(lens)), lens)
 
 
 def _record_tokens(rec: dict[str, Any], phy2log: np.ndarray, where: str) -> dict[str, Any]:

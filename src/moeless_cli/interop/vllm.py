@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from moeless_cli.checks import integer
 from moeless_cli.errors import MoelessError
 from moeless_cli.interop.records import EngineLoads, array_field, check_map, fold_to_logical, to_numpy
 from moeless_cli.interop.sglang import select_used
@@ -26,9 +27,12 @@ def _window_step(record: dict[str, Any], path: Path, size: int) -> int | None:
     if record.get("expert_load_window_step") is None:
         return None
     try:
-        step = int(to_numpy(record["expert_load_window_step"]).reshape(-1)[0])
-    except (TypeError, ValueError, IndexError):
+        value = to_numpy(record["expert_load_window_step"]).reshape(-1)
+    except (TypeError, ValueError):
         raise MoelessError(f"{path}: expert_load_window_step must be an integer") from None
+    if value.size != 1 or value.dtype.kind not in "iuf":
+        raise MoelessError(f"{path}: expert_load_window_step must be one integer")
+    step = integer(f"{path}: expert_load_window_step", value[0].item())
     if not 0 <= step < max(size, 1):
         raise MoelessError(f"{path}: expert_load_window_step {step} is outside the window of {size} rows")
     return step

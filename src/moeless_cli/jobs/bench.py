@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from moeless_cli.bench.request import BenchRequest, BenchResult
-from moeless_cli.errors import MoelessError
+from moeless_cli.errors import MoelessError, UnwrittenReport
 
 if TYPE_CHECKING:
     from moeless_cli.bench.compare import OnProgress
@@ -52,10 +52,15 @@ def ratios(systems: dict[str, Any]) -> dict[str, dict[str, float | None]]:
     return out
 
 
+def is_bench_dir(path: Path) -> bool:
+    """A folder an earlier bench run wrote: it holds stages.json or bench.json."""
+    return (Path(path) / "stages.json").is_file() or (Path(path) / "bench.json").is_file()
+
+
 def _prepare(request: BenchRequest) -> tuple[Any, int]:
     """Every check that can fail before minutes of work; returns the trace window replayed and its start."""
     from moeless_cli.bench.pipeline import check_routing_model
-    from moeless_cli.fileio import ensure_writable_parent
+    from moeless_cli.fileio import output_directory
     from moeless_cli.sim.presets import get_preset
 
     request.validate()
@@ -63,29 +68,43 @@ def _prepare(request: BenchRequest) -> tuple[Any, int]:
     window = request.load_trace()
     if request.mode == "sim":
         check_routing_model(request.routing_model(), get_preset(request.preset))
-    ensure_writable_parent(request.out)
-    try:
-        request.out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise MoelessError(f"cannot create --out {request.out}: {exc.strerror}") from None
+    # New, empty, or a bench folder (its cached stages are reused); never a folder of other files.
+    output_directory(request.out, "--out", is_bench_dir, force=True, kind="bench output")
     return window
 
 
 def _write_outputs(result: BenchResult, out: Path) -> tuple[Path, ...]:
+    """bench.json, report.md and the plots; if they cannot be written, the finished report is
+    handed to the CLI to print (UnwrittenReport) and the folder goes back to its earlier state."""
     from moeless_cli.bench.outputs import markdown_report, write_plots
     from moeless_cli.fileio import write_bytes_atomic, write_json_atomic
 
-    files = [write_json_atomic(out / "bench.json", result.core())]
-    files.append(write_bytes_atomic(out / "report.md", markdown_report(result).encode()))
-    return tuple(files + write_plots(result, out))
+    try:
+        files = [write_json_atomic(out / "bench.json", result.core())]
+        files.append(write_bytes_atomic(out / "report.md", markdown_report(result).encode()))
+        return tuple(files + write_plots(result, out))
+    except MoelessError as exc:
+        raise UnwrittenReport(f"{exc} (the bench report is printed above; {out} is as before the run)",
+                              result.to_json()) from None
 
 
 def run_bench(request: BenchRequest, say: Callable[[str], None] = lambda _: None,
               on_progress: OnProgress | None = None) -> BenchResult:
-    """The whole pipeline, every system, and the reports in request.out."""
-    from moeless_cli.bench.pipeline import predictor_stage, profile_stage
+    """The whole pipeline, every system, and the reports in request.out. All or nothing: a run
+    that fails (or is interrupted) leaves request.out as it was, cached stages included."""
+    from moeless_cli.fileio import restored_on_failure
 
     trace, trace_start = _prepare(request)
+    with restored_on_failure(request.out):
+        _make_dir(request.out)
+        return _run_stages(request, trace, trace_start, say, on_progress)
+
+
+def _run_stages(request: BenchRequest, trace: Any, trace_start: int, say: Callable[[str], None],
+                on_progress: OnProgress | None) -> BenchResult:
+    """The stages (cached in request.out), every system on the trace window, and the reports."""
+    from moeless_cli.bench.pipeline import predictor_stage, profile_stage
+
     model = request.routing_model()
     profile = profile_stage(request.out, request.profile_request(), say)
     split = request.replay_split(profile.path, trace_start)
@@ -104,3 +123,10 @@ def run_bench(request: BenchRequest, say: Callable[[str], None] = lambda _: None
                          stages=stages if runs.plan is None else stages | {"plan": runs.plan},
                          moe_layer_s=runs.moe_layer_s, simulator_check=runs.simulator_check, pareto=runs.pareto)
     return dataclasses.replace(result, files=_write_outputs(result, request.out))
+
+
+def _make_dir(out: Path) -> None:
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MoelessError(f"cannot create --out {out}: {exc.strerror}") from None

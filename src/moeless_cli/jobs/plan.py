@@ -61,12 +61,27 @@ class PlanRequest:
 
             if importlib.util.find_spec("highspy") is None:
                 raise MoelessError("--backend highs needs the highspy package (pip install highspy); or use cbc")
-        if self.time_limit <= 0:
-            raise MoelessError("--time-limit must be positive")
-        if self.gpus < 1 or self.nodes < 1 or self.gpus % self.nodes:
+        self._check_numbers()
+        if self.gpus % self.nodes:
             raise MoelessError(f"--gpus ({self.gpus}) must be a positive multiple of --nodes ({self.nodes})")
         if self.spares and self.joint:
             raise MoelessError("--spares fills each layer's own slots; it does not combine with --joint")
+
+    def _check_numbers(self) -> None:
+        """Every numeric option: right type, finite, within what a plan can address (checks.py)."""
+        from moeless_cli.checks import MAX_EXPERTS, MAX_GPUS, MAX_NODES, MAX_SECONDS
+        from moeless_cli.checks import integer, number, optional_integer, optional_number
+
+        integer("--gpus", self.gpus, 1, MAX_GPUS)
+        integer("--nodes", self.nodes, 1, MAX_NODES)
+        integer("--groups", self.groups, 1, MAX_EXPERTS)
+        optional_number("--gpu-memory-gb", self.gpu_memory_gb, high=1e6, positive=True)
+        optional_number("--expert-mb", self.expert_mb, high=1e9, positive=True)
+        optional_integer("--slots-per-gpu", self.slots_per_gpu, 1, MAX_EXPERTS)
+        optional_integer("--replica-budget", self.replica_budget, 1, MAX_GPUS * MAX_EXPERTS)
+        number("--time-limit", self.time_limit, high=MAX_SECONDS, positive=True)
+        number("--intra-node-gbps", self.intra_gbps, high=1e9, positive=True)
+        number("--inter-node-gbps", self.inter_gbps, high=1e9, positive=True)
 
 
 @dataclass(frozen=True)
@@ -215,12 +230,14 @@ def replica_slots(num_layers: int, num_experts: int, request: PlanRequest,
     if slots_per_gpu is not None:
         if slots_per_gpu < 1:
             raise MoelessError("--slots-per-gpu must be at least 1")
+        slots_per_gpu = min(slots_per_gpu, num_experts)  # a GPU holds at most one replica of each expert
         return slots_per_gpu, (slots_per_gpu * num_layers if joint else None)
     if memory_gb is None:
         return None, None
     if expert_mb is None or expert_mb <= 0 or memory_gb <= 0:
         raise MoelessError("--gpu-memory-gb needs a positive --expert-mb (size of one expert's weights)")
-    total = int(memory_gb * 1024 // expert_mb)  # replicas a GPU holds over all layers
+    # Replicas a GPU holds over all layers; more than one of each expert per layer is never usable.
+    total = int(min(memory_gb * 1024 // expert_mb, num_layers * num_experts))
     need = num_layers * math.ceil(num_experts / gpus)
     if total < need:
         missing_gb = (need * expert_mb - memory_gb * 1024) / 1024
@@ -315,6 +332,7 @@ def _plan_file_extra(request: PlanRequest, source: PlanSource, result: PlanResul
 
 def plan(request: PlanRequest, source: PlanSource | None = None, progress: PlanProgress = PlanProgress()) -> PlanResult:
     """Solve expert scaling and placement for the request's loads (or `source`'s) and write the plan file."""
+    from moeless_cli.fileio import output_file
     from moeless_cli.plan_io import write_plan
 
     request.validate()
@@ -323,6 +341,7 @@ def plan(request: PlanRequest, source: PlanSource | None = None, progress: PlanP
     expert_mb = _expert_mb(request, source)
     problem = _problem(request, source, expert_mb)
     out = Path(request.out or Path("plans") / f"{source.name}-{request.solver}-g{request.gpus}.json")
+    output_file(out, "--out", inputs=[request.loads])  # before the solve, not after
     start = time.perf_counter()
     solved, straggle = _solve(request, source, problem, progress)
     seconds = time.perf_counter() - start

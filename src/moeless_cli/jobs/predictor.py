@@ -6,13 +6,14 @@
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from moeless_cli.errors import MoelessError
+
+MAX_EPOCHS = 100_000  # epochs per predictor: far past where training stops improving
 
 if TYPE_CHECKING:
     from moeless_cli.predictor.pipeline import RoutingProfile
@@ -32,23 +33,24 @@ class TrainRequest:
     # held out, e.g. for bench's replay); None: every request
 
     def validate(self) -> None:
-        if self.epochs < 1:
-            raise MoelessError(f"--epochs must be at least 1, got {self.epochs}")
-        if not 0.0 <= self.accuracy_threshold <= 1.0:
-            raise MoelessError(f"--accuracy-threshold must be within [0, 1], got {self.accuracy_threshold}")
+        from moeless_cli.checks import MAX_LAYERS, integer, number, seed
+
+        integer("--epochs", self.epochs, 1, MAX_EPOCHS)
+        number("--accuracy-threshold", self.accuracy_threshold, 0.0, 1.0)
+        seed("--seed", self.seed)
         if not self.profiles:
             raise MoelessError("give at least one --profile")
+        for distance in self.distances:
+            integer("--distance", distance, 1, MAX_LAYERS)
 
     def out_file(self) -> Path:
-        """--out, checked before training (not after): a file path whose nearest existing folder is writable."""
+        """--out, checked before training (not after): a regular file path (a symlink's target)
+        in a writable place, not one of the profiles (fileio.output_file)."""
+        from moeless_cli.fileio import output_file
         from moeless_cli.predictor.profile_data import default_out
 
         out = Path(self.out) if self.out is not None else default_out(self.profiles[0])
-        if out.exists() and out.is_dir():
-            raise MoelessError(f"--out {out} is a directory; give a file path such as {out / 'predictor.safetensors'}")
-        existing = next((p for p in [out.parent, *out.parent.parents] if p.exists()), None)
-        if existing is not None and not os.access(existing, os.W_OK):
-            raise MoelessError(f"cannot write --out {out}: {existing} is not writable")
+        output_file(out, "--out", inputs=[*self.profiles, self.eval_profile])
         return out
 
 
@@ -100,9 +102,9 @@ def train_predictor(request: TrainRequest, on_epoch: Callable[[int], None] | Non
 
     started = time.perf_counter()
     request.validate()
+    out = request.out_file()  # a bad output fails first
     profile, train, evaluation = _read_profiles(request)
     check_distances(request.distances, profile.num_layers)  # fail before loading anything heavy
-    out = request.out_file()
     gates = load_gates(profile, request.model)
     config = TrainConfig(epochs=request.epochs, accuracy_threshold=request.accuracy_threshold, seed=request.seed)
     report, predictors = fit_predictors(train, evaluation, gates, request.distances, config, on_epoch)

@@ -39,10 +39,14 @@ class ProfileRequest:
     dtype: str | None = None  # float32, bfloat16, float16 or auto; None: float32 on CPU, else the checkpoint's
     threads: int | None = None  # torch CPU threads; None: auto (see choose_threads), 0: torch's choice
     out: Path | None = None  # profile directory; None: profiles/<model>-<dataset>/
+    force: bool = False  # replace a profile already at `out` (a folder holding other files never is)
 
     def validate(self) -> None:
+        from moeless_cli.checks import optional_integer
+
         if self.threads is not None and self.threads < 0:
             raise MoelessError(f"--threads must be 0 (torch's choice) or more (got {self.threads})")
+        optional_integer("--threads", self.threads, 0, 4096)
         self.options.validate()
 
     def out_dir(self) -> Path:
@@ -63,6 +67,13 @@ class ImportRequest:
     num_experts: int | None = None  # experts per layer, if above the CSV's highest id + 1
     top_k: int | None = None  # experts per token of the model the loads came from
     out: Path | None = None  # profile directory; None: profiles/<csv name>[-<filters>]/
+    force: bool = False  # replace a profile already at `out` (a folder holding other files never is)
+
+    def validate(self) -> None:
+        from moeless_cli.checks import MAX_EXPERTS, optional_integer
+
+        optional_integer("--num-experts", self.num_experts, 1, MAX_EXPERTS)
+        optional_integer("--top-k", self.top_k, 1, MAX_EXPERTS)
 
 
 @dataclass(frozen=True)
@@ -149,14 +160,14 @@ def record_profile(request: ProfileRequest, progress: Callable[[int], Any] | Non
     Inputs are checked (options, output location, model, dataset) before the model runs.
     `progress(total)` is called once with the number of forward passes to expect, `on_pass()` after each.
     """
-    from moeless_cli.fileio import ensure_writable_parent
     from moeless_cli.profiling import save_profile
+    from moeless_cli.profiling.format import check_profile_out
     from moeless_cli.profiling.record import record_routing
     from moeless_cli.workloads.prompts import load_prompts
 
     request.validate()
     out = request.out_dir()
-    ensure_writable_parent(out)  # fail before minutes of work, not after
+    check_profile_out(out, request.force)  # fail before minutes of work, not after
     options = request.options
     prompts = load_prompts(request.dataset, text_field=request.text_field, num_prompts=options.num_prompts,
                            seed=options.seed)
@@ -164,7 +175,7 @@ def record_profile(request: ProfileRequest, progress: Callable[[int], Any] | Non
     manifest, arrays = record_routing(request.model, prompts, options, request.device, request.dtype, threads,
                                       progress, on_pass)
     manifest["dataset"]["text_field"] = request.text_field
-    save_profile(out, manifest, arrays)
+    save_profile(out, manifest, arrays, request.force)
     return summarize(out, manifest, arrays["load"].sum(axis=0))
 
 
@@ -177,7 +188,9 @@ def import_profile(request: ImportRequest) -> ProfileResult:
     from moeless_cli.loads_csv import parse_where
     from moeless_cli.profiling import load_profile
 
+    request.validate()
     out, manifest = import_loads(list(request.files), request.format, parse_where(list(request.where)),
-                                 num_experts=request.num_experts, top_k=request.top_k, out=request.out)
+                                 num_experts=request.num_experts, top_k=request.top_k, out=request.out,
+                                 force=request.force)
     result = summarize(out, manifest, load_profile(out).layer_load(), imported=True)
     return replace(result, import_notes=import_notes(manifest))

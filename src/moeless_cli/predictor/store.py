@@ -16,14 +16,16 @@ from typing import Any
 import numpy as np
 import orjson
 
+from moeless_cli.checks import MAX_EXPERTS, MAX_LAYERS, finite_array, integer, number, optional_integer, shown
 from moeless_cli.errors import MoelessError
-from moeless_cli.fileio import write_bytes_atomic
+from moeless_cli.fileio import check_name_lengths, write_bytes_atomic
 from moeless_cli.predictor.metrics import load_fractions
 
 FORMAT = "moeless-predictor"
 FORMAT_VERSION = 1
 METADATA_KEY = "moeless_predictor"  # safetensors metadata entry holding the JSON manifest
 METHODS = ("moeless", "paper")  # the predictor kinds stored per (layer, distance)
+SCORES = ("softmax", "sigmoid")  # the router's score function (predictor.gates.select_topk)
 
 
 def tensor_name(method: str, layer: int, distance: int, part: str) -> str:
@@ -34,6 +36,10 @@ def save_predictor(path: str | Path, manifest: dict[str, Any], tensors: dict[str
     """Write tensors (name -> float32 array) with the manifest (JSON) in the metadata, atomically."""
     from safetensors.numpy import save
 
+    for name, array in tensors.items():
+        if not np.isfinite(np.asarray(array, dtype=np.float64)).all():
+            raise MoelessError(f"training gave NaN or infinite values in {name} (are the profile's router inputs "
+                               f"out of range?); {path} was not written")
     data = save(
         {name: np.ascontiguousarray(array, dtype=np.float32) for name, array in tensors.items()},
         metadata={METADATA_KEY: orjson.dumps(manifest, option=orjson.OPT_SERIALIZE_NUMPY).decode()},
@@ -42,23 +48,83 @@ def save_predictor(path: str | Path, manifest: dict[str, Any], tensors: dict[str
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
-    """The manifest of a predictor file, without loading its tensors."""
+    """The manifest of a predictor file, without loading its tensors (its fields are checked by
+    `load_predictor`, after the model it was trained for)."""
     from safetensors import safe_open
 
     path = Path(path)
+    check_name_lengths(path, "predictor file")
     if not path.is_file():
         raise MoelessError(f"predictor file not found: {path}")
     try:
         with safe_open(str(path), framework="numpy") as f:
             metadata = f.metadata() or {}
     except Exception as exc:  # safetensors raises its own error types for corrupt headers
-        raise MoelessError(f"{path} is not a readable safetensors predictor file ({exc})") from None
+        raise MoelessError(f"{path} is not a readable safetensors predictor file ({shown(str(exc), 160)})") from None
     if METADATA_KEY not in metadata:
         raise MoelessError(f"{path} is not a moeless predictor file (no `{METADATA_KEY}` manifest)")
-    manifest = orjson.loads(metadata[METADATA_KEY])
+    try:
+        manifest = orjson.loads(metadata[METADATA_KEY])
+    except orjson.JSONDecodeError:
+        raise MoelessError(f"{path}: its `{METADATA_KEY}` manifest is not valid JSON") from None
+    if not isinstance(manifest, dict):
+        raise MoelessError(f"{path}: its `{METADATA_KEY}` manifest is not a JSON object")
     if manifest.get("format") != FORMAT or manifest.get("version") != FORMAT_VERSION:
-        raise MoelessError(f"{path}: unsupported predictor format {manifest.get('format')} v{manifest.get('version')}")
+        raise MoelessError(f"{path}: unsupported predictor format {shown(manifest.get('format'))} "
+                           f"v{shown(manifest.get('version'))}")
     return manifest
+
+
+def _check_manifest(path: Path, m: dict[str, Any]) -> None:
+    """The fields LoadPredictor reads: sizes, routing rule and one entry per (layer, distance)."""
+    layers = integer(f"{path}: num_layers", m.get("num_layers", MAX_LAYERS), 1, MAX_LAYERS)
+    experts = integer(f"{path}: num_experts", m.get("num_experts"), 1, MAX_EXPERTS)
+    optional_integer(f"{path}: hidden_size", m.get("hidden_size"), 1, 1 << 20)
+    integer(f"{path}: top_k", m.get("top_k"), 1, experts)
+    groups = integer(f"{path}: num_groups", m.get("num_groups", 1), 1, experts)
+    integer(f"{path}: top_groups", m.get("top_groups", 1), 1, groups)
+    if experts % groups:
+        raise MoelessError(f"{path}: num_groups {groups} does not divide num_experts {experts}")
+    if m.get("score") not in SCORES:
+        raise MoelessError(f"{path}: score must be one of {', '.join(SCORES)}, got {shown(m.get('score'))}")
+    for key in ("config_hash", "model_id"):
+        if not isinstance(m.get(key), (str, type(None))):
+            raise MoelessError(f"{path}: {key} must be a string")
+    entries = m.get("entries")
+    if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
+        raise MoelessError(f"{path}: entries must be a non-empty list of objects")
+    for i, entry in enumerate(entries):
+        at = f"{path}: entries[{i}]"
+        layer = integer(f"{at}.layer", entry.get("layer"), 0, layers - 1)
+        integer(f"{at}.distance", entry.get("distance"), 1, max(layer, 1))
+        number(f"{at}.blend_weight", entry.get("blend_weight"), 0.0, 1.0)
+        number(f"{at}.ema_alpha", entry.get("ema_alpha"), 0.0, 1.0)
+
+
+def _check_tensors(path: Path, manifest: dict[str, Any], tensors: dict[str, np.ndarray]) -> None:
+    """Every tensor an entry uses is there, finite and of the manifest's shape."""
+    experts = int(manifest["num_experts"])
+    weights = [a for n, a in tensors.items() if n.endswith(".weight") and a.ndim == 2]
+    hidden = manifest.get("hidden_size") or (int(weights[0].shape[1]) if weights else 1)
+    for name, array in tensors.items():
+        with np.errstate(over="ignore", invalid="ignore"):
+            finite_array(f"{path}: tensor {name}", np.asarray(array).astype(np.float32))  # as LoadPredictor holds it
+    for entry in manifest["entries"]:
+        layer, distance = int(entry["layer"]), int(entry["distance"])
+        needed = {tensor_name(m, layer, distance, "weight"): (experts, hidden) for m in METHODS}
+        if entry.get("count_mode") != "hard":
+            needed[tensor_name("moeless", layer, distance, "calib_scale")] = (1,)
+            needed[tensor_name("moeless", layer, distance, "calib_offset")] = (experts,)
+        for m in METHODS:
+            needed[tensor_name(m, layer, distance, "bias")] = (experts,)
+        needed[f"correction.l{layer}"] = (experts,)
+        for name, shape in needed.items():
+            if name not in tensors:
+                if name.endswith(("bias", f"correction.l{layer}")):
+                    continue  # optional: only where the model's gate has one
+                raise MoelessError(f"{path}: tensor {name} is missing")
+            if tuple(tensors[name].shape) != shape:
+                raise MoelessError(f"{path}: tensor {name} has shape {list(tensors[name].shape)}, expected {list(shape)}")
 
 
 class LoadPredictor:
@@ -198,7 +264,13 @@ def load_predictor(path: str | Path, expected_config_hash: str | None = None) ->
             f"{manifest.get('config_hash')}), not for this model (config hash {expected_config_hash}); "
             "train one with `moeless train-predictor --profile <a profile of this model>`"
         )
-    return LoadPredictor(manifest, load_file(str(path)))
+    _check_manifest(Path(path), manifest)
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:  # safetensors' own error types for corrupt data
+        raise MoelessError(f"{path} is not a readable safetensors predictor file ({shown(str(exc), 160)})") from None
+    _check_tensors(Path(path), manifest, tensors)
+    return LoadPredictor(manifest, tensors)
 
 
 def pack_predictors(predictors, gates, header: dict[str, Any], report: dict[str, Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

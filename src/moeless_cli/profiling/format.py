@@ -15,8 +15,20 @@ from typing import Any
 
 import numpy as np
 
+from moeless_cli.checks import (
+    MAX_COUNT,
+    MAX_EXPERTS,
+    MAX_FLOAT,
+    MAX_LAYERS,
+    finite_array,
+    finite_sum,
+    integer,
+    optional_integer,
+    optional_number,
+    shown,
+)
 from moeless_cli.errors import MoelessError
-from moeless_cli.fileio import read_json
+from moeless_cli.fileio import check_name_lengths, read_json
 
 SCHEMA = "moeless.profile/v1"
 MANIFEST = "manifest.json"
@@ -133,20 +145,47 @@ def _read_arrays(path: Path, file: str) -> dict[str, np.ndarray]:
 
 
 def _check_manifest(path: Path, manifest: Any) -> dict[str, Any]:
+    """Every manifest field later code reads, with its type and bounds (checks.py)."""
     where = path / MANIFEST
     if not isinstance(manifest, dict):
         raise MoelessError(f"{where} is not a JSON object")
     if manifest.get("schema") != SCHEMA:
-        raise MoelessError(f"{where}: schema is {manifest.get('schema')!r}, expected {SCHEMA!r}")
+        raise MoelessError(f"{where}: schema is {shown(manifest.get('schema'))}, expected {SCHEMA!r}")
     missing = [k for k in REQUIRED_MANIFEST_KEYS if k not in manifest]
     if missing:
         raise MoelessError(f"{where}: missing field(s) {', '.join(missing)}")
-    if not isinstance(manifest["model"], dict) or "id" not in manifest["model"]:
-        raise MoelessError(f"{where}: field model must be an object with an id")
-    for key in ("num_layers", "num_experts", "iterations"):
-        if not isinstance(manifest[key], int) or manifest[key] < 1:
-            raise MoelessError(f"{where}: field {key} must be a positive integer (got {manifest[key]!r})")
+    model = manifest["model"]
+    if not isinstance(model, dict) or not isinstance(model.get("id"), str):
+        raise MoelessError(f"{where}: field model must be an object with a string id")
+    if not isinstance(model.get("config_hash"), (str, type(None))) or not isinstance(model.get("family"), (str, type(None))):
+        raise MoelessError(f"{where}: model.config_hash and model.family must be strings or null")
+    for key, high in (("num_layers", MAX_LAYERS), ("num_experts", MAX_EXPERTS), ("iterations", MAX_COUNT)):
+        integer(f"{where}: field {key}", manifest[key], 1, high)
+    optional_integer(f"{where}: field top_k", manifest["top_k"], 1, manifest["num_experts"])
+    optional_integer(f"{where}: field hidden_size", manifest.get("hidden_size"), 1, 1 << 20)
+    optional_number(f"{where}: field expert_bytes", manifest.get("expert_bytes"), 0)
+    _check_layer_ids(where, manifest.get("moe_layer_ids"), manifest["num_layers"])
+    for key in ("present", "sizes", "timings", "dataset", "source"):
+        if not isinstance(manifest.get(key), (dict, type(None))):
+            raise MoelessError(f"{where}: field {key} must be an object")
+    domains = (manifest.get("dataset") or {}).get("domains")
+    if domains is not None and not (isinstance(domains, list) and all(isinstance(d, str) for d in domains)):
+        raise MoelessError(f"{where}: dataset.domains must be a list of strings")
+    for key, value in (manifest.get("sizes") or {}).items():
+        integer(f"{where}: sizes.{key}", value, 0, MAX_COUNT * 64)
     return manifest
+
+
+def _check_layer_ids(where: Path, ids: Any, num_layers: int) -> None:
+    """moe_layer_ids: null, or one distinct non-negative layer index per MoE layer."""
+    if ids is None:
+        return
+    if not isinstance(ids, list) or len(ids) != num_layers:
+        raise MoelessError(f"{where}: field moe_layer_ids must be a list of {num_layers} layer indices")
+    for i, layer in enumerate(ids):
+        integer(f"{where}: moe_layer_ids[{i}]", layer, 0, MAX_LAYERS)
+    if len(set(ids)) != len(ids):
+        raise MoelessError(f"{where}: field moe_layer_ids repeats a layer")
 
 
 def _check_shapes(profile: Profile, sizes: dict[str, int], hidden: int | None) -> None:
@@ -170,6 +209,7 @@ def _check_shapes(profile: Profile, sizes: dict[str, int], hidden: int | None) -
             wanted = tuple(value.shape[i + 1] if t is None else t for i, t in enumerate(tail))  # None: any
             if tuple(value.shape[1:]) != wanted:
                 raise MoelessError(f"{where} has shape {list(value.shape)}, expected [{count}, {', '.join(map(str, wanted))}]")
+    _check_values(profile)
     if profile.topk_ids is not None and profile.topk_ids.size and int(profile.topk_ids.max()) >= profile.num_experts:
         raise MoelessError(f"profile {profile.path}: routing.safetensors topk_ids has expert ids >= num_experts")
     if profile.router_input_tokens is not None and profile.router_input_tokens.size:
@@ -177,9 +217,48 @@ def _check_shapes(profile: Profile, sizes: dict[str, int], hidden: int | None) -
             raise MoelessError(f"profile {profile.path}: router_input_tokens points past the token arrays")
 
 
+INTEGER_ARRAYS = ("iteration_phase", "iteration_batch", "iteration_tokens", "topk_ids", "token_request", "token_phase",
+                  "token_iteration", "token_position", "token_ids", "request_domain", "request_prompt_tokens",
+                  "router_input_tokens")
+
+
+def _check_values(profile: Profile) -> None:
+    """Array kinds and values: finite non-negative loads and times, finite router inputs, and
+    integer bookkeeping that is non-negative and points inside the profile."""
+    where = f"profile {profile.path}"
+    for name in ARRAYS:
+        value = getattr(profile, name)
+        if value is None:
+            continue
+        integral = name in INTEGER_ARRAYS
+        if value.dtype.kind not in ("iu" if integral else "iuf"):
+            kind = "integers" if integral else "numbers"
+            raise MoelessError(f"{where}: array {name} must hold {kind}, not {value.dtype}")
+        finite_array(f"{where}: array {name}", value, nonnegative=name != "router_inputs",
+                     high=MAX_FLOAT if name in ("load", "iteration_seconds") else None)
+    finite_sum(f"{where}: the loads", profile.load)
+    requests = next((len(a) for a in (profile.request_domain, profile.request_prompt_tokens) if a is not None), None)
+    for name, bound in (("token_iteration", profile.num_iterations), ("iteration_phase", len(PHASES)),
+                        ("token_phase", len(PHASES)), ("request_domain", max(len(profile.domains), 1)),
+                        ("token_request", requests if requests is not None else MAX_COUNT)):
+        value = getattr(profile, name)
+        if value is not None and value.size and int(value.max()) >= bound:
+            raise MoelessError(f"{where}: array {name} has a value {int(value.max())} >= {bound}")
+
+
+def is_profile_dir(path: Path) -> bool:
+    """A directory moeless wrote as a profile: its manifest names the profile schema."""
+    try:
+        manifest = read_json(Path(path) / MANIFEST, what="profile manifest")
+    except MoelessError:
+        return False
+    return isinstance(manifest, dict) and manifest.get("schema") == SCHEMA
+
+
 def load_profile(path: str | Path) -> Profile:
     """Load and validate a profile directory; raises a one-line MoelessError naming what is wrong."""
     path = Path(path)
+    check_name_lengths(path, "profile")
     if not path.is_dir():
         raise MoelessError(f"profile not found: {path} (run `moeless profile` or `moeless profile import`)")
     manifest = _check_manifest(path, read_json(path / MANIFEST, what="profile manifest"))
@@ -202,16 +281,27 @@ def load_profile(path: str | Path) -> Profile:
     return profile
 
 
-def save_profile(out: str | Path, manifest: dict[str, Any], arrays: dict[str, np.ndarray]) -> Path:
-    """Write a profile directory atomically: a failed write leaves no partial directory.
+def check_profile_out(out: str | Path, force: bool = False) -> Path:
+    """A profile's output folder, checked before the work (fileio.output_directory): new, empty,
+    or a profile to replace with `force`. Returns the folder to write."""
+    from moeless_cli.fileio import output_directory
+
+    return output_directory(out, "profile folder", is_profile_dir, force, kind="profile")
+
+
+def save_profile(out: str | Path, manifest: dict[str, Any], arrays: dict[str, np.ndarray], force: bool = False) -> Path:
+    """Write a profile directory atomically: a failed write leaves no partial directory. An
+    existing profile at `out` is replaced only with `force`; any other non-empty folder never is.
 
     `arrays` maps names from ARRAYS to numpy arrays; each lands in the file ARRAYS names. The
     manifest's `present` flags are filled in here from which files got arrays.
     """
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
-    from moeless_cli.fileio import atomic_directory, write_json_atomic
+    from moeless_cli.fileio import atomic_directory, write_bytes_atomic, write_json_atomic
 
+    load = finite_array(f"profile {out}: the loads", arrays["load"], nonnegative=True, high=MAX_FLOAT)
+    finite_sum(f"profile {out}: the loads", load)  # never written as a profile that cannot be read back
     by_file: dict[str, dict[str, np.ndarray]] = {}
     for name, value in arrays.items():
         if value is not None:
@@ -223,8 +313,8 @@ def save_profile(out: str | Path, manifest: dict[str, Any], arrays: dict[str, np
         "router_inputs": ROUTER_INPUTS_FILE in by_file,
         "timings": bool(manifest.get("timings")),
     }
-    with atomic_directory(out) as tmp:
+    with atomic_directory(check_profile_out(out, force)) as tmp:
         for file, tensors in by_file.items():
-            save_file(tensors, str(tmp / file))
+            write_bytes_atomic(tmp / file, save(tensors))
         write_json_atomic(tmp / MANIFEST, manifest)
     return Path(out)

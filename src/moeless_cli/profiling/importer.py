@@ -9,16 +9,21 @@ import numpy as np
 
 from moeless_cli.errors import MoelessError
 from moeless_cli.loads_csv import read_loads_csv
-from moeless_cli.profiling.format import save_profile
+from moeless_cli.profiling.format import check_profile_out, save_profile
 
 
 def import_loads_csv(csv_path: str | Path, where: dict[str, str], num_experts: int | None = None,
-                     top_k: int | None = None, out: str | Path | None = None) -> tuple[Path, dict[str, Any]]:
+                     top_k: int | None = None, out: str | Path | None = None,
+                     force: bool = False) -> tuple[Path, dict[str, Any]]:
     """Write a profile with one iteration whose load is the CSV's (filtered, summed) counts.
 
     num_experts: pad the expert axis when the CSV's highest expert id is below the model's count.
+    force: replace an existing profile at `out` (any other non-empty folder is refused).
     """
     csv_path = Path(csv_path)
+    suffix = "-".join(f"{k}-{v}" for k, v in sorted(where.items()))
+    out = Path(out) if out is not None else Path("profiles") / (csv_path.stem + (f"-{suffix}" if suffix else ""))
+    check_profile_out(out, force)  # before reading: a bad output fails first
     load = read_loads_csv(csv_path, where)  # [layers, experts] float64
     if num_experts is not None:
         if num_experts < load.shape[1]:
@@ -26,8 +31,6 @@ def import_loads_csv(csv_path: str | Path, where: dict[str, str], num_experts: i
         load = np.pad(load, ((0, 0), (0, num_experts - load.shape[1])))
     if top_k is not None and not 1 <= top_k <= load.shape[1]:
         raise MoelessError(f"--top-k must be between 1 and {load.shape[1]} (got {top_k})")
-    suffix = "-".join(f"{k}-{v}" for k, v in sorted(where.items()))
-    out = Path(out) if out is not None else Path("profiles") / (csv_path.stem + (f"-{suffix}" if suffix else ""))
     manifest = {
         "kind": "imported",
         "model": {"id": csv_path.stem, "family": None, "config_hash": None},
@@ -46,5 +49,5 @@ def import_loads_csv(csv_path: str | Path, where: dict[str, str], num_experts: i
         "load": load[None].astype(np.float64),  # [1, layers, experts]: counts may be fractional
         "iteration_phase": np.zeros(1, np.uint8),
     }
-    save_profile(out, manifest, arrays)
+    save_profile(out, manifest, arrays, force)
     return out, manifest

@@ -25,12 +25,13 @@ class ProfileOptions:
     seed: int = 0  # prompt subset/order and the router-input sample
 
     def validate(self) -> None:
-        for name in ("num_prompts", "batch_size", "max_prompt_tokens"):
-            if getattr(self, name) < 1:
-                raise MoelessError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
-        for name in ("max_new_tokens", "router_samples"):
-            if getattr(self, name) < 0:
-                raise MoelessError(f"--{name.replace('_', '-')} must be non-negative (got {getattr(self, name)})")
+        from moeless_cli.checks import MAX_COUNT, MAX_TOKENS, integer, seed
+
+        for name, low, high in (("num_prompts", 1, MAX_COUNT), ("batch_size", 1, 1 << 16),
+                                ("max_prompt_tokens", 1, MAX_TOKENS), ("max_new_tokens", 0, MAX_TOKENS),
+                                ("router_samples", 0, MAX_COUNT)):
+            integer(f"--{name.replace('_', '-')}", getattr(self, name), low, high)
+        seed("--seed", self.seed)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

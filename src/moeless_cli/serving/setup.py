@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -64,30 +63,37 @@ class ServeOptions:
 
 
 def check_options(o: ServeOptions) -> None:
+    """Choices and every numeric option (checks.py): right type, finite, within bounds."""
+    from moeless_cli.checks import MAX_COUNT, MAX_GPUS, MAX_LAYERS, MAX_SECONDS, MAX_TOKENS
+    from moeless_cli.checks import integer, number, optional_integer
     from moeless_cli.online.policies import ONLINE_POLICIES
 
     require_choice("--policy", o.policy, ONLINE_POLICIES)
     require_choice("--backend", o.backend, BACKENDS)
     require_choice("--batching", o.batching, BATCHING)
-    for name, value in (("--token-budget", o.token_budget), ("--max-batch", o.max_batch), ("--distance", o.distance)):
-        if value < 1:
-            raise MoelessError(f"{name} must be >= 1, got {value}")
-    for name, value in (("--max-output-tokens", o.max_output_tokens), ("--max-prompt-tokens", o.max_prompt_tokens)):
-        if value is not None and value < 1:
-            raise MoelessError(f"{name} must be >= 1, got {value}")
-    if o.keep_alive_s < 0 or o.gpu_price_per_hour < 0:
-        raise MoelessError("--keep-alive and --gpu-price-per-hour must be >= 0")
+    optional_integer("--workers", o.workers, 1, MAX_GPUS)
+    for name, value, high in (("--token-budget", o.token_budget, MAX_TOKENS), ("--max-batch", o.max_batch, 1 << 16),
+                              ("--distance", o.distance, MAX_LAYERS)):
+        integer(name, value, 1, high)
+    for name, value, high in (("--max-output-tokens", o.max_output_tokens, MAX_TOKENS),
+                              ("--max-prompt-tokens", o.max_prompt_tokens, MAX_TOKENS),
+                              ("--max-requests", o.max_requests, MAX_COUNT)):
+        optional_integer(name, value, 1, high)
+    number("--time-scale", o.time_scale, high=None, positive=True)
+    number("--keep-alive", o.keep_alive_s, 0.0, MAX_SECONDS)
+    number("--gpu-price-per-hour", o.gpu_price_per_hour, 0.0, 1e6)
     check_dist_options(o)
 
 
 def check_dist_options(o: ServeOptions) -> None:
-    """The expert-memory cap and the multi-node, heartbeat options (one-line errors)."""
-    if o.expert_memory_mb is not None and not 0 < o.expert_memory_mb < math.inf:
-        raise MoelessError(f"--expert-memory-mb must be a positive number of MiB, got {o.expert_memory_mb}")
-    if not 0.5 <= o.heartbeat_timeout_s <= 3600:
-        raise MoelessError(f"--heartbeat-timeout must be between 0.5 and 3600 seconds, got {o.heartbeat_timeout_s}")
-    if not 1 <= o.nnodes <= 4096 or not 0 <= o.node_rank < o.nnodes:
-        raise MoelessError(f"--nnodes must be >= 1 and --node-rank in [0, nnodes), got {o.nnodes} and {o.node_rank}")
+    """The expert-memory cap and the multi-node, heartbeat options (one-line errors, checks.py)."""
+    from moeless_cli.checks import MAX_FLOAT, MAX_NODES, integer, number
+
+    if o.expert_memory_mb is not None:
+        number("--expert-memory-mb", o.expert_memory_mb, high=MAX_FLOAT, positive=True)
+    number("--heartbeat-timeout", o.heartbeat_timeout_s, 0.5, 3600.0)
+    integer("--nnodes", o.nnodes, 1, MAX_NODES)
+    integer("--node-rank", o.node_rank, 0, o.nnodes - 1)
     if o.nnodes > 1 and o.backend != "dist":
         raise MoelessError("--nnodes > 1 needs --backend dist")
     if o.nnodes > 1 and parse_endpoint(o.rdzv_endpoint) is None:
@@ -111,18 +117,20 @@ class CheckedInputs:
 
 
 def check_inputs(o: ServeOptions, launcher: bool = False) -> CheckedInputs:
-    """Everything checkable before any weights load, for both backends: the options, the predictor
-    and plan against the model's config (no weights read), and the worker count.
+    """Everything checkable before any weights load, for both backends: the options, the trace, the
+    predictor and plan against the model's config (no weights read), and the worker count.
 
     launcher: the dist launcher also needs one visible GPU per worker on CUDA (a rank sees only
     its own node's GPUs, so the ranks skip this).
     """
     from moeless_cli.models.loading import config_hash, read_model_config, resolve_model_path
+    from moeless_cli.workloads.traces import load_trace
 
     check_options(o)
+    load_trace(o.trace, time_scale=o.time_scale, max_requests=o.max_requests)  # a bad trace fails before loading
     chash = config_hash(read_model_config(resolve_model_path(o.model)))
     if o.predictor is not None:
-        check_predictor(o.predictor, chash)
+        check_predictor(o.predictor, chash, o.distance)
     plan = check_plan_cheaply(o.plan, chash, o.workers) if o.plan is not None else None
     workers = o.workers or (plan.num_gpus if plan is not None else DEFAULT_WORKERS)
     if launcher and workers % o.nnodes:
@@ -165,9 +173,10 @@ def check_plan_shape(plan: Any, plan_path: Path, num_layers: int, num_experts: i
         )
 
 
-def check_predictor(path: Path, config_hash: str) -> None:
-    """Refuse a predictor trained for another model, reading only its manifest."""
-    from moeless_cli.predictor.store import read_manifest
+def check_predictor(path: Path, config_hash: str, distance: int) -> None:
+    """Refuse a predictor trained for another model (reading only its manifest), then one whose
+    fields or tensors are broken, or that has no model at `distance` (it would never predict)."""
+    from moeless_cli.predictor.store import load_predictor, read_manifest
 
     manifest = read_manifest(path)
     if manifest.get("config_hash") != config_hash:
@@ -175,6 +184,10 @@ def check_predictor(path: Path, config_hash: str) -> None:
             f"predictor {path} was trained for model {manifest.get('model_id')} (config hash "
             f"{manifest.get('config_hash')}), not for this model (config hash {config_hash})"
         )
+    distances = load_predictor(path, config_hash).distances
+    if distance not in distances:
+        raise MoelessError(f"--distance {distance}: predictor {path} predicts {', '.join(map(str, distances))} "
+                           f"layer(s) ahead; give one of those, or train with `train-predictor --distance {distance}`")
 
 
 def slots_per_gpu(num_experts: int, workers: int, plan: Any) -> int:

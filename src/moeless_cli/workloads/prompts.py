@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from moeless_cli.errors import MoelessError
+from moeless_cli.fileio import check_name_lengths
 
 DATASETS_DIR = Path(__file__).resolve().parent.parent / "data" / "datasets"
 DEFAULT_DATASET = "mix"
@@ -130,6 +131,7 @@ def _shuffled(prompts: list[Prompt], rng: random.Random) -> list[Prompt]:
 
 
 def _load_external(name_or_path: str, text_field: str | None) -> list[Prompt]:
+    check_name_lengths(name_or_path, "--dataset")
     path = Path(name_or_path).expanduser()
     if path.exists():
         return _load_file(path, text_field)
@@ -146,13 +148,22 @@ def _datasets_quietly() -> Any:
     import datasets
 
     datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its failures reach the user as our one line
     return datasets
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost exception's type and message, on one line (datasets wraps parse errors)."""
+    while exc.__cause__ is not None or (exc.__context__ is not None and not exc.__suppress_context__):
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
 
 
 def _load_file(path: Path, text_field: str | None) -> list[Prompt]:
     if path.is_dir():
         raise MoelessError(f"dataset path {path} is a directory; give a .json/.jsonl/.parquet/.csv/.txt file")
+    if not path.is_file():  # a pipe or a device would block the reader, or never end
+        raise MoelessError(f"dataset path {path} is not a regular file")
     builder = FILE_BUILDERS.get(path.suffix.lower())
     if builder is None:
         raise MoelessError(f"dataset {path}: unsupported file type {path.suffix!r} (use {', '.join(FILE_BUILDERS)})")
@@ -160,10 +171,10 @@ def _load_file(path: Path, text_field: str | None) -> list[Prompt]:
     try:
         table = datasets.load_dataset(builder, data_files=str(path), split="train")
     except Exception as exc:  # datasets raises many types for malformed files
-        if "empty" in str(exc).lower() or path.stat().st_size == 0:
+        cause = _root_cause(exc)
+        if "empty" in cause.lower() or path.stat().st_size == 0:
             raise MoelessError(f"dataset {path} is empty") from None
-        message = " ".join(str(exc).split())[:200]
-        raise MoelessError(f"cannot read dataset {path}: {type(exc).__name__}: {message}") from None
+        raise MoelessError(f"cannot read dataset {path}: {cause}") from None
     return _prompts_from_table(table, text_field, source=path.name, where=str(path))
 
 

@@ -19,7 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from moeless_cli.checks import MAX_COUNT, MAX_SECONDS, MAX_TIMESTAMP, MAX_TOKENS, integer, number, optional_integer, shown
 from moeless_cli.errors import MoelessError
+from moeless_cli.fileio import check_name_lengths
 
 
 @dataclass(frozen=True)
@@ -64,14 +66,14 @@ def load_trace(name_or_path: str | Path, time_scale: float = 1.0, max_requests: 
     """Load a built-in trace by name, or a CSV/JSONL trace file.
 
     time_scale > 1 compresses time (arrivals come `time_scale` times faster); max_requests keeps
-    the first requests in arrival order.
+    the first requests in arrival order. Every arrival time and token count is checked: finite,
+    non-negative counts up to MAX_TOKENS, and a trace that spans at most MAX_SECONDS once scaled.
     """
-    if time_scale <= 0:
-        raise MoelessError(f"--time-scale must be positive, got {time_scale}")
-    if max_requests is not None and max_requests <= 0:
-        raise MoelessError(f"--max-requests must be positive, got {max_requests}")
+    time_scale = number("--time-scale", time_scale, high=None, positive=True)
+    max_requests = optional_integer("--max-requests", max_requests, 1, MAX_COUNT)
     name = str(name_or_path)
     path = builtin_trace_path(name) if name in BUILTIN_TRACES else Path(name)
+    check_name_lengths(path, "trace")
     if not path.is_file():
         raise MoelessError(
             f"trace not found: {name} (built-in traces: {', '.join(BUILTIN_TRACES)}; or give a CSV/JSONL path)"
@@ -83,28 +85,39 @@ def load_trace(name_or_path: str | Path, time_scale: float = 1.0, max_requests: 
     ts_col = _pick(header, TIMESTAMP_COLUMNS, "arrival time", path)
     in_col = _pick(header, INPUT_COLUMNS, "input token count", path)
     out_col = _pick(header, OUTPUT_COLUMNS, "output token count", path)
-
-    arrival = np.empty(len(rows), dtype=np.float64)
-    inputs = np.empty(len(rows), dtype=np.int64)
-    outputs = np.empty(len(rows), dtype=np.int64)
     unit = 1e-3 if ts_col.endswith("_ms") or (path.suffix == ".jsonl" and ts_col == "timestamp") else 1.0
-    for i, row in enumerate(rows):
-        where = f"{path}: request {i + 1}"
-        arrival[i] = _parse_time(row[ts_col], where) * unit
-        inputs[i] = _parse_count(row[in_col], where, in_col)
-        outputs[i] = _parse_count(row[out_col], where, out_col)
-
+    arrival, inputs, outputs = _columns(rows, path, (ts_col, in_col, out_col))
     order = np.argsort(arrival, kind="stable")
-    arrival, inputs, outputs = arrival[order], inputs[order], outputs[order]
+    arrival, inputs, outputs = arrival[order] * unit, inputs[order], outputs[order]
     arrival = (arrival - arrival[0]) / time_scale
     if max_requests is not None:
         arrival, inputs, outputs = arrival[:max_requests], inputs[:max_requests], outputs[:max_requests]
+    if not np.isfinite(arrival[-1]) or arrival[-1] > MAX_SECONDS:
+        raise MoelessError(f"trace {name} spans {arrival[-1]:.3g} s at --time-scale {time_scale:g}; at most "
+                           f"{MAX_SECONDS:.0f} s (31 days) can be replayed: check its arrival times or raise --time-scale")
     return Trace(name=name, arrival_s=arrival, input_tokens=inputs, output_tokens=outputs)
+
+
+def _columns(rows: list[dict], path: Path, columns: tuple[str, str, str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Arrival times [requests] float64 and input/output token counts [requests] int64, each checked."""
+    ts_col, in_col, out_col = columns
+    arrival = np.empty(len(rows), dtype=np.float64)
+    inputs = np.empty(len(rows), dtype=np.int64)
+    outputs = np.empty(len(rows), dtype=np.int64)
+    for i, row in enumerate(rows):
+        where = f"{path}: request {i + 1}"
+        missing = [c for c in columns if row.get(c) is None]
+        if missing:
+            raise MoelessError(f"{where} has no {', '.join(missing)} (every request needs {', '.join(columns)})")
+        arrival[i] = _parse_time(row[ts_col], where)
+        inputs[i] = _parse_count(row[in_col], where, in_col)
+        outputs[i] = _parse_count(row[out_col], where, out_col)
+    return arrival, inputs, outputs
 
 
 def _read_rows(path: Path) -> list[dict]:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # -sig: Excel's byte-order mark
     except UnicodeDecodeError:
         raise MoelessError(f"trace {path} is not UTF-8 text") from None
     if path.suffix in (".jsonl", ".json"):
@@ -113,9 +126,12 @@ def _read_rows(path: Path) -> list[dict]:
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
+                row = json.loads(line)
+            except (json.JSONDecodeError, RecursionError):
                 raise MoelessError(f"{path}: line {line_number} is not valid JSON") from None
+            if not isinstance(row, dict):
+                raise MoelessError(f"{path}: line {line_number} is not a JSON object (one request per line)")
+            rows.append(row)
         return rows
     try:
         return list(csv.DictReader(text.splitlines()))
@@ -127,30 +143,30 @@ def _pick(header: list[str], candidates: tuple[str, ...], what: str, path: Path)
     for column in candidates:
         if column in header:
             return column
+    found = ", ".join(str(h) for h in header)
     raise MoelessError(
-        f"{path}: no {what} column; expected one of {', '.join(candidates)} (found: {', '.join(header)})"
+        f"{path}: no {what} column; expected one of {', '.join(candidates)} (found: {shown(found, 200)})"
     )
 
 
 def _parse_time(value: object, where: str) -> float:
-    if isinstance(value, (int, float)):
-        return float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise MoelessError(f"{where}: arrival time must be a number or an ISO date-time, got {shown(value)}")
     text = str(value).strip()
     try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        return datetime.fromisoformat(text).timestamp()
-    except ValueError:
-        raise MoelessError(f"{where}: cannot read arrival time {text!r} (seconds or an ISO date-time)") from None
+        seconds = float(value) if not isinstance(value, str) else float(text)
+    except (ValueError, OverflowError):
+        try:
+            seconds = datetime.fromisoformat(text).timestamp()
+        except (ValueError, OverflowError, OSError):
+            raise MoelessError(f"{where}: cannot read arrival time {shown(text)} (seconds or an ISO date-time)") from None
+    return number(f"{where}: arrival time", seconds, -MAX_TIMESTAMP, MAX_TIMESTAMP)
 
 
 def _parse_count(value: object, where: str, column: str) -> int:
-    try:
-        count = int(float(value))  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise MoelessError(f"{where}: {column} must be a token count, got {value!r}") from None
-    if count < 0:
-        raise MoelessError(f"{where}: {column} must be non-negative, got {count}")
-    return count
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise MoelessError(f"{where}: {column} must be a token count, got {shown(value)}") from None
+    return integer(f"{where}: {column}", value, 0, MAX_TOKENS)
