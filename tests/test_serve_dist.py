@@ -98,9 +98,9 @@ def test_dist_checks_plan_before_starting_processes(cli, tmp_path):
     (("--nnodes", "2"), "needs --rdzv-endpoint HOST:PORT"),
     (("--nnodes", "2", "--rdzv-endpoint", "127.0.0.1:99999"), "needs --rdzv-endpoint HOST:PORT"),
     (("--nnodes", "2", "--workers", "3", "--rdzv-endpoint", "127.0.0.1:29500"), "cannot be split evenly"),
-    (("--nnodes", "2", "--node-rank", "2", "--rdzv-endpoint", "127.0.0.1:29500"), "--node-rank in [0, nnodes)"),
-    (("--heartbeat-timeout", "0"), "--heartbeat-timeout must be between"),
-    (("--expert-memory-mb", "-1"), "--expert-memory-mb must be a positive"),
+    (("--nnodes", "2", "--node-rank", "2", "--rdzv-endpoint", "127.0.0.1:29500"), "--node-rank (of --nnodes 2) must be at most 1"),
+    (("--heartbeat-timeout", "0"), "--heartbeat-timeout must be at least 0.5"),
+    (("--expert-memory-mb", "-1"), "--expert-memory-mb must be positive"),
 ])
 def test_dist_refuses_bad_cluster_options_before_starting(cli, args, message):
     result = cli("serve", "--model", cached_tiny_checkpoint("mixtral"), "--backend", "dist", *args, "--json")

@@ -93,7 +93,7 @@ def check_dist_options(o: ServeOptions) -> None:
         number("--expert-memory-mb", o.expert_memory_mb, high=MAX_FLOAT, positive=True)
     number("--heartbeat-timeout", o.heartbeat_timeout_s, 0.5, 3600.0)
     integer("--nnodes", o.nnodes, 1, MAX_NODES)
-    integer("--node-rank", o.node_rank, 0, o.nnodes - 1)
+    integer(f"--node-rank (of --nnodes {o.nnodes})", o.node_rank, 0, o.nnodes - 1)
     if o.nnodes > 1 and o.backend != "dist":
         raise MoelessError("--nnodes > 1 needs --backend dist")
     if o.nnodes > 1 and parse_endpoint(o.rdzv_endpoint) is None:
