@@ -81,7 +81,7 @@ def logits_difference(model: str, dtype: str, device: str, workload: Any, worker
     import torch
 
     from moeless_cli.models import load_moe_model
-    from moeless_cli.online.policies import fixed_plan_policy
+    from moeless_cli.online.fixed_plan import fixed_plan_policy
     from moeless_cli.planning.solvers.static import static_plan
     from moeless_cli.serving.runtime import ExpertParallelRuntime
     from moeless_cli.serving.workers import make_local_workers

@@ -68,7 +68,7 @@ def skewed_plan(num_layers: int, num_experts: int, workers: int):
 
 def throughput(args) -> None:
     from moeless_cli.models import load_moe_model
-    from moeless_cli.online.policies import fixed_plan_policy
+    from moeless_cli.online.fixed_plan import fixed_plan_policy
     from moeless_cli.serving.runtime import ExpertParallelRuntime
     from moeless_cli.serving.workers import make_local_workers
 

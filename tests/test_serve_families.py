@@ -68,7 +68,7 @@ def test_served_tokens_equal_plain_transformers(cli, checkpoints, family):
 def _one_replica_runtime(loaded, workers: int):
     """Every expert once (round-robin), so no expert's rows are split across replicas: CPU BLAS picks
     its kernel by row count, which would change fp32 bits (never the tokens) when a split happens."""
-    from moeless_cli.online.policies import fixed_plan_policy
+    from moeless_cli.online.fixed_plan import fixed_plan_policy
     from moeless_cli.planning.solvers.static import static_plan
     from moeless_cli.serving.runtime import ExpertParallelRuntime
     from moeless_cli.serving.workers import make_local_workers

@@ -23,7 +23,7 @@ def uneven_plan(num_experts: int, num_layers: int, workers: int):
 
 
 def build_runtime(loaded, policy: str, workers: int):
-    from moeless_cli.online.policies import fixed_plan_policy
+    from moeless_cli.online.fixed_plan import fixed_plan_policy
     from moeless_cli.serving.runtime import ExpertParallelRuntime
     from moeless_cli.serving.workers import make_local_workers
 

@@ -43,9 +43,7 @@ Registry (`ONLINE_POLICIES`):
   (provisioned instances, sized by `plan`).
 The serverless two (moeless-paper, moeless) scale within the GPUs' slots unless `serverless_budget`
 caps them (`bench --equal-budget`: EPLB's budget).
-Outside the registry, `fixed_plan_policy` follows a given plan exactly (its replicas pinned, its
-shares or `balanced_split` over them) with no online state: for tests and the throughput benchmark,
-where the split must be controlled. Routing is never changed, only which replica serves a token.
+Outside the registry, `online/fixed_plan.py` follows a given plan exactly (tests, benchmarks).
 """
 
 from __future__ import annotations
@@ -305,7 +303,7 @@ class EplbBalancedPolicy(EplbPolicy):
     decision_on_host = True  # moeless's whole-token split, host code after the gate
 
     def _split(self, layer: int, plan: LayerPlan, load: np.ndarray) -> np.ndarray:
-        return _balanced_over(plan, load, self.setting)
+        return balanced_over(plan, load, self.setting)
 
 
 class MoelessPaperPolicy(OnlinePolicy):
@@ -422,27 +420,6 @@ class MoelessPolicy(OnlinePolicy):
         return self._finish(layer, expert, gpu, tokens, now, load)
 
 
-class FixedPlanPolicy(OnlinePolicy):
-    """`setting.plan`'s replicas warm throughout; tokens follow the plan's shares."""
-
-    name = "fixed-plan"
-
-    def initial_plan(self, layer: int) -> LayerPlan:
-        return self.setting.plan.layers[layer]
-
-
-class BalancedPlanPolicy(FixedPlanPolicy):
-    """`setting.plan`'s replicas; each layer's whole tokens balanced over GPUs once the true load is known."""
-
-    name = "fixed-plan-balanced"
-    decision_on_host = True
-
-    def dispatch(self, layer: int, true_load: np.ndarray, now: float) -> Dispatch:
-        plan = self.plans[layer]
-        load = np.asarray(true_load, dtype=np.float64)
-        return self._finish(layer, plan.expert, plan.gpu, _balanced_over(plan, load, self.setting), now, load)
-
-
 def _hold_copies(pool: FunctionPool, layer: int, plan: LayerPlan, now: float, keep_more: bool) -> None:
     """Bill every replica `plan` places: k replicas of an expert on one GPU (EPLB's packing allows it)
     are k weight copies in that instance. keep_more: an older plan that still runs holds more."""
@@ -456,7 +433,7 @@ def _hold_copies(pool: FunctionPool, layer: int, plan: LayerPlan, now: float, ke
             pool.set_copies(layer, e, g, want, now)
 
 
-def _balanced_over(plan: LayerPlan, load: np.ndarray, setting: PolicySetting) -> np.ndarray:
+def balanced_over(plan: LayerPlan, load: np.ndarray, setting: PolicySetting) -> np.ndarray:
     """load: [experts]. moeless's whole-token dispatch over every replica of `plan`: [replicas]."""
     return balanced_split(plan.expert, plan.gpu, load, setting.num_gpus, setting.entry_tokens)
 
@@ -516,17 +493,5 @@ def make_policy(name: str, setting: PolicySetting, pool: FunctionPool) -> Online
     """Build and start policy `name`."""
     require_choice("policy", name, ONLINE_POLICIES)
     policy = ONLINE_POLICIES[name](setting, pool)
-    policy.start(0.0)
-    return policy
-
-
-def fixed_plan_policy(plan: Plan, balanced: bool = False) -> OnlinePolicy:
-    """A started policy that follows `plan` exactly: its replicas pinned, tokens by the plan's shares
-    (balanced: `balanced_split` over the plan's replicas)."""
-    slots = max(int(layer.slots_used(plan.num_gpus).max()) for layer in plan.layers)
-    setting = PolicySetting(num_layers=plan.num_layers, num_experts=plan.num_experts, num_gpus=plan.num_gpus,
-                            slots_per_gpu=slots, history=np.ones((plan.num_layers, plan.num_experts)), plan=plan)
-    pool = FunctionPool(plan.num_gpus, expert_bytes=0.0, keep_alive_s=0.0)
-    policy = (BalancedPlanPolicy if balanced else FixedPlanPolicy)(setting, pool)
     policy.start(0.0)
     return policy
