@@ -176,7 +176,7 @@ def _serve_rank(o: ServeOptions, env: RankEnv) -> tuple[dict[str, Any], dict[str
     from moeless_cli.serving.workers import Worker
 
     prepared = prepare(o, load_device="cpu")  # the fused experts are freed before the dense weights move
-    workload = build_workload(o, prepared.loaded.tokenizer)
+    workload = build_workload(o, prepared.loaded.tokenizer, prepared.trace)
     workers = [Worker(i, env.device if i == env.rank else "cpu") for i in range(env.world)]
     place = RankPlace(env.rank, env.world, env.run.store, writes_store=env.local_rank == 0)
     runtime = DistRuntime(prepared.loaded, workers, prepared.policy, prepared.predictor, o.distance, place)

@@ -32,6 +32,7 @@ class Prepared:
     predictor: Any  # predictor.store.LoadPredictor or None
     workers: int  # expert-parallel workers
     replica_bytes: int  # one expert over all MoE layers, as loaded (what --expert-memory-mb counts)
+    trace: Any  # the checked --trace (workloads.traces.Trace), read once
 
 
 def prepare(o: ServeOptions, load_device: str | None = None) -> Prepared:
@@ -62,7 +63,7 @@ def prepare(o: ServeOptions, load_device: str | None = None) -> Prepared:
     pool = FunctionPool(num_gpus=workers, expert_bytes=float(loaded.expert_bytes), keep_alive_s=o.keep_alive_s)
     policy = make_policy(o.policy, setting, pool)
     predictor = load_predictor(o.predictor, checked.config_hash) if o.predictor is not None else None
-    return Prepared(loaded, policy, pool, predictor, workers, replica_bytes)
+    return Prepared(loaded, policy, pool, predictor, workers, replica_bytes, checked.trace)
 
 
 def warm_up(loaded: Any, runtime: Any) -> None:
@@ -95,7 +96,7 @@ def _serve_local(o: ServeOptions, progress: ProgressFn | None) -> tuple[dict[str
     from moeless_cli.serving.workers import make_local_workers
 
     prepared = prepare(o)
-    workload = build_workload(o, prepared.loaded.tokenizer)
+    workload = build_workload(o, prepared.loaded.tokenizer, prepared.trace)
     workers = make_local_workers(prepared.workers, list(o.devices))
     runtime = ExpertParallelRuntime(prepared.loaded, workers, prepared.policy, prepared.predictor, o.distance)
     runtime.install()

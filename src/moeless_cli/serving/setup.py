@@ -114,6 +114,7 @@ class CheckedInputs:
     config_hash: str  # the model's config hash; plans, predictors and profiles must match it
     plan: Any  # planning.plan.Plan read from --plan, or None
     workers: int  # expert-parallel workers: --workers, else the plan's GPU count, else DEFAULT_WORKERS
+    trace: Any  # workloads.traces.Trace read from --trace (checked; the workload is built from it)
 
 
 def check_inputs(o: ServeOptions, launcher: bool = False) -> CheckedInputs:
@@ -127,7 +128,7 @@ def check_inputs(o: ServeOptions, launcher: bool = False) -> CheckedInputs:
     from moeless_cli.workloads.traces import load_trace
 
     check_options(o)
-    load_trace(o.trace, time_scale=o.time_scale, max_requests=o.max_requests)  # a bad trace fails before loading
+    trace = load_trace(o.trace, time_scale=o.time_scale, max_requests=o.max_requests)  # fails before loading
     chash = config_hash(read_model_config(resolve_model_path(o.model)))
     if o.predictor is not None:
         check_predictor(o.predictor, chash, o.distance)
@@ -141,7 +142,7 @@ def check_inputs(o: ServeOptions, launcher: bool = False) -> CheckedInputs:
         if torch.cuda.device_count() < workers // o.nnodes:
             raise MoelessError(f"--backend dist with CUDA needs one GPU per worker: {workers // o.nnodes} workers, "
                                f"{torch.cuda.device_count()} GPUs visible" + (" on this node" if o.nnodes > 1 else ""))
-    return CheckedInputs(chash, plan, workers)
+    return CheckedInputs(chash, plan, workers, trace)
 
 
 def check_plan_cheaply(plan_path: Path, config_hash: str, workers: int | None) -> Any:
@@ -230,15 +231,17 @@ class Workload:
     prompts: dict[int, list[int]]  # request id -> prompt token ids
 
 
-def build_workload(o: ServeOptions, tokenizer: Any) -> Workload:
-    """Prompts from the dataset, arrivals and lengths from the trace (capped for CPU runs)."""
+def build_workload(o: ServeOptions, tokenizer: Any, trace: Any = None) -> Workload:
+    """Prompts from the dataset, arrivals and lengths from the trace (capped for CPU runs); trace:
+    the one `check_inputs` read, else --trace is read here."""
     from moeless_cli.online.batching import Request
     from moeless_cli.workloads.prompts import load_prompts, render_prompt
     from moeless_cli.workloads.traces import load_trace
 
     if tokenizer is None:
         raise MoelessError(f"model {o.model} ships no tokenizer: serve needs one to encode the dataset's prompts")
-    trace = load_trace(o.trace, time_scale=o.time_scale, max_requests=o.max_requests)
+    if trace is None:
+        trace = load_trace(o.trace, time_scale=o.time_scale, max_requests=o.max_requests)
     prompt_set = load_prompts(o.dataset, num_prompts=min(len(trace), 10_000))
     requests, prompts = [], {}
     for i in range(len(trace)):
