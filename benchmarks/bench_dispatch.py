@@ -7,14 +7,32 @@ optimum ceil(LP) (CBC), plus each split's time per layer (target: well under 1 m
 8 GPUs). Two batch sizes: prefill-like (~512 tokens per GPU) and decode-like (4 tokens in all),
 where rounding matters most.
 
-  .venv/bin/python benchmarks/bench_dispatch.py
+Second table: the per-layer decision on the device (`planning/device_split.py`, its torch twin
+`serving/device_split.py`) against the host `balanced_split`, for the issue's three cases (8
+experts x 8 GPUs x 32 tokens top-2, 64 x 8 x 2,048 and 256 x 64 x 8,192 top-8; Zipf popularity,
+batch loads drifting from it, an eplb plan with E + E/4 replicas). Per case: the decision time on
+this CPU (median of many calls) of the host split, the numpy twin and the torch twin (counts ->
+quotas -> each pair's replica), the torch twin's aten op count, and the busiest GPU's cost under
+the physical time model (a replica serving t > 0 tokens costs max(entry, tile * ceil(t / tile)),
+entry = one expert's weight read in token-times, from the preset and hardware named) for static EP
+(expert e on GPU e mod G, whole), the host split and the device split, each over the lower bound
+max(sum_e cost(n_e) / G, fractional LP over the plan's replicas): an upper bound of its ratio to
+the optimum. With CUDA, the torch twin is also timed there (CUDA events).
+
+  .venv/bin/python benchmarks/bench_dispatch.py            # both tables
+  .venv/bin/python benchmarks/bench_dispatch.py --device   # the second only
 """
 
 from __future__ import annotations
 
+import statistics
+import sys
 import time
 
 import numpy as np
+
+DEVICE_CASES = ((8, 8, 32, 2), (64, 8, 2048, 8), (256, 64, 8192, 8))  # experts, GPUs, tokens, top-k
+COST_SETTINGS = (("mixtral-8x7b", "a6000"), ("olmoe-1b-7b", "h100"))  # (preset, hardware) for the entry cost
 
 
 def _batch_load(rng: np.random.Generator, popularity: np.ndarray, tokens: int, top_k: int) -> np.ndarray:
@@ -24,6 +42,147 @@ def _batch_load(rng: np.random.Generator, popularity: np.ndarray, tokens: int, t
     for _ in range(tokens):
         load[rng.choice(popularity.size, top_k, replace=False, p=weights)] += 1
     return load
+
+
+def _zipf_pairs(rng: np.random.Generator, popularity: np.ndarray, tokens: int, top_k: int) -> np.ndarray:
+    """[tokens * top_k] expert of every (token, slot) pair, top-k distinct experts per token by popularity
+    (Gumbel top-k: sampling without replacement, vectorized)."""
+    keys = np.log(popularity / popularity.sum())[None, :] - np.log(-np.log(rng.random((tokens, popularity.size))))
+    return np.argsort(-keys, axis=1)[:, :top_k].reshape(-1)
+
+
+def _entry_tokens(preset_name: str, hardware_name: str) -> tuple[float, int]:
+    """(one expert's weight read in token-times of its GEMM, GEMM row tile) for a preset on a GPU."""
+    from moeless_cli.sim.hardware import get_hardware
+    from moeless_cli.sim.presets import PRESETS
+
+    preset, hardware = PRESETS[preset_name], get_hardware(hardware_name)
+    weight_s = preset.expert_bytes / (hardware.hbm_gbps * 1e9)
+    token_s = preset.expert_flops_per_token / (hardware.tflops * 1e12)
+    return weight_s / token_s, hardware.gemm_tile_tokens
+
+
+def _physical_peak(gpu: np.ndarray, tokens: np.ndarray, num_gpus: int, entry: float, tile: int) -> float:
+    """gpu, tokens: [replicas] whole tokens. Busiest GPU's cost in token-times under the physical model."""
+    cost = np.where(tokens > 0, np.maximum(entry, tile * np.ceil(tokens / tile)), 0.0)
+    return float(np.bincount(gpu, weights=cost, minlength=num_gpus).max())
+
+
+def _median_ms(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def _cuda_ms(fn, repeats: int) -> float | None:
+    """Median ms of fn() on the GPU (CUDA events), None without CUDA."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def count_aten_ops(fn) -> int:
+    """aten operations fn() dispatches (views included): one kernel launch or less each."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class _Count(TorchDispatchMode):
+        ops = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            _Count.ops += 1
+            return func(*args, **(kwargs or {}))
+
+    with _Count():
+        fn()
+    return _Count.ops
+
+
+def _device_case(num_experts: int, num_gpus: int, tokens: int, top_k: int, entry: float, tile: int,
+                 trials: int, repeats: int) -> dict:
+    """One row of the device table: mean quality ratios over `trials` batches, median times."""
+    import torch
+
+    from moeless_cli.planning import PlanningProblem, solve
+    from moeless_cli.planning.device_split import device_quotas, quotas_to_replicas, replica_table
+    from moeless_cli.planning.dispatch import balanced_split, lp_min_peak
+    from moeless_cli.serving.device_split import device_quotas_torch, pair_replica
+
+    rng = np.random.default_rng(0)
+    popularity = rng.permutation(1.0 / np.arange(1, num_experts + 1))
+    budget = num_experts + num_experts // 4
+    problem = PlanningProblem(num_gpus=num_gpus, slots_per_gpu=-(-budget // num_gpus), replica_budget=budget)
+    plan = solve("eplb", popularity[None, :] * tokens * top_k, problem).plan.layers[0]
+    table = replica_table(plan.expert, plan.gpu, num_experts, num_gpus)
+    table_gpu = torch.from_numpy(table.gpu)
+    rows, times = [], []
+    for _ in range(trials):
+        pairs = _zipf_pairs(rng, popularity * rng.lognormal(0.0, 0.4, num_experts), tokens, top_k)
+        counts = np.bincount(pairs, minlength=num_experts)
+        flat, counts_t = torch.from_numpy(pairs), torch.from_numpy(counts)
+        host = balanced_split(plan.expert, plan.gpu, counts.astype(np.float64), num_gpus, entry)
+        device = quotas_to_replicas(device_quotas(counts, table, entry, tile), table)
+        whole = np.where(counts > 0, np.maximum(entry, tile * np.ceil(counts / tile)), 0.0)
+        bound = max(whole.sum() / num_gpus, lp_min_peak(plan.expert, plan.gpu, counts.astype(np.float64), num_gpus))
+        rows.append([_physical_peak(np.arange(num_experts) % num_gpus, counts, num_gpus, entry, tile) / bound,
+                     _physical_peak(plan.gpu, host, num_gpus, entry, tile) / bound,
+                     _physical_peak(plan.gpu, device, num_gpus, entry, tile) / bound])
+
+        def torch_decision() -> torch.Tensor:
+            return pair_replica(flat, device_quotas_torch(counts_t, table_gpu, num_gpus, entry, tile))
+
+        times.append([
+            _median_ms(lambda: balanced_split(plan.expert, plan.gpu, counts.astype(np.float64), num_gpus, entry), repeats),
+            _median_ms(lambda: device_quotas(counts, table, entry, tile), repeats),
+            _median_ms(torch_decision, repeats),
+        ])
+    ops = count_aten_ops(torch_decision)
+    cuda = _cuda_on_device(flat, counts_t, table_gpu, num_gpus, entry, tile, repeats)
+    return {"ratios": np.mean(rows, axis=0), "worst": np.max(rows, axis=0), "ms": np.median(times, axis=0),
+            "ops": ops, "cuda_ms": cuda, "replicas": plan.expert.size}
+
+
+def _cuda_on_device(flat, counts, table_gpu, num_gpus: int, entry: float, tile: int, repeats: int) -> float | None:
+    """Median ms of the torch decision on the GPU (CUDA events), None without CUDA."""
+    import torch
+
+    from moeless_cli.serving.device_split import device_quotas_torch, pair_replica
+
+    if not torch.cuda.is_available():
+        return None
+    flat, counts, table_gpu = flat.cuda(), counts.cuda(), table_gpu.cuda()
+    return _cuda_ms(lambda: pair_replica(flat, device_quotas_torch(counts, table_gpu, num_gpus, entry, tile)), repeats)
+
+
+def device_table(trials: int = 3, repeats: int = 30) -> None:
+    """The second table (module docstring)."""
+    print(f"{'cost':>18s} {'E x G':>8s} {'tokens':>6s} {'R':>4s} {'host ms':>8s} {'numpy ms':>8s} {'torch ms':>8s} "
+          f"{'cuda ms':>8s} {'ops':>4s} {'static':>7s} {'host':>7s} {'device':>7s} {'dev max':>7s}")
+    for preset, hardware in COST_SETTINGS:
+        entry, tile = _entry_tokens(preset, hardware)
+        for experts, gpus, tokens, top_k in DEVICE_CASES:
+            r = _device_case(experts, gpus, tokens, top_k, entry, tile, trials, repeats)
+            cuda = f"{r['cuda_ms']:8.3f}" if r["cuda_ms"] is not None else f"{'n/a':>8s}"
+            print(f"{preset + '@' + hardware:>18s} {experts:>3d} x {gpus:<3d} {tokens:6d} {r['replicas']:4d} "
+                  f"{r['ms'][0]:8.3f} {r['ms'][1]:8.3f} {r['ms'][2]:8.3f} {cuda} {r['ops']:4d} "
+                  f"{r['ratios'][0]:7.3f} {r['ratios'][1]:7.3f} {r['ratios'][2]:7.3f} {r['worst'][2]:7.3f}")
+    print("costs are the busiest GPU's physical cost / lower bound (1.0 = optimal), mean over batches ('dev max': "
+          "worst batch); times are one decision's median on this machine; 'ops' counts the torch twin's aten ops")
 
 
 def main() -> None:
@@ -65,4 +224,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if "--device" not in sys.argv:
+        main()
+    device_table()

@@ -16,10 +16,10 @@ _BIG = torch.iinfo(torch.int64).max // 4  # a key below every real one (negated)
 
 
 def replica_cost(tokens: torch.Tensor, entry: int, tile: int) -> torch.Tensor:
-    """tokens: any shape, whole tokens. Fixed-point cost max(entry, tile * ceil(t / tile)) * COST_SCALE
-    for t > 0, 0 for t = 0 (entry already in fixed point)."""
+    """tokens: any shape, whole tokens >= 0. Fixed-point cost of a replica serving them:
+    max(entry, tile * ceil(t / tile) * COST_SCALE) for t > 0, 0 for t = 0 (entry in fixed point)."""
     tiles = (tokens + (tile - 1)) // tile
-    return torch.maximum(tiles * (tile * COST_SCALE), (tokens > 0) * entry)
+    return torch.maximum(tiles * (tile * COST_SCALE), torch.clamp_max(tokens, 1) * entry)
 
 
 def gpu_work(cost: torch.Tensor, gpu0: torch.Tensor, num_gpus: int) -> torch.Tensor:
@@ -28,12 +28,9 @@ def gpu_work(cost: torch.Tensor, gpu0: torch.Tensor, num_gpus: int) -> torch.Ten
     return work.scatter_add_(0, gpu0.reshape(-1), cost.reshape(-1))
 
 
-def initial_split(counts: torch.Tensor, valid: torch.Tensor, entry: int, tile: int, num_gpus: int) -> torch.Tensor:
-    """counts: [E]; valid: [E, K] bool (a replica in that column; columns filled from the left).
-    Steps a-c of the algorithm: quotas [E, K] int64."""
-    whole = replica_cost(counts, entry, tile)
-    level = torch.clamp_min(whole.sum() // num_gpus, max(entry, tile * COST_SCALE))
-    wanted = (counts * COST_SCALE + (level - 1)) // level
+def initial_split(counts: torch.Tensor, valid: torch.Tensor, entry: int, tile: int) -> torch.Tensor:
+    """counts: [E]; valid: [E, K] bool (columns filled from the left). Steps a-b: quotas [E, K] int64."""
+    wanted = (counts * COST_SCALE) // max(entry, tile * COST_SCALE)
     used = torch.minimum(torch.clamp_min(wanted, 1), valid.sum(dim=1))  # [E] columns k_e
     tiles = (counts + (tile - 1)) // tile
     column = torch.arange(valid.shape[1], device=counts.device)
@@ -42,53 +39,44 @@ def initial_split(counts: torch.Tensor, valid: torch.Tensor, entry: int, tile: i
     return torch.diff(cut, dim=1, prepend=torch.zeros_like(cut[:, :1]))
 
 
-def _pick(key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """key: [E, K] unique per row where it matters. (argmax column [E, 1], its key [E, 1])."""
-    best, column = torch.max(key, dim=1, keepdim=True)
-    return column, best
-
-
-def _choose_move(quotas, cost, donor, receiver, top, bottom, share, entry, tile):
-    """Per expert [E, 1]: tokens to move from column `donor` to `receiver` and the pair's busier
-    GPU's work after it (as the numpy twin's)."""
+def _choose_move(quotas, cost, donor, receiver, top, bottom, entry, tile):
+    """Per expert [E, 1]: (tokens to move from column `donor` to `receiver`, the pair's busier GPU's
+    work after the move), as the numpy twin's."""
     have = torch.gather(quotas, 1, donor)
     got = torch.gather(quotas, 1, receiver)
     rest_from = top - torch.gather(cost, 1, donor)
     rest_to = bottom - torch.gather(cost, 1, receiver)
-    half = torch.minimum(have, tile * torch.clamp_min(share // (tile * COST_SCALE), 1))
-    peak_half = torch.maximum(rest_from + replica_cost(have - half, entry, tile),
-                              rest_to + replica_cost(got + half, entry, tile))
-    peak_all = torch.maximum(rest_from, rest_to + replica_cost(got + have, entry, tile))
-    take_all = peak_all < peak_half
-    return torch.where(take_all, have, half), torch.where(take_all, peak_all, peak_half)
+    half = torch.minimum(have, tile * torch.clamp_min((top - bottom) // (2 * tile * COST_SCALE), 1))
+    after = replica_cost(torch.cat([have - half, got + half, got + have], dim=1), entry, tile)
+    peak_half = torch.maximum(rest_from + after[:, 0:1], rest_to + after[:, 1:2])
+    peak_all = torch.maximum(rest_from, rest_to + after[:, 2:3])
+    return torch.where(peak_all < peak_half, have, half), torch.minimum(peak_all, peak_half)
 
 
-def refine_pass(quotas: torch.Tensor, gpu0: torch.Tensor, valid: torch.Tensor, entry: int, tile: int,
+def refine_pass(quotas: torch.Tensor, gpu0: torch.Tensor, closed: torch.Tensor, entry: int, tile: int,
                 num_gpus: int) -> torch.Tensor:
-    """One refinement pass: new quotas [E, K]. quotas, gpu0: [E, K]; valid: [E, K] bool."""
+    """One refinement pass: new quotas [E, K]. quotas, gpu0: [E, K]; closed: [E, K] 0 where a
+    replica is, _BIG where none (as the numpy twin's)."""
     num_experts, width = quotas.shape
     cost = replica_cost(quotas, entry, tile)
     work = gpu_work(cost, gpu0, num_gpus)
-    cell_work = work[gpu0]  # [E, K] work of each cell's GPU
+    cell_work = work[gpu0] * width  # [E, K] each cell's GPU's work, room for a column tie-break
     column = torch.arange(width, device=quotas.device)[None, :]
-    donor, donor_key = _pick(torch.where(quotas > 0, cell_work * width + (width - 1 - column), -1))
-    opening = torch.where(quotas > 0, 0, entry)
-    receiver, _ = _pick(torch.where(valid, -((2 * cell_work + opening) * width + column), -_BIG))
-    top = donor_key // width  # [E, 1] the donor GPU's work
-    g_from = torch.gather(gpu0, 1, donor)
+    used = quotas > 0
+    donor_key = (width - 1 - column) + torch.where(used, cell_work, -width)
+    top, donor = torch.max(donor_key, dim=1, keepdim=True)  # keys are distinct within a row
+    top = top // width  # [E, 1] the donor GPU's work
+    receiver_key = 2 * cell_work + (entry * width) * ~used + (closed + column)
+    receiver = torch.argmin(receiver_key, dim=1, keepdim=True)
     g_to = torch.gather(gpu0, 1, receiver)
     bottom = work[g_to]
-    mover = (donor_key >= 0) & (g_from != g_to) & (top > bottom)
-    leaving = torch.zeros(num_gpus, dtype=torch.int64, device=quotas.device)
-    leaving.scatter_add_(0, g_from[:, 0], mover[:, 0].long())
-    share = (top - bottom) // (2 * torch.clamp_min(leaving[g_from], 1))
-    amount, peak = _choose_move(quotas, cost, donor, receiver, top, bottom, share, entry, tile)
+    amount, peak = _choose_move(quotas, cost, donor, receiver, top, bottom, entry, tile)
     expert = torch.arange(num_experts, device=quotas.device)[:, None]
-    key = torch.where(mover & (amount > 0) & (peak < top), top * num_experts + (num_experts - 1 - expert), -1)
+    key = torch.where(peak < top, top * num_experts + (num_experts - 1 - expert), -1)
     best = torch.full((num_gpus,), -1, dtype=torch.int64, device=quotas.device)
     best.scatter_reduce_(0, g_to[:, 0], key[:, 0], reduce="amax")
-    amount = torch.where((key >= 0) & (key == best[g_to]), amount, 0)
-    return quotas - amount * (column == donor) + amount * (column == receiver)
+    amount = amount * ((key == best[g_to]) & (key >= 0))
+    return quotas.scatter_add(1, torch.cat([donor, receiver], dim=1), torch.cat([-amount, amount], dim=1))
 
 
 def device_quotas_torch(counts: torch.Tensor, table_gpu: torch.Tensor, num_gpus: int, entry_tokens: float,
@@ -99,9 +87,10 @@ def device_quotas_torch(counts: torch.Tensor, table_gpu: torch.Tensor, num_gpus:
     entry = int(round(entry_tokens * COST_SCALE))
     valid = table_gpu >= 0
     gpu0 = torch.clamp_min(table_gpu, 0)
-    quotas = initial_split(counts, valid, entry, tile_tokens, num_gpus)
+    closed = (~valid) * _BIG
+    quotas = initial_split(counts, valid, entry, tile_tokens)
     for _ in range(passes):  # a fixed count: no data-dependent loop
-        quotas = refine_pass(quotas, gpu0, valid, entry, tile_tokens, num_gpus)
+        quotas = refine_pass(quotas, gpu0, closed, entry, tile_tokens, num_gpus)
     return quotas
 
 
