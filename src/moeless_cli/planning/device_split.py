@@ -37,7 +37,8 @@ import numpy as np
 COST_SCALE = 1024  # fixed-point units per token of work: entry costs keep 1/1024 token of precision
 DEFAULT_PASSES = 4  # refinement passes (each a fixed number of array operations)
 _BIG = np.iinfo(np.int64).max // 4  # a key below every real one (negated)
-DECISION_KERNELS = 0  # set below: aten ops of one device_quotas_torch + pair_replica call (tests count them)
+DECISION_KERNELS = 323  # aten ops other than views (each at most one kernel launch) of one device_quotas_torch +
+# pair_replica call at DEFAULT_PASSES, whatever the shapes (tests/test_device_split.py counts them)
 
 
 @dataclass(frozen=True)
@@ -115,8 +116,8 @@ def _choose_move(quotas, cost, donor, receiver, top, bottom, entry, tile):
 
 def refine_pass(quotas: np.ndarray, gpu0: np.ndarray, closed: np.ndarray, entry: int, tile: int,
                 num_gpus: int) -> np.ndarray:
-    """One refinement pass (step c): new quotas [E, K]. quotas, gpu0: [E, K]; closed: [E, K] 0 where
-    a replica is, _BIG where none. No GPU ends above the busiest GPU's work before the pass: a GPU
+    """One refinement pass (step c): new quotas [E, K]. quotas, gpu0: [E, K]; closed: [E, K] the column
+    where a replica is, _BIG + the column where none. No GPU ends above the busiest GPU's work before the pass: a GPU
     takes at most one move, which leaves both its ends below the donor's work, and other moves only
     take work away."""
     num_experts, width = quotas.shape
@@ -124,14 +125,14 @@ def refine_pass(quotas: np.ndarray, gpu0: np.ndarray, closed: np.ndarray, entry:
     work = gpu_work(cost, gpu0, num_gpus)
     cell_work = work[gpu0] * width  # [E, K] each cell's GPU's work, room for a column tie-break
     column = np.arange(width)[None, :]
-    used = quotas > 0
+    used = quotas > 0  # `closed` holds the column too: receiver keys stay distinct
     # donor: the used column on the busiest GPU (unused ones keep distinct negative keys); receiver:
     # the valid column on the least busy GPU, an unused one charged half its entry cost (a whole
     # entry would tie it with the used ones it should relieve); ties: the first column
     donor_key = (width - 1 - column) + np.where(used, cell_work, -width)
     donor = np.argmax(donor_key, axis=1)[:, None]
     top = np.take_along_axis(donor_key, donor, axis=1) // width  # [E, 1] the donor GPU's work
-    receiver_key = 2 * cell_work + (entry * width) * ~used + (closed + column)
+    receiver_key = 2 * cell_work + (entry * width) * ~used + closed
     receiver = np.argmin(receiver_key, axis=1)[:, None]
     g_to = np.take_along_axis(gpu0, receiver, axis=1)
     bottom = work[g_to]
@@ -153,7 +154,7 @@ def device_quotas(counts: np.ndarray, table: ReplicaTable, entry_tokens: float, 
     entry = int(round(entry_tokens * COST_SCALE))
     valid = table.gpu >= 0
     gpu0 = np.maximum(table.gpu, 0)
-    closed = (~valid) * _BIG
+    closed = (~valid) * _BIG + np.arange(valid.shape[1])[None, :]
     quotas = initial_split(counts, valid, entry, tile_tokens)
     for _ in range(passes):
         quotas = refine_pass(quotas, gpu0, closed, entry, tile_tokens, table.num_gpus)

@@ -55,18 +55,18 @@ def _choose_move(quotas, cost, donor, receiver, top, bottom, entry, tile):
 
 def refine_pass(quotas: torch.Tensor, gpu0: torch.Tensor, closed: torch.Tensor, entry: int, tile: int,
                 num_gpus: int) -> torch.Tensor:
-    """One refinement pass: new quotas [E, K]. quotas, gpu0: [E, K]; closed: [E, K] 0 where a
-    replica is, _BIG where none (as the numpy twin's)."""
+    """One refinement pass: new quotas [E, K]. quotas, gpu0: [E, K]; closed: [E, K] the column where
+    a replica is, _BIG + the column where none (as the numpy twin's)."""
     num_experts, width = quotas.shape
     cost = replica_cost(quotas, entry, tile)
     work = gpu_work(cost, gpu0, num_gpus)
     cell_work = work[gpu0] * width  # [E, K] each cell's GPU's work, room for a column tie-break
     column = torch.arange(width, device=quotas.device)[None, :]
-    used = quotas > 0
+    used = quotas > 0  # `closed` holds the column too: receiver keys stay distinct
     donor_key = (width - 1 - column) + torch.where(used, cell_work, -width)
     top, donor = torch.max(donor_key, dim=1, keepdim=True)  # keys are distinct within a row
     top = top // width  # [E, 1] the donor GPU's work
-    receiver_key = 2 * cell_work + (entry * width) * ~used + (closed + column)
+    receiver_key = 2 * cell_work + (entry * width) * ~used + closed
     receiver = torch.argmin(receiver_key, dim=1, keepdim=True)
     g_to = torch.gather(gpu0, 1, receiver)
     bottom = work[g_to]
@@ -87,7 +87,7 @@ def device_quotas_torch(counts: torch.Tensor, table_gpu: torch.Tensor, num_gpus:
     entry = int(round(entry_tokens * COST_SCALE))
     valid = table_gpu >= 0
     gpu0 = torch.clamp_min(table_gpu, 0)
-    closed = (~valid) * _BIG
+    closed = (~valid) * _BIG + torch.arange(valid.shape[1], device=valid.device)[None, :]
     quotas = initial_split(counts, valid, entry, tile_tokens)
     for _ in range(passes):  # a fixed count: no data-dependent loop
         quotas = refine_pass(quotas, gpu0, closed, entry, tile_tokens, num_gpus)
