@@ -153,10 +153,12 @@ class _StepCostSplit:
         return True
 
     def _trade_amounts(self, r: int, r2: int) -> set[int]:
-        """Candidate tokens to hand from replica r to r2 in a trade: all, r's part tile, r2's free room."""
+        """Candidate tokens to hand from replica r to r2 in a trade: all, r's part tile, what lowers r's
+        cost one step, r2's free room."""
         c1 = self.counts[r]
         room = self.cap(self.cost[r2] or self.f(1)) - self.counts[r2]
-        return {a for a in (c1, c1 % self.tile, min(c1, room)) if a > 0}
+        step_down = c1 - self.cap(self.cost[r] - 1e-6)
+        return {a for a in (c1, c1 % self.tile, step_down, min(c1, room)) if a > 0}
 
     def trade(self, g: int) -> bool:
         """Swap parts of two experts between the busiest GPU g and another GPU h (e from g to h, e' from
@@ -187,6 +189,29 @@ class _StepCostSplit:
                     best = (max(after_g, after_h), ((r, r2, a), (r3, r4, b)))
         return best
 
+    def chain(self, g: int) -> bool:
+        """Make room first: a GPU h next to the busiest g hands part of another expert on to a third GPU
+        k (which stays below g), after which g's best move lowers both g and its taker below g's cost;
+        undone when no such move follows (an ejection chain of two moves)."""
+        top = self.work[g]
+        takers = {self.gpu_of[r2] for r in self.on_gpu[g] if self.counts[r] for r2 in self.replicas_of[self.expert_of[r]]}
+        for h in sorted(takers - {g}):
+            for r3 in self.on_gpu[h]:
+                for r4 in self.replicas_of[self.expert_of[r3]] if self.counts[r3] else ():
+                    k = self.gpu_of[r4]
+                    if k in (g, h):
+                        continue
+                    for a in self._trade_amounts(r3, r4):
+                        if self.work[k] - self.cost[r4] + self.f(self.counts[r4] + a) >= top - EPS:
+                            continue
+                        self.move(r3, r4, a)
+                        _, r, r2, b = self.best_move(g)
+                        if r2 >= 0:
+                            self.move(r, r2, b)
+                            return True
+                        self.move(r4, r3, a)
+        return False
+
     def improve(self, max_moves: int) -> None:
         """Local search: the busiest GPU's best move, while one lowers the larger of its two GPUs;
         when none does, re-pour one of its experts if that lowers every GPU it touches below it."""
@@ -199,23 +224,24 @@ class _StepCostSplit:
                 continue
             experts = {self.expert_of[r] for r in self.on_gpu[g] if self.counts[r]}
             if not any(self.repour(e, self.work[g]) for e in sorted(experts) if len(self.replicas_of[e]) > 1) \
-                    and not self.trade(g):
+                    and not self.trade(g) and not self.chain(g):
                 return
 
 
-def lpt_whole(expert: np.ndarray, gpu: np.ndarray, load: np.ndarray, num_gpus: int) -> np.ndarray:
-    """Every expert whole on one of its replicas, heaviest first onto the least busy replica's GPU
-    (longest processing time first; one replica's cost depends only on its tokens, so the least busy
-    GPU also ends cheapest). expert, gpu: [replicas]; load: [experts] whole counts. Returns [replicas]."""
-    work = np.zeros(num_gpus)
-    tokens = np.zeros(expert.size)
-    for e in np.argsort(-load, kind="stable"):
-        if load[e] <= 0:
-            break
-        rs = np.flatnonzero(expert == e)
-        r = rs[np.argmin(work[gpu[rs]])]
-        tokens[r] = load[e]
-        work[gpu[r]] += load[e]
+def lpt_whole(expert: np.ndarray, gpu: np.ndarray, load: np.ndarray, num_gpus: int, entry_tokens: float,
+              tile_tokens: int) -> np.ndarray:
+    """Every expert whole on one of its replicas, heaviest first onto the replica whose GPU ends cheapest
+    (longest processing time first; the expert's cost is the same on every replica). expert, gpu: [replicas]; load: [experts] whole counts. Returns [replicas]."""
+    replicas_of: dict[int, list[int]] = {}
+    for r, e in enumerate(expert.tolist()):
+        replicas_of.setdefault(e, []).append(r)
+    gpu_of, loads = gpu.tolist(), load.tolist()
+    cost = replica_costs(load, entry_tokens, tile_tokens).tolist()  # [experts] on whichever replica
+    work, tokens = [0.0] * num_gpus, np.zeros(expert.size)
+    for e in sorted((e for e in replicas_of if loads[e] > 0), key=loads.__getitem__, reverse=True):
+        r = min(replicas_of[e], key=lambda r: work[gpu_of[r]])
+        tokens[r] = loads[e]
+        work[gpu_of[r]] += cost[e]
     return tokens
 
 
@@ -229,7 +255,7 @@ def cost_aware_split(expert: np.ndarray, gpu: np.ndarray, load: np.ndarray, num_
     missing = np.setdiff1d(np.flatnonzero(load > 0), expert)
     if missing.size:
         raise ValueError(f"experts {missing[:5].tolist()} have load but no replica")
-    starts = (lpt_whole(expert, gpu, load, num_gpus), balanced_split(expert, gpu, load, num_gpus, entry_tokens))
+    starts = (lpt_whole(expert, gpu, load, num_gpus, entry_tokens, tile_tokens), balanced_split(expert, gpu, load, num_gpus, entry_tokens))
     start = min(starts, key=lambda t: busiest_cost(gpu, t, num_gpus, entry_tokens, tile_tokens))
     split = _StepCostSplit(np.rint(start).astype(np.int64).tolist(), expert.tolist(), gpu.tolist(), num_gpus,
                            float(entry_tokens), int(tile_tokens))
