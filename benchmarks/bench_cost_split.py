@@ -7,7 +7,7 @@ max(w, c * 64 * ceil(t / 64)) for: static EP (every expert on its first replica)
 plan (the paper's step 4), `balanced_split` (the whole-token optimum of the linear stand-in
 t + entry per used replica), `cost_aware_split` (the step cost itself) and the exact optimum of
 `exact_split_cost` (HiGHS, 10 s; '*' marks an unproven incumbent), plus each split's host time
-(median of 5 calls) on this CPU. Constants: Mixtral-8x7B on A6000s and OLMoE-1B-7B on H100s.
+(median of 5 calls after a warm-up) on this CPU. Constants: Mixtral-8x7B on A6000s and OLMoE-1B-7B on H100s.
 
   .venv/bin/python benchmarks/bench_cost_split.py [--trials 3] [--milp-limit 10]
 """
@@ -49,7 +49,8 @@ def spare_plan(popularity: np.ndarray, num_gpus: int) -> tuple[np.ndarray, np.nd
 
 
 def timed(fn, repeats: int = 5) -> tuple[np.ndarray, float]:
-    """fn's result and the median of `repeats` calls in ms."""
+    """fn's result and the median of `repeats` calls in ms, after one warm-up call."""
+    fn()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
