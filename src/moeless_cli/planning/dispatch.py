@@ -21,6 +21,10 @@ One way per family of systems:
   no entry cost; then the water-filling is its first pass only): 0.06-0.14 ms per decode layer
   and 0.2-0.7 ms per 2048-token layer from 8 x 8 to 256 experts x 32 GPUs
   (`benchmarks/bench_dispatch.py`, one call each, this 2-core CPU).
+- `cost_split.cost_aware_split` (its own module): the whole-token split under the physical model's
+  step cost max(entry, tile * ceil(t / tile)) per used replica rather than the linear t + entry:
+  the better of one-replica LPT and `balanced_split`, improved by local search; within 1% of the
+  exact MILP (`cost_split.exact_split_cost`) on small cases, ~1-2 ms per 2048-token layer on the host.
 
 All functions take the replicas as parallel arrays `expert: [replicas]`, `gpu: [replicas]` and the
 layer's true load `load: [experts]` (token-to-expert assignments), and return tokens per replica
