@@ -32,9 +32,23 @@ def bench_run(tmp_path_factory, prompts):
     from moeless_cli.cli.app import app
 
     out = tmp_path_factory.mktemp("bench-out") / "run"
-    result = CliRunner().invoke(app, [str(a) for a in _args(out, prompts, "--json")], catch_exceptions=False)
+    result = CliRunner().invoke(app, [str(a) for a in _args(out, prompts, "--json", "--ablation")], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return out, json.loads(result.stdout)
+
+
+def test_ablation_removes_one_part_of_moeless_at_a_time(bench_run):
+    from moeless_cli.bench.ablation import VARIANTS
+
+    out, doc = bench_run
+    rows = doc["ablation"]
+    assert [row["variant"] for row in rows] == list(VARIANTS) and rows[0]["variant"] == "moeless"
+    assert rows[0]["vs_moeless"] == 1.0
+    for row in rows:
+        assert row["moe_layer_ms"] > 0 and row["moe_layer_p99_ms"] > 0 and row["gbs_live"] > 0
+        assert row["vs_moeless"] == row["moe_layer_ms"] / rows[0]["moe_layer_ms"]
+    assert (out / "plan-mixtral-8x7b-a6000-8-no-spares.json").exists()  # its plan stage, cached like the main one
+    assert "## moeless ablation" in (out / "report.md").read_text()
 
 
 def test_json_core_and_files(bench_run):

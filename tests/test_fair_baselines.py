@@ -71,7 +71,7 @@ def test_eplb_balanced_is_never_busier_than_eplb_on_the_same_placement(E, G, ext
     rng = np.random.default_rng(seed)
     history = rng.integers(1, 50, size=(1, E)).astype(float)
     setting = PolicySetting(num_layers=1, num_experts=E, num_gpus=G, slots_per_gpu=slots, history=history,
-                            dispatch_seed=seed)
+                            dispatch_seed=seed, dispatch_mode="balanced")
     eplb = make_policy("eplb", setting, FunctionPool(G, 1e6, 1.0))
     balanced = make_policy("eplb+balanced", setting, FunctionPool(G, 1e6, 1.0))
     assert np.array_equal(eplb.plans[0].expert, balanced.plans[0].expert)  # same placement

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from moeless_cli.errors import MoelessError
+from moeless_cli.online.device_dispatch import BALANCED_KERNELS, SHARE_KERNELS
 from moeless_cli.online.policies import ONLINE_POLICIES
 from moeless_cli.sim import simulator
 from moeless_cli.sim.hardware import get_hardware
@@ -46,9 +47,9 @@ def test_the_dispatch_entry_cost_follows_the_time_model():
     assert setting.entry_tokens == physical.entry_tokens
 
 
-def test_only_host_decision_policies_declare_it():
+def test_only_the_published_policy_decides_on_the_host():
     on_host = {name for name, cls in ONLINE_POLICIES.items() if cls.decision_on_host}
-    assert on_host == {"moeless-paper", "moeless", "eplb+balanced"}  # moeless's split is host code in eplb+balanced too
+    assert on_host == {"moeless-paper"}  # moeless and eplb+balanced split on the device (modelled kernels)
 
 
 def _replays(config: SimConfig) -> dict[str, np.ndarray]:
@@ -58,11 +59,11 @@ def _replays(config: SimConfig) -> dict[str, np.ndarray]:
     return {name: replay(name, cluster, routing, schedule, config) for name in SYSTEMS}
 
 
-def test_a_fixed_decision_charge_is_added_to_host_policies_only():
+def test_a_fixed_decision_charge_is_added_to_deciding_policies_only():
     free = _replays(SimConfig(keep_alive_s=1.0, decision="none"))
     charged = _replays(SimConfig(keep_alive_s=1.0, decision=0.004))
     for name in ("static", "eplb", "oracle"):
-        assert np.array_equal(free[name], charged[name]), name  # decided on the device: nothing added
+        assert np.array_equal(free[name], charged[name]), name  # the engine's own layout: nothing added
     for name in ("moeless-paper", "moeless"):
         # Every layer pays 4 ms on top (or waits for a copy at least as long): the layers are at least 4 ms.
         assert charged[name].min() >= 0.004
@@ -74,12 +75,25 @@ def test_the_measured_charge_is_the_dispatch_calls_own_time(monkeypatch):
     monkeypatch.setattr(simulator, "thread_time", lambda: float(next(clock)))
     cluster = _cluster()
     routing = build_routing(_fake_profile(), cluster.preset.moe_layers, cluster.preset.num_experts, 2)
-    for name in ("static", "moeless"):
+    for name in ("static", "moeless-paper"):
         report = simulate(name, cluster, routing, _trace(), SimConfig(keep_alive_s=1.0))["report"]
         decide = report["moe_layer_parts_ms"]["decide"]
-        assert decide["mean"] == pytest.approx(2.5 if name == "moeless" else 0.0)
-        if name == "moeless":
+        assert decide["mean"] == pytest.approx(2.5 if name == "moeless-paper" else 0.0)
+        if name == "moeless-paper":
             assert report["moe_layer_ms"]["p50"] >= 2.5
+
+
+def test_a_device_decision_is_charged_its_modelled_kernels_not_the_hosts_time(monkeypatch):
+    clock = iter(np.arange(0.0, 1e6, 0.0025))  # the host "takes" 2.5 ms per dispatch call: not charged
+    monkeypatch.setattr(simulator, "thread_time", lambda: float(next(clock)))
+    cluster = _cluster()
+    routing = build_routing(_fake_profile(), cluster.preset.moe_layers, cluster.preset.num_experts, 2)
+    report = simulate("moeless", cluster, routing, _trace(), SimConfig(keep_alive_s=1.0))["report"]
+    decide = report["moe_layer_parts_ms"]["decide"]
+    balanced_s = BALANCED_KERNELS * cluster.hardware.kernel_s + cluster.collective_s()
+    shares_s = SHARE_KERNELS * cluster.hardware.kernel_s
+    assert shares_s * 1e3 - 1e-9 <= decide["p50"] <= balanced_s * 1e3 + 1e-9
+    assert decide["p99"] <= balanced_s * 1e3 + 1e-9 and decide["mean"] < 0.1  # tens of microseconds, not 2.5 ms
 
 
 @pytest.mark.parametrize("value, parsed", [("measured", "measured"), ("none", "none"), ("0.0003", 0.0003), (0.001, 0.001)])

@@ -39,6 +39,7 @@ class SystemRuns:
     simulator_check: dict[str, Any] | None = None  # real mode: the simulator against the measured runs
     plan: dict[str, Any] | None = None  # sim mode: the moeless plan stage ({"reused", "replicas_per_layer"})
     pareto: dict[str, Any] | None = None  # sim mode with request.pareto: {"iterations", "systems", "rows"}
+    ablation: list[dict[str, Any]] | None = None  # sim mode with request.ablation: bench/ablation.py's rows
 
 
 def run_sim(request: BenchRequest, model: str, trace: Any, profile_dir: Path, predictor_path: Path,
@@ -86,7 +87,21 @@ def run_sim(request: BenchRequest, model: str, trace: Any, profile_dir: Path, pr
         "iterations_same_batches": len(schedule or []),
     }
     plan_info = {"reused": stage.reused, "replicas_per_layer": [layer.num_replicas for layer in plan.layers]}
-    return SystemRuns(setting, systems, same, plan=plan_info, pareto=pareto)
+    ablation = None
+    if request.ablation:
+        ablation = _ablation(request, source, slots, budget, say, (cluster, routing, schedule or [], config, predictor,
+                                                                   plan), on_progress)
+    return SystemRuns(setting, systems, same, plan=plan_info, pareto=pareto, ablation=ablation)
+
+
+def _ablation(request: BenchRequest, source: PlanSource, slots: int, budget: int, say: Say, run: tuple,
+              on_progress: OnProgress | None) -> list[dict[str, Any]]:
+    """moeless with each part removed (bench/ablation.py); the plan without spares is cached like the main one."""
+    from moeless_cli.bench.ablation import ablate
+
+    main = request.plan_request(slots, budget)
+    bare = dataclasses.replace(main, spares=False, out=main.out.with_name(f"{main.out.stem}-no-spares.json"))
+    return ablate(*run, plan_stage(request.out, bare, source, say)[0], on_progress)
 
 
 def _routings(profile: Any, preset: Any, predictor: Any, split: ReplaySplit) -> tuple[RecordedRouting, RecordedRouting]:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from moeless_cli.bench.ablation import ablation_lines
 from moeless_cli.fileio import write_bytes_atomic
 
 if TYPE_CHECKING:
@@ -145,7 +146,7 @@ def markdown_report(result: BenchResult) -> str:
         "![Cost](cost.png)",
         "",
     ]
-    return "\n".join(lines + pareto_lines(result.pareto))
+    return "\n".join(lines + pareto_lines(result.pareto) + ablation_lines(result.ablation))
 
 
 def pareto_rows(pareto: dict[str, Any] | None) -> list[dict[str, str]]:

@@ -45,6 +45,7 @@ class BenchRequest:
     devices: tuple[str, ...] = ("cpu",)  # real mode: devices serve's workers go on
     pareto: bool = True  # sim mode: sweep replica memory per layer for the replicating systems (bench/pareto.py)
     pareto_iterations: int = 400  # the sweep replays this many first iterations of the same batches
+    ablation: bool = False  # sim mode: moeless with each part removed in turn (bench/ablation.py)
 
     def validate(self) -> None:
         from moeless_cli.online.batching import BATCHING
@@ -204,6 +205,7 @@ class BenchResult:
     moe_layer_s: dict[str, np.ndarray]  # system -> MoE-layer seconds (the latency CDF; not in the JSON)
     simulator_check: dict[str, Any] | None = None  # real mode: the simulator against the measured runs
     pareto: dict[str, Any] | None = None  # sim mode: the latency-memory sweep ({"iterations", "systems", "rows"})
+    ablation: list[dict[str, Any]] | None = None  # sim mode with --ablation: one row per moeless variant
     files: tuple[Path, ...] = ()  # bench.json, report.md and the plots, once written
 
     def core(self) -> dict[str, Any]:
@@ -212,6 +214,8 @@ class BenchResult:
                "stages": self.stages}
         if self.pareto is not None:
             doc["pareto"] = self.pareto
+        if self.ablation is not None:
+            doc["ablation"] = self.ablation
         return doc if self.simulator_check is None else doc | {"simulator_check": self.simulator_check}
 
     def to_json(self) -> dict[str, Any]:

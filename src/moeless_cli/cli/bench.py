@@ -59,6 +59,10 @@ def bench(
     pareto_iterations: int = typer.Option(
         400, "--pareto-iterations", help="The sweep replays this many first iterations of the same batches."
     ),
+    ablation: bool = typer.Option(
+        False, "--ablation", help="Sim mode: also run moeless with each part removed in turn (predictor, spares, "
+        "placement, balancing, scale-in)."
+    ),
     out: Path = typer.Option(Path("bench-out"), "--out", help="Output directory (cached stages are reused)."),
     json_output: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP),
 ) -> None:
@@ -70,7 +74,7 @@ def bench(
                            in_sample=in_sample, max_requests=max_requests,
                            time_scale=time_scale, keep_alive_s=keep_alive, equal_budget=equal_budget,
                            num_prompts=num_prompts, epochs=epochs, out=out, pareto=pareto,
-                           pareto_iterations=pareto_iterations,
+                           pareto_iterations=pareto_iterations, ablation=ablation,
                            devices=tuple(d.strip() for d in devices.split(",") if d.strip()) or ("cpu",))
     with make_progress(disable=json_output) as progress:
         task = progress.add_task("bench", total=None)

@@ -121,7 +121,8 @@ def _run_stages(request: BenchRequest, trace: Any, trace_start: int, say: Callab
     setting = {**runs.setting, "split": split.as_dict(len(trace))}
     result = BenchResult(mode=request.mode, setting=setting, systems=runs.systems, ratios=ratios(runs.systems),
                          stages=stages if runs.plan is None else stages | {"plan": runs.plan},
-                         moe_layer_s=runs.moe_layer_s, simulator_check=runs.simulator_check, pareto=runs.pareto)
+                         moe_layer_s=runs.moe_layer_s, simulator_check=runs.simulator_check, pareto=runs.pareto,
+                         ablation=runs.ablation)
     return dataclasses.replace(result, files=_write_outputs(result, request.out))
 
 

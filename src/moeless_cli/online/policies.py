@@ -55,7 +55,9 @@ from typing import ClassVar, Protocol
 import numpy as np
 
 from moeless_cli.errors import MoelessError, require_choice
+from moeless_cli.online.device_dispatch import DeviceDispatcher
 from moeless_cli.online.functions import FunctionPool
+from moeless_cli.planning.cost_split import cost_aware_split
 from moeless_cli.planning.dispatch import (
     balanced_split,
     equal_split,
@@ -79,6 +81,10 @@ class PolicySetting:
     slots_per_gpu: int  # replicas one GPU may hold per layer (from its memory)
     history: np.ndarray  # [layers, experts] loads seen before serving (the profile)
     entry_tokens: float = 0.0  # work of streaming a replica's weights, in tokens (dispatch cost)
+    tile_tokens: int = 1  # a replica's compute is charged in whole row tiles of this many tokens (physical: 64)
+    token_s: float = 0.0  # seconds of one token through one expert (turns token-unit costs into seconds)
+    kernel_s: float = 0.0  # one small device kernel of a device-side decision (modelled; 0: free)
+    counts_collective_s: float = 0.0  # one collective of E integers (the global counts a balanced split needs)
     eplb_window: int = 1000  # EPLB: iterations of history a re-plan looks at
     eplb_period: int = 3000  # EPLB: iterations between re-plans
     cv_threshold: float = 0.2  # moeless-paper: Algorithm 1's V
@@ -89,6 +95,10 @@ class PolicySetting:
     replica_budget: int | None = None  # most replicas per layer for EPLB (its redundant experts); None: all slots
     serverless_budget: int | None = None  # most live replicas per layer for moeless-paper and moeless;
     # None: all slots (serverless instances scale within memory and are paid for while live)
+    dispatch_mode: str = "adaptive"  # moeless, eplb+balanced: device split mode (online/device_dispatch.py MODES)
+    pin: str = "base"  # moeless: "base" pins one instance per expert (its plan's largest share), the plan's other
+    # replicas start warm and scale in after the keep-alive when idle; "plan" pins the whole plan
+    static_start: bool = False  # moeless: start from static EP's placement, not the plan (the ablation of placement)
 
     def __post_init__(self) -> None:
         if self.num_gpus * self.slots_per_gpu < self.num_experts:
@@ -118,6 +128,7 @@ class Dispatch:
     gpu: np.ndarray  # [r] GPU
     tokens: np.ndarray  # [r] float64 tokens each replica serves (sums to the true load per expert; whole when it is)
     start_s: float  # earliest time the layer can run (later than `now` when it waits for a copy)
+    decide_s: float = 0.0  # modelled seconds of a device-side decision (kernels, collective); host ones are timed
 
 
 class Policy(Protocol):
@@ -297,13 +308,27 @@ class EplbPolicy(OnlinePolicy):
 
 
 class EplbBalancedPolicy(EplbPolicy):
-    """EPLB's placement and re-plans; each batch's whole tokens balanced over the plan's replicas."""
+    """EPLB's placement and re-plans; each batch split over the plan's replicas by moeless's device
+    split (`online/device_dispatch.py`), its preference order from the layer's last load."""
 
     name = "eplb+balanced"
-    decision_on_host = True  # moeless's whole-token split, host code after the gate
 
-    def _split(self, layer: int, plan: LayerPlan, load: np.ndarray) -> np.ndarray:
-        return balanced_over(plan, load, self.setting)
+    def start(self, now: float = 0.0) -> None:
+        self.dispatcher = device_dispatcher(self.setting)
+        super().start(now)
+
+    def prepare(self, layer: int, predicted_load: np.ndarray | None, now: float) -> tuple[np.ndarray, np.ndarray]:
+        self._switch_when_ready(layer, now)
+        plan = self.plans[layer]
+        forecast = self.forecast(layer, predicted_load)
+        self.dispatcher.prefer(layer, plan.expert, plan.gpu, forecast_split(plan.expert, plan.gpu, forecast, self.setting))
+        return plan.expert, plan.gpu
+
+    def dispatch(self, layer: int, true_load: np.ndarray, now: float) -> Dispatch:
+        self._switch_when_ready(layer, now)
+        plan = self.plans[layer]
+        return device_split(self, self.dispatcher, layer, plan.expert, plan.gpu, np.asarray(true_load, dtype=np.float64),
+                            now)
 
 
 class MoelessPaperPolicy(OnlinePolicy):
@@ -348,10 +373,19 @@ class MoelessPolicy(OnlinePolicy):
     name = "moeless"
     serverful = False
     predictor_method = "moeless"
-    decision_on_host = True
+
+    def start(self, now: float = 0.0) -> None:
+        require_choice("pin", self.setting.pin, ("base", "plan"))
+        self.dispatcher = device_dispatcher(self.setting)
+        super().start(now)
+        if self.setting.pin == "base":
+            for layer, plan in enumerate(self.plans):
+                _pin_one_per_expert(self.pool, layer, plan)
 
     def initial_plan(self, layer: int) -> LayerPlan:
         s = self.setting
+        if s.static_start:
+            return static_placement(s.num_experts, s.num_gpus)
         if s.plan is not None:
             if s.plan.num_gpus != s.num_gpus or s.plan.num_experts != s.num_experts:
                 raise MoelessError(
@@ -380,6 +414,7 @@ class MoelessPolicy(OnlinePolicy):
             if added is None:
                 break
             expert, gpu = np.append(expert, added[0]), np.append(gpu, added[1])
+        self.dispatcher.prefer(layer, expert, gpu, forecast_split(expert, gpu, forecast, s))
         return expert, gpu
 
     def _add_replica(self, layer: int, expert: np.ndarray, gpu: np.ndarray, tokens: np.ndarray,
@@ -402,7 +437,6 @@ class MoelessPolicy(OnlinePolicy):
         return None
 
     def dispatch(self, layer: int, true_load: np.ndarray, now: float) -> Dispatch:
-        s = self.setting
         load = np.asarray(true_load, dtype=np.float64)
         expert, gpu = self.pool.layer_replicas(layer)
         ready = np.array([self.pool.ready(layer, e, g, now) for e, g in zip(expert.tolist(), gpu.tolist())], dtype=bool)
@@ -415,9 +449,20 @@ class MoelessPolicy(OnlinePolicy):
                 expert, gpu, ready = np.append(expert, e), np.append(gpu, g), np.append(ready, True)
             else:
                 ready[mine[np.argmin([self.pool.ready_s(layer, e, int(g)) for g in gpu[mine]])]] = True
-        expert, gpu = expert[ready], gpu[ready]
-        tokens = balanced_split(expert, gpu, load, s.num_gpus, s.entry_tokens)
-        return self._finish(layer, expert, gpu, tokens, now, load)
+        return device_split(self, self.dispatcher, layer, expert[ready], gpu[ready], load, now)
+
+
+def _pin_one_per_expert(pool: FunctionPool, layer: int, plan: LayerPlan) -> None:
+    """Keep pinned only each expert's largest-share replica of `plan`: the rest are serverless (reclaimed
+    after the keep-alive when idle, warmed again when a forecast wants them)."""
+    order = np.lexsort((np.arange(plan.expert.size), -plan.share, plan.expert))
+    first = np.ones(order.size, dtype=bool)
+    first[1:] = plan.expert[order][1:] != plan.expert[order][:-1]
+    keep = {(int(plan.expert[r]), int(plan.gpu[r])) for r in order[first]}
+    for e, g in zip(plan.expert.tolist(), plan.gpu.tolist()):
+        inst = pool.get(layer, e, g)
+        if inst is not None and (e, g) not in keep:
+            inst.pinned = False
 
 
 def _hold_copies(pool: FunctionPool, layer: int, plan: LayerPlan, now: float, keep_more: bool) -> None:
@@ -431,6 +476,29 @@ def _hold_copies(pool: FunctionPool, layer: int, plan: LayerPlan, now: float, ke
         want = k if inst is None or not keep_more else max(k, inst.copies)
         if inst is not None and inst.copies != want:
             pool.set_copies(layer, e, g, want, now)
+
+
+def device_dispatcher(setting: PolicySetting) -> DeviceDispatcher:
+    """The device-side split of moeless and eplb+balanced, costed with the deployment's figures."""
+    return DeviceDispatcher(setting.num_layers, setting.num_gpus, setting.entry_tokens, setting.tile_tokens,
+                            setting.token_s, setting.kernel_s, setting.counts_collective_s, setting.dispatch_mode)
+
+
+def device_split(policy: OnlinePolicy, dispatcher: DeviceDispatcher, layer: int, expert: np.ndarray, gpu: np.ndarray,
+                 load: np.ndarray, now: float) -> Dispatch:
+    """expert, gpu: [replicas] warm; load: [experts]. The device split, invoked, with its modelled cost."""
+    tokens, decide_s = dispatcher.split(layer, expert, gpu, load)
+    d = policy._finish(layer, expert, gpu, tokens, now, load)
+    d.decide_s = decide_s
+    return d
+
+
+def forecast_split(expert: np.ndarray, gpu: np.ndarray, forecast: np.ndarray, setting: PolicySetting) -> np.ndarray:
+    """expert, gpu: [replicas]; forecast: [experts]. The cost-aware whole-token split of the rounded forecast
+    over these replicas: [replicas] (the device split's preference order; host code, off the critical path)."""
+    whole = np.rint(np.maximum(forecast, 0.0))
+    whole[np.setdiff1d(np.arange(whole.size), expert)] = 0.0  # an expert without a replica here waits anyway
+    return cost_aware_split(expert, gpu, whole, setting.num_gpus, setting.entry_tokens, setting.tile_tokens)
 
 
 def balanced_over(plan: LayerPlan, load: np.ndarray, setting: PolicySetting) -> np.ndarray:

@@ -36,6 +36,8 @@ class Hardware:
     inter_collective_s: float = 45e-6  # physical model: fixed cost of one all-to-all across nodes
     gemm_tile_tokens: int = 64  # physical model: rows of one grouped-GEMM tile (BLOCK_M); fewer tokens still
     # pay for a whole tile, which is the small-batch efficiency loss of expert GEMMs
+    kernel_s: float = 3.4e-6  # one small dependent kernel of a device-side dispatch decision (launched in a
+    # CUDA graph, as engines run decode steps): the decision's modelled cost is its kernels x this
 
 
 # The collective costs are fitted to DeepEP's published low-latency kernels (deepseek-ai/DeepEP
@@ -46,7 +48,11 @@ class Hardware:
 # ~45 us. No DeepEP figure exists for PCIe-only nodes (the A6000 testbed); NCCL there is no faster
 # than NVLink, so the intra-node figure is a lower bound for it. Grouped GEMM kernels run an expert's
 # tokens in row tiles of 64-128 (DeepGEMM's BLOCK_M, CUTLASS grouped tile shapes); 64 is the
-# optimistic end. A GPU calibration (benchmarks/gpu_calibration.py) replaces these with measurements.
+# optimistic end. The per-kernel figure of a device decision is NVIDIA's "Getting Started with CUDA
+# Graphs" (A. Gray, NVIDIA Technical Blog, 2019): short kernels issued back to back cost ~3.8 us each
+# from a stream and ~3.4 us each inside a CUDA graph (V100, kernels of ~2.9 us); our decision kernels
+# work on [experts]-sized arrays, as short as kernels get, so 3.4 us each is conservative on Hopper.
+# A GPU calibration (benchmarks/gpu_calibration.py) replaces these with measurements.
 
 
 HARDWARE: dict[str, Hardware] = {

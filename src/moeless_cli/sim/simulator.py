@@ -7,16 +7,19 @@ dispatched, and the layer takes its wait for copies still loading + its MoE time
 the rest of the model add the non-MoE time, spread evenly over layers.
 
 The policy's per-layer decision is on the critical path: a policy that computes its split on the
-host after the gate (`decision_on_host`: moeless, moeless-paper, eplb+balanced) pays the measured seconds of its
+host after the gate (`decision_on_host`: moeless-paper) pays the measured seconds of its
 `dispatch` call (the thread's CPU time around it, this machine's Python: what the decision costs,
-not the waits a loaded machine's scheduler adds), or a fixed charge
-(`SimConfig.decision`); it overlaps a copy the layer waits for. The others decide what an engine's
-dispatch kernel computes on the device anyway (DeepEP's layout) and pay nothing extra. `prepare`
+not the waits a loaded machine's scheduler adds); one that decides on the device (moeless,
+eplb+balanced: `online/device_dispatch.py`) pays its modelled kernels and collective
+(`Dispatch.decide_s`); `SimConfig.decision` replaces either by none or a fixed charge. The charge
+overlaps a copy the layer waits for. Static EP, EPLB and Oracle decide what an engine's dispatch
+kernel computes on the device anyway (DeepEP's layout; vLLM's replica pick) and pay nothing extra. `prepare`
 (forecast and pre-warming) runs a layer ahead, overlapped with the layer before, and is not charged.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from time import thread_time
 from typing import Any, Callable
@@ -50,6 +53,8 @@ class SimConfig:
     copy_backlog_s: float = 0.25  # serverless: no new copy into a GPU whose copy link is busy this long
     decision: str | float = "measured"  # host-decision policies' per-layer charge: "measured" (their dispatch
     # call, timed here), "none", or fixed seconds (deterministic, for tests)
+    policy_overrides: tuple[tuple[str, Any], ...] = ()  # (PolicySetting field, value) pairs: ablations, e.g.
+    # (("dispatch_mode", "shares"),) or (("static_start", True),)
     request_order: str = "cycle"  # trace request i plays recorded request: "cycle": i mod R; "phases":
     # i * R // n over the n trace requests (each recorded request in turn, once: a phased set's phases in order)
 
@@ -99,12 +104,14 @@ def make_setting(cluster: ClusterModel, routing: RecordedRouting, config: SimCon
     slots = cluster.slots_per_gpu()
     budget = config.replicas_per_layer or replica_budget(routing.num_experts, cluster.num_gpus, slots, config.redundant)
     serverless = budget if config.equal_budget or config.replicas_per_layer else None
-    return PolicySetting(
+    return dataclasses.replace(PolicySetting(
         num_layers=routing.num_layers, num_experts=routing.num_experts, num_gpus=cluster.num_gpus,
         slots_per_gpu=slots, history=routing.history, entry_tokens=cluster.entry_tokens,
+        tile_tokens=cluster.hardware.gemm_tile_tokens if cluster.time_model == "physical" else 1,
+        token_s=cluster.token_s, kernel_s=cluster.hardware.kernel_s, counts_collective_s=cluster.collective_s(),
         eplb_window=config.eplb_window, eplb_period=config.eplb_period, plan=plan,
         replica_budget=budget, serverless_budget=serverless,
-    )
+    ), **dict(config.policy_overrides))
 
 
 @dataclass
@@ -137,9 +144,13 @@ class _Run:
         """The policy's dispatch of the gate's load: [experts], and the seconds its decision is charged."""
         started = thread_time()
         d = self.policy.dispatch(layer, load, now)
-        if not self.policy.decision_on_host:
+        if self.policy.decision_on_host:
+            spent = thread_time() - started
+        elif d.decide_s > 0:
+            spent = d.decide_s  # a device-side decision: its modelled kernels (and collective)
+        else:
             return d, 0.0
-        charged = self.config.decision_s(thread_time() - started)
+        charged = self.config.decision_s(spent)
         self.decide_s.append(charged)
         return d, charged
 

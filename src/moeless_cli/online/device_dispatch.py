@@ -1,0 +1,132 @@
+"""moeless's per-layer split as a GPU runs it: on the device, no host round trip inside the layer.
+
+Glossary: a *replica* is a warm instance (expert, GPU) of one layer; its *column* is its place in
+its expert's preference order (`planning.device_split.ReplicaTable`, column 0 first); a *quota* is
+the whole tokens a replica serves in one layer call; *token units* are one token's expert compute
+(a replica serving t > 0 tokens costs max(entry, tile * ceil(t / tile)) of them: weight streaming
+against whole GEMM row tiles, the physical time model's charge).
+
+Two modes, chosen per layer before the gate runs:
+- `shares`: every rank splits its own tokens of an expert over the expert's warm replicas in the
+  proportions the forecast's split gave them (local counts only, no collective): `SHARE_KERNELS`
+  small kernels. The simulator applies the shares to the layer's global counts (each rank's rounding,
+  at most one token per rank and replica, is not modelled).
+- `balanced`: one collective of E integers gives every rank the global counts, then
+  `device_quotas` (vectorized, a fixed op count; its torch twin is `serving/device_split.py`) gives
+  each replica its quota: `BALANCED_KERNELS` kernels plus the collective.
+Which: balanced when the gain it brought the layer's past batches of the same size class (both
+splits evaluated on the true load after the fact, off the critical path) exceeds its extra cost.
+The preference order (which replica an expert uses first) is set off the critical path, where the
+warm set or the forecast changes: each replica's tokens in the cost-aware split of the forecast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from moeless_cli.planning.cost_split import busiest_cost
+from moeless_cli.planning.device_split import DEFAULT_PASSES, ReplicaTable, device_quotas, quotas_to_replicas, replica_table
+from moeless_cli.planning.dispatch import round_split
+
+# Kernels of each mode as a device runs them: the decision compiled with torch.compile (inductor), as
+# engines compile their model code, fuses elementwise chains. Inductor on this machine generated
+# 5 + 6 x passes kernels for bincount + device_quotas_torch + pair_replica (passes 0, 1, 2: 5, 11, 17;
+# 64 experts x 8 GPUs, `benchmarks/bench_dispatch.py --fused` recounts); eager, the same decision is
+# tests/test_device_split.py's DECISION_KERNELS ops. Triton on a GPU fuses alike but is not measured here.
+BALANCED_KERNELS = 5 + 6 * DEFAULT_PASSES
+SHARE_KERNELS = 6  # shares mode: bincount, quotas = floor(shares x local counts) + largest remainders (a sort),
+# each pair's column by rank (a sort, a searchsorted): counted unfused, an upper bound
+MODES = ("adaptive", "balanced", "shares")
+SIZE_CLASSES = 24  # batches grouped by log2 of their token-expert pairs
+LEARNING_RATE = 0.3  # weight of the newest batch in a size class's running gain
+
+
+def shares_split(table: ReplicaTable, expert: np.ndarray, preference: np.ndarray, load: np.ndarray) -> np.ndarray:
+    """expert, preference: [replicas] (forecast tokens); load: [experts]. Whole tokens per replica
+    [replicas] in the forecast's proportions (column 0 takes all of an expert the forecast gave nothing)."""
+    totals = np.bincount(expert, weights=preference, minlength=load.size)  # [experts]
+    first = np.zeros(expert.size)
+    first[table.replica[:, 0][table.replica[:, 0] >= 0]] = 1.0
+    share = np.where(totals[expert] > 0, preference / np.maximum(totals[expert], 1e-300), first)
+    if not np.array_equal(load, np.rint(load)):  # fractional (a forecast, a test): the proportions themselves
+        return share * load[expert]
+    return round_split(share * load[expert], expert, load).astype(np.float64)
+
+
+@dataclass
+class DeviceDispatcher:
+    """Per-layer preference tables, mode choice and the modelled cost of each decision."""
+
+    num_layers: int
+    num_gpus: int
+    entry_tokens: float  # weight read of a replica, in token units
+    tile_tokens: int  # GEMM row tile
+    token_s: float  # seconds of one token unit
+    kernel_s: float  # one small device kernel
+    collective_s: float  # one collective of E integers
+    mode: str = "adaptive"  # one of MODES
+    preference: list[dict[tuple[int, int], float]] = field(default_factory=list)  # per layer: (expert, gpu) -> forecast tokens
+    gain_s: np.ndarray = field(default_factory=lambda: np.zeros(0))  # [layers, SIZE_CLASSES] running gain of balanced
+    _tables: dict[int, tuple[bytes, ReplicaTable, np.ndarray]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        assert self.mode in MODES
+        self.preference = [{} for _ in range(self.num_layers)]
+        self.gain_s = np.full((self.num_layers, SIZE_CLASSES), np.nan)
+
+    @property
+    def balanced_s(self) -> float:
+        return BALANCED_KERNELS * self.kernel_s + self.collective_s
+
+    @property
+    def shares_s(self) -> float:
+        return SHARE_KERNELS * self.kernel_s
+
+    def prefer(self, layer: int, expert: np.ndarray, gpu: np.ndarray, forecast_tokens: np.ndarray) -> None:
+        """expert, gpu, forecast_tokens: [replicas]: the forecast's split, which orders each expert's replicas."""
+        self.preference[layer] = {(int(e), int(g)): float(t) for e, g, t in
+                                  zip(expert.tolist(), gpu.tolist(), forecast_tokens.tolist())}
+
+    def table(self, layer: int, expert: np.ndarray, gpu: np.ndarray, num_experts: int) -> tuple[ReplicaTable, np.ndarray]:
+        """The device's replica table for the warm set (expert, gpu): [replicas], and each replica's
+        forecast tokens [replicas]. Rebuilt when either changes (on a GPU: when a copy lands, an instance
+        retires or a forecast arrives, off the critical path)."""
+        wanted = self.preference[layer]
+        preference = np.array([wanted.get(k, 0.0) for k in zip(expert.tolist(), gpu.tolist())], dtype=np.float64)
+        key = np.concatenate([expert, gpu]).astype(np.int64).tobytes() + preference.tobytes()
+        cached = self._tables.get(layer)
+        if cached is None or cached[0] != key:
+            cached = (key, replica_table(expert, gpu, num_experts, self.num_gpus, preference), preference)
+            self._tables[layer] = cached
+        return cached[1], cached[2]
+
+    def split(self, layer: int, expert: np.ndarray, gpu: np.ndarray, load: np.ndarray) -> tuple[np.ndarray, float]:
+        """expert, gpu: [replicas] warm; load: [experts] whole counts. Tokens per replica [replicas] and the
+        decision's modelled seconds. Learns, after the fact, what balancing would have gained."""
+        table, preference = self.table(layer, expert, gpu, load.size)
+        if not np.array_equal(load, np.rint(load)):  # not a gate's counts: nothing to balance on the device
+            return shares_split(table, expert, preference, load), self.shares_s
+        counts = np.rint(load).astype(np.int64)
+        size = min(int(np.log2(counts.sum() + 1)), SIZE_CLASSES - 1)
+        use_balanced = self._choose(layer, size)
+        balanced = quotas_to_replicas(device_quotas(counts, table, self.entry_tokens, self.tile_tokens), table)
+        shared = shares_split(table, expert, preference, load)
+        self._learn(layer, size, gpu, balanced, shared)
+        if use_balanced:
+            return balanced.astype(np.float64), self.balanced_s
+        return shared, self.shares_s
+
+    def _choose(self, layer: int, size: int) -> bool:
+        if self.mode != "adaptive":
+            return self.mode == "balanced"
+        gain = self.gain_s[layer, size]
+        return bool(np.isnan(gain) or gain >= 0)  # no evidence yet, or a tie: balance
+
+    def _learn(self, layer: int, size: int, gpu: np.ndarray, balanced: np.ndarray, shared: np.ndarray) -> None:
+        """Running gain in seconds of balancing over sharing on this batch, net of its extra cost."""
+        cost = [busiest_cost(gpu, tokens, self.num_gpus, self.entry_tokens, self.tile_tokens) for tokens in (shared, balanced)]
+        gain = (cost[0] - cost[1]) * self.token_s - (self.balanced_s - self.shares_s)
+        old = self.gain_s[layer, size]
+        self.gain_s[layer, size] = gain if np.isnan(old) else (1 - LEARNING_RATE) * old + LEARNING_RATE * gain

@@ -1,0 +1,92 @@
+"""moeless's device-side split in the policies: modes, their modelled cost, the adaptive choice, and the
+memory-aware pinning (online/device_dispatch.py, online/policies.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from moeless_cli.online.device_dispatch import BALANCED_KERNELS, SHARE_KERNELS, DeviceDispatcher
+from moeless_cli.online.functions import FunctionPool
+from moeless_cli.online.policies import PolicySetting, make_policy
+from moeless_cli.planning.cost_split import busiest_cost, replica_costs
+from moeless_cli.planning.plan import LayerPlan, Plan
+
+KERNEL_S, COLLECTIVE_S, TOKEN_S = 3e-6, 25e-6, 1e-6
+
+
+def _dispatcher(mode: str = "adaptive", entry: float = 0.0, tile: int = 1) -> DeviceDispatcher:
+    return DeviceDispatcher(num_layers=1, num_gpus=2, entry_tokens=entry, tile_tokens=tile, token_s=TOKEN_S,
+                            kernel_s=KERNEL_S, collective_s=COLLECTIVE_S, mode=mode)
+
+
+# expert 0 on GPUs 0 and 1, expert 1 on GPU 0 only
+EXPERT, GPU = np.array([0, 0, 1]), np.array([0, 1, 0])
+
+
+def test_replica_cost_is_weight_streaming_against_whole_tiles():
+    assert replica_costs(np.array([0.0, 1.0, 64.0, 65.0, 200.0]), 100.0, 64).tolist() == [0, 100, 100, 128, 256]
+    assert busiest_cost(np.array([0, 0, 1]), np.array([1.0, 0.0, 65.0]), 2, 100.0, 64) == 128
+
+
+def test_balanced_mode_balances_the_true_counts_and_costs_kernels_and_a_collective():
+    d = _dispatcher("balanced")
+    d.prefer(0, EXPERT, GPU, np.array([10.0, 0.0, 10.0]))  # the forecast wanted expert 0 on GPU 0 only
+    tokens, seconds = d.split(0, EXPERT, GPU, np.array([100.0, 100.0]))
+    assert np.bincount(EXPERT, weights=tokens).tolist() == [100, 100]
+    assert tokens.tolist() == [0, 100, 100]  # expert 0 moves off the GPU expert 1 must use
+    assert seconds == pytest.approx(BALANCED_KERNELS * KERNEL_S + COLLECTIVE_S)
+
+
+def test_shares_mode_follows_the_forecast_proportions_without_a_collective():
+    d = _dispatcher("shares")
+    d.prefer(0, EXPERT, GPU, np.array([30.0, 10.0, 5.0]))
+    tokens, seconds = d.split(0, EXPERT, GPU, np.array([8.0, 3.0]))
+    assert tokens.tolist() == [6, 2, 3]  # 3:1 of expert 0's 8 tokens, whole
+    assert seconds == pytest.approx(SHARE_KERNELS * KERNEL_S)
+    fresh = _dispatcher("shares")  # no forecast yet: the first replica of each expert takes all
+    assert fresh.split(0, EXPERT, GPU, np.array([8.0, 3.0]))[0].tolist() == [8, 0, 3]
+
+
+def test_adaptive_mode_balances_only_where_it_paid_off_before():
+    d = _dispatcher()
+    d.prefer(0, EXPERT, GPU, np.array([10.0, 0.0, 10.0]))
+    # Large batches: sharing piles expert 0 onto GPU 0 beside expert 1; balancing saves 100 token units
+    # (100 us) against 25 us + kernels: the first batch balances (no evidence yet), and so do the next.
+    for _ in range(3):
+        _, seconds = d.split(0, EXPERT, GPU, np.array([100.0, 100.0]))
+        assert seconds == pytest.approx(d.balanced_s)
+    # Tiny batches (another size class): balancing saves 1 unit (1 us), less than it costs: after the
+    # first one (balanced, no evidence), the layer shares.
+    first = d.split(0, EXPERT, GPU, np.array([1.0, 1.0]))[1]
+    later = d.split(0, EXPERT, GPU, np.array([1.0, 1.0]))[1]
+    assert first == pytest.approx(d.balanced_s) and later == pytest.approx(d.shares_s)
+
+
+def _plan_setting(**kw) -> PolicySetting:
+    # expert 0 has two replicas (shares 0.5 / 0.5) and a spare of expert 1 (share 0) on GPU 0
+    layer = LayerPlan(expert=np.array([0, 0, 1, 1]), gpu=np.array([0, 1, 1, 0]), share=np.array([0.5, 0.5, 1.0, 0.0]))
+    plan = Plan(layers=[layer], num_experts=2, num_gpus=2)
+    return PolicySetting(num_layers=1, num_experts=2, num_gpus=2, slots_per_gpu=2, history=np.ones((1, 2)), plan=plan,
+                         **kw)
+
+
+@pytest.mark.parametrize("pin, pinned", [("base", 2), ("plan", 4)])
+def test_moeless_pins_one_instance_per_expert_and_lets_the_rest_scale_in(pin, pinned):
+    pool = FunctionPool(num_gpus=2, expert_bytes=1e8, keep_alive_s=1.0)
+    policy = make_policy("moeless", _plan_setting(pin=pin), pool)
+    assert pool.live_count() == 4 and sum(inst.pinned for inst in pool.layers[0].values()) == pinned
+    pool.reclaim(10.0)  # a lull longer than the keep-alive
+    assert pool.live_count() == pinned
+    kept = sorted(pool.layers[0])
+    assert {e for e, _ in kept} == {0, 1}  # every expert keeps an instance
+    if pin == "base":
+        assert (1, 0) not in kept  # the share-0 spare went first
+    assert policy.dispatch(0, np.array([4.0, 4.0]), 10.0).tokens.sum() == 8
+
+
+def test_the_setting_refuses_an_unknown_pin():
+    from moeless_cli.errors import MoelessError
+
+    with pytest.raises(MoelessError, match="pin"):
+        make_policy("moeless", _plan_setting(pin="all"), FunctionPool(num_gpus=2, expert_bytes=1e8, keep_alive_s=1.0))
