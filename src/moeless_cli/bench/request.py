@@ -204,6 +204,7 @@ class BenchResult:
     moe_layer_s: dict[str, np.ndarray]  # system -> MoE-layer seconds (the latency CDF; not in the JSON)
     simulator_check: dict[str, Any] | None = None  # real mode: the simulator against the measured runs
     pareto: dict[str, Any] | None = None  # sim mode: the latency-memory sweep ({"iterations", "systems", "rows"})
+    timeline: dict[str, Any] | None = None  # sim mode: live replicas over time and arrivals (bench/timeline.py)
     files: tuple[Path, ...] = ()  # bench.json, report.md and the plots, once written
 
     def core(self) -> dict[str, Any]:
@@ -212,6 +213,8 @@ class BenchResult:
                "stages": self.stages}
         if self.pareto is not None:
             doc["pareto"] = self.pareto
+        if self.timeline is not None:
+            doc["timeline"] = self.timeline
         return doc if self.simulator_check is None else doc | {"simulator_check": self.simulator_check}
 
     def to_json(self) -> dict[str, Any]:
