@@ -21,7 +21,8 @@ def _simulator_reports_timelines() -> bool:
 
 needs_simulator_timeline = pytest.mark.skipif(
     not _simulator_reports_timelines(),
-    reason="sim/simulator.py simulate() does not return \"timeline\" yet (the integrator's change, see bench/timeline.py)")
+    reason="sim/simulator.py simulate() does not return \"timeline\": {\"t_s\", \"live_replicas\"} yet (pool.live_count() "
+           "after each iteration and each idle gap's reclaim; bench/timeline.py reads it)")
 
 
 def test_envelope_keeps_every_point_of_a_short_series():
