@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from moeless_cli.bench.pipeline import SYSTEMS, Say, plan_stage
+from moeless_cli.bench.timeline import build_timeline
 from moeless_cli.online.report import latency_stats
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ class SystemRuns:
     plan: dict[str, Any] | None = None  # sim mode: the moeless plan stage ({"reused", "replicas_per_layer"})
     pareto: dict[str, Any] | None = None  # sim mode with request.pareto: {"iterations", "systems", "rows"}
     ablation: list[dict[str, Any]] | None = None  # sim mode with request.ablation: bench/ablation.py's rows
+    timeline: dict[str, Any] | None = None  # sim mode: live replicas over time beside arrivals (bench/timeline.py)
 
 
 def run_sim(request: BenchRequest, model: str, trace: Any, profile_dir: Path, predictor_path: Path,
@@ -66,7 +68,7 @@ def run_sim(request: BenchRequest, model: str, trace: Any, profile_dir: Path, pr
     budget = replica_budget(routing.num_experts, request.gpus, slots, config.redundant)
     source = _plan_source(training, request)
     plan, stage = plan_stage(request.out, request.plan_request(slots, budget), source, say)
-    systems, same, schedule = _simulate(cluster, routing, trace, config, predictor, plan, on_progress)
+    systems, same, schedule, live = _simulate(cluster, routing, trace, config, predictor, plan, on_progress)
     pareto = None
     if request.pareto:
         plan_for = _plans_by_budget(request, source, plan, slots, budget, say)
@@ -91,7 +93,8 @@ def run_sim(request: BenchRequest, model: str, trace: Any, profile_dir: Path, pr
     if request.ablation:
         ablation = _ablation(request, source, slots, budget, say, (cluster, routing, schedule or [], config, predictor,
                                                                    plan), on_progress)
-    return SystemRuns(setting, systems, same, plan=plan_info, pareto=pareto, ablation=ablation)
+    timeline = build_timeline(live, float(sum(routing.multiplicity)), trace.arrival_s)
+    return SystemRuns(setting, systems, same, plan=plan_info, pareto=pareto, ablation=ablation, timeline=timeline)
 
 
 def _ablation(request: BenchRequest, source: PlanSource, slots: int, budget: int, say: Say, run: tuple,
@@ -160,12 +163,14 @@ def _plans_by_budget(request: BenchRequest, source: PlanSource, plan: Plan, slot
 
 
 def _simulate(cluster: Any, routing: RecordedRouting, trace: Any, config: Any, predictor: Any, plan: Any,
-              on_progress: OnProgress | None) -> tuple[dict[str, Any], dict[str, np.ndarray], list | None]:
-    """Each system closed-loop, then replayed on static EP's batches; returns (cores, same-batch seconds, schedule)."""
+              on_progress: OnProgress | None) -> tuple[dict[str, Any], dict[str, np.ndarray], list | None, dict]:
+    """Each system closed-loop, then replayed on static EP's batches; returns (cores, same-batch seconds, schedule,
+    system -> its closed-loop live replicas over time, where the simulator reports them)."""
     from moeless_cli.sim.simulator import replay, simulate
 
     systems: dict[str, Any] = {}
     same: dict[str, np.ndarray] = {}
+    live: dict[str, dict[str, list]] = {}
     schedule = None
     for i, name in enumerate(SYSTEMS):
         if on_progress is not None:
@@ -173,6 +178,8 @@ def _simulate(cluster: Any, routing: RecordedRouting, trace: Any, config: Any, p
         result = simulate(name, cluster, routing, trace, config, predictor, plan)
         if name == "static":
             schedule = result["schedule"]
+        if "timeline" in result:
+            live[name] = result["timeline"]
         same[name] = replay(name, cluster, routing, schedule, config, predictor, plan)
         core = result["report"]
         systems[name] = {**core, "moe_layer_ms": latency_stats(same[name] * 1e3, (50, 99)),
@@ -182,7 +189,7 @@ def _simulate(cluster: Any, routing: RecordedRouting, trace: Any, config: Any, p
         systems["bound"], same["bound"] = bound
     if on_progress is not None:
         on_progress("done", len(SYSTEMS), len(SYSTEMS))
-    return systems, same, schedule
+    return systems, same, schedule, live
 
 
 def bound_system(cluster: Any, routing: RecordedRouting, schedule: list | None,

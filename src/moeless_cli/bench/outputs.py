@@ -146,7 +146,23 @@ def markdown_report(result: BenchResult) -> str:
         "![Cost](cost.png)",
         "",
     ]
-    return "\n".join(lines + pareto_lines(result.pareto) + ablation_lines(result.ablation))
+    return "\n".join(lines + scaling_lines(result.timeline) + pareto_lines(result.pareto)
+                     + ablation_lines(result.ablation))
+
+
+def scaling_lines(timeline: dict[str, Any] | None) -> list[str]:
+    """Markdown: each system's fewest and most live replicas per layer over its run, and the plot ([] without one)."""
+    if not timeline:
+        return []
+    lines = ["## Serverless scaling", "",
+             "Live replicas per layer over time in each system's own closed-loop run (after every iteration and every "
+             "idle gap's keep-alive reclaim), beside the trace's arrival rate.", "",
+             "| system | fewest live replicas/layer | most |", "|---|---|---|"]
+    for name, series in timeline["systems"].items():
+        values = np.asarray(series["live_replicas_per_layer"], dtype=np.float64)
+        if values.size:
+            lines.append(f"| {name} | {values.min():.1f} | {values.max():.1f} |")
+    return lines + ["", "![Live replicas over time](scaling.png)", ""]
 
 
 def pareto_rows(pareto: dict[str, Any] | None) -> list[dict[str, str]]:
@@ -226,15 +242,18 @@ def _png(fig: Any) -> bytes:
 
 
 def write_plots(result: BenchResult, out: Path) -> list[Path]:
-    """moe_latency_cdf.png, cost.png, and pareto.png when the sweep ran; returns the files written."""
+    """moe_latency_cdf.png, cost.png, pareto.png when the sweep ran, scaling.png when the simulator reported
+    live replicas over time; returns the files written."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     written = []
-    for name, draw in (("moe_latency_cdf.png", _latency_cdf), ("cost.png", _cost_bars), ("pareto.png", _pareto_plot)):
-        if name == "pareto.png" and not result.pareto:
+    plots = (("moe_latency_cdf.png", _latency_cdf, True), ("cost.png", _cost_bars, True),
+             ("pareto.png", _pareto_plot, bool(result.pareto)), ("scaling.png", _scaling_plot, bool(result.timeline)))
+    for name, draw, wanted in plots:
+        if not wanted:
             continue
         fig, ax = plt.subplots(figsize=(6.4, 4.0))
         draw(ax, result)
@@ -285,3 +304,29 @@ def _pareto_plot(ax: Any, result: BenchResult) -> None:
     ax.set_ylabel("mean MoE-layer latency (ms, same batches)")
     ax.set_title("replicas per layer at each point", fontsize=9)
     ax.legend()
+
+
+SCALING_SYSTEMS = ("static", "eplb", "moeless-paper", "moeless")  # the systems scaling.png draws
+
+
+def _scaling_plot(ax: Any, result: BenchResult) -> None:
+    """Live replicas per layer over time (each system's own closed-loop run), the arrival rate on a second axis."""
+    timeline = result.timeline
+    rate = timeline["arrival_rate"]
+    arrivals = ax.twinx()
+    arrivals.bar(rate["t_s"], rate["requests_per_s"], width=rate["bin_s"], align="edge", color="0.85",
+                 label=f"arrivals (requests/s, {rate['bin_s']:g}-s bins)")
+    arrivals.set_ylabel("arrival rate (requests/s)")
+    ax.set_zorder(arrivals.get_zorder() + 1)  # the replica lines over the arrival bars
+    ax.patch.set_visible(False)
+    for name in SCALING_SYSTEMS:
+        series = timeline["systems"].get(name)
+        if series and series["t_s"]:
+            ax.step(series["t_s"], series["live_replicas_per_layer"], where="post", label=name)
+    s = result.setting
+    ax.set_xlabel(f"simulated time (s), {s['trace']}, {s['batching']} batching")
+    ax.set_ylabel("live replicas per layer")
+    ax.set_ylim(bottom=0)
+    lines, names = ax.get_legend_handles_labels()
+    bars, bar_names = arrivals.get_legend_handles_labels()
+    ax.legend(lines + bars, names + bar_names, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, fontsize=8)

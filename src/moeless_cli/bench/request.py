@@ -206,6 +206,7 @@ class BenchResult:
     simulator_check: dict[str, Any] | None = None  # real mode: the simulator against the measured runs
     pareto: dict[str, Any] | None = None  # sim mode: the latency-memory sweep ({"iterations", "systems", "rows"})
     ablation: list[dict[str, Any]] | None = None  # sim mode with --ablation: one row per moeless variant
+    timeline: dict[str, Any] | None = None  # sim mode: live replicas over time and arrivals (bench/timeline.py)
     files: tuple[Path, ...] = ()  # bench.json, report.md and the plots, once written
 
     def core(self) -> dict[str, Any]:
@@ -216,6 +217,8 @@ class BenchResult:
             doc["pareto"] = self.pareto
         if self.ablation is not None:
             doc["ablation"] = self.ablation
+        if self.timeline is not None:
+            doc["timeline"] = self.timeline
         return doc if self.simulator_check is None else doc | {"simulator_check": self.simulator_check}
 
     def to_json(self) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 `run_bench` runs the stages through the same jobs as their commands (cached in the out dir,
 `bench/pipeline.py`), then every system on a simulated cluster (`bench/compare.py`) or through
 serve's runtime (`bench/real.py`), and writes bench.json, report.md and the plots (`pareto.png` too
-when the latency-memory sweep ran). Its request and result types live in `bench/request.py`.
+when the latency-memory sweep ran, `scaling.png` when the simulator reported live replicas over time).
+Its request and result types live in `bench/request.py`.
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ def _run_stages(request: BenchRequest, trace: Any, trace_start: int, say: Callab
     result = BenchResult(mode=request.mode, setting=setting, systems=runs.systems, ratios=ratios(runs.systems),
                          stages=stages if runs.plan is None else stages | {"plan": runs.plan},
                          moe_layer_s=runs.moe_layer_s, simulator_check=runs.simulator_check, pareto=runs.pareto,
-                         ablation=runs.ablation)
+                         ablation=runs.ablation, timeline=runs.timeline)
     return dataclasses.replace(result, files=_write_outputs(result, request.out))
 
 

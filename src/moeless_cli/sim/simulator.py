@@ -211,7 +211,8 @@ def simulate(policy_name: str, cluster: ClusterModel, routing: RecordedRouting, 
              on_iteration: Callable[[float], None] | None = None) -> dict[str, Any]:
     """Run one system over the trace (closed loop: its own speed shapes its batches).
 
-    Returns {"report": serve's JSON core, "moe_layer_s": [layer executions], "schedule": [Step]}.
+    Returns {"report": serve's JSON core, "moe_layer_s": [layer executions], "schedule": [Step], "timeline":
+    {"t_s", "live_replicas"}: the pool's live copies (`live_count`) after each iteration and each idle gap's reclaim}.
     """
     run = _start(policy_name, cluster, routing, config, predictor, plan)
     batcher = PaperBatcher() if config.batching == "paper" else ContinuousBatcher(config.token_budget, config.max_batch)
@@ -219,6 +220,7 @@ def simulate(policy_name: str, cluster: ClusterModel, routing: RecordedRouting, 
         batcher.add(Request(i, float(trace.arrival_s[i]), max(1, int(trace.input_tokens[i])),
                             max(1, int(trace.output_tokens[i]))))
     now, replicas_seen, schedule = 0.0, [], []
+    timeline: dict[str, list] = {"t_s": [], "live_replicas": []}
     slot = recorded_request(routing.num_requests, len(trace), config.request_order)
     while batcher.has_work():
         it = batcher.next_iteration(now)
@@ -228,6 +230,8 @@ def simulate(policy_name: str, cluster: ClusterModel, routing: RecordedRouting, 
                 break
             now = max(now, nxt)
             run.pool.reclaim(now)  # idle time passes (not an iteration: EPLB counts those to re-plan)
+            timeline["t_s"].append(now)
+            timeline["live_replicas"].append(run.pool.live_count())
             continue
         timings = batcher.timings
         step = Step(
@@ -241,11 +245,13 @@ def simulate(policy_name: str, cluster: ClusterModel, routing: RecordedRouting, 
         now = run.iteration(step)
         batcher.complete(it, now)
         replicas_seen.append(run.pool.live_count())
+        timeline["t_s"].append(now)
+        timeline["live_replicas"].append(replicas_seen[-1])
         if on_iteration is not None:
             on_iteration(now)
     generated = sum(t.generated for t in batcher.timings.values())
     report = _report(run, batcher.timings.values(), generated, now, replicas_seen)
-    return {"report": report, "moe_layer_s": run.layer_times(), "schedule": schedule}
+    return {"report": report, "moe_layer_s": run.layer_times(), "schedule": schedule, "timeline": timeline}
 
 
 def _replayed(policy_name: str, cluster: ClusterModel, routing: RecordedRouting, schedule: list[Step],
