@@ -6,10 +6,13 @@
   another, as a MoE layer does, and reports the time per expert, so small batches stream weights
   from HBM instead of L2.
 - Host-to-device copy of one expert's bytes from pinned and from pageable memory (cold starts).
-- Dispatch decision on the device: bincount of routed ids, cumsum of expert starts, searchsorted
-  of each token's position over its expert's replicas (equal shares), for (experts, GPUs, tokens).
+- Dispatch decision on the device: moeless's cost-aware split as the runtime runs it
+  (`moeless_cli.serving.device_split`): routed ids -> counts per expert (a scatter-add) -> replica
+  quotas (`device_quotas_torch`) -> each (token, slot) pair's replica (`pair_replica`) -> its GPU,
+  with no host synchronisation, for (experts, GPUs, tokens).
 CUDA events time the GPU (perf_counter on CPU); each figure is the median of repeats after warm-up.
-Needs torch only (no moeless install), so it runs on a bare GPU box; `sim.hardware.
+Needs torch and numpy only (no moeless install: the decision is imported from this checkout's src/),
+so it runs on a bare GPU box; `sim.hardware.
 hardware_from_calibration` turns the JSON into a `Hardware`. Sized (by estimate: ~2.3 GB of expert
 weights, 10 repeats per point) to take a minute or two on one H200, well inside the timeout:
 
@@ -24,6 +27,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,9 +35,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))  # time this checkout's split, installed or not
+from moeless_cli.planning.device_split import replica_table  # noqa: E402
+from moeless_cli.serving.device_split import device_quotas_torch, pair_replica  # noqa: E402
+
 MODELS = {"mixtral-8x7b": (4096, 14336), "olmoe-1b-7b": (2048, 1024)}  # name: (H, I)
 QUICK_MODELS = {"tiny": (256, 512)}
 DISPATCH_CASES = ((8, 8, 32, 2), (64, 8, 2048, 8), (256, 64, 8192, 8))  # experts, GPUs, tokens, top-k
+DISPATCH_ENTRY_TOKENS = 143.0  # a replica's weight read in token-times (Mixtral-8x7B on an A6000); the
+DISPATCH_TILE_TOKENS = 64  # decision's op sequence, hence its time, does not depend on these values
 
 
 def median_seconds(fn, device: torch.device, warmup: int, repeats: int) -> float:
@@ -92,17 +102,13 @@ def h2d_copy(nbytes: int, device: torch.device, args) -> dict:
     return out
 
 
-def dispatch_decision(ids: torch.Tensor, rep_expert: torch.Tensor, rep_end_share: torch.Tensor,
-                      rep_gpu: torch.Tensor, num_experts: int) -> torch.Tensor:
-    """ids: [N] routed experts; rep_*: [R] replicas sorted by expert (end of each one's cumulative
-    share, 1 for the last). Returns [N] the GPU each routed token goes to."""
-    counts = torch.bincount(ids, minlength=num_experts)
-    starts = torch.cumsum(counts, 0) - counts
-    bounds = starts[rep_expert] + torch.round(rep_end_share * counts[rep_expert]).long()  # [R] ends
-    order = torch.argsort(ids, stable=True)
-    replica = torch.empty_like(ids)
-    replica[order] = torch.searchsorted(bounds, torch.arange(ids.numel(), device=ids.device), right=True)
-    return rep_gpu[replica]
+def dispatch_decision(ids: torch.Tensor, table_gpu: torch.Tensor, num_gpus: int) -> torch.Tensor:
+    """ids: [N] routed expert of each (token, slot) pair; table_gpu: [E, K] GPU of each expert's
+    replicas in preference order (-1: none). Returns [N] the GPU each pair goes to (moeless's split)."""
+    counts = torch.zeros(table_gpu.shape[0], dtype=torch.int64, device=ids.device)
+    counts.index_add_(0, ids, torch.ones_like(ids))  # bincount would read its length back to the host
+    quotas = device_quotas_torch(counts, table_gpu, num_gpus, DISPATCH_ENTRY_TOKENS, DISPATCH_TILE_TOKENS)
+    return table_gpu[ids, pair_replica(ids, quotas)]
 
 
 def dispatch_case(experts: int, gpus: int, tokens: int, top_k: int, device: torch.device, args) -> dict:
@@ -110,16 +116,15 @@ def dispatch_case(experts: int, gpus: int, tokens: int, top_k: int, device: torc
     gen = torch.Generator().manual_seed(0)
     popularity = 1.0 / torch.arange(1, experts + 1, dtype=torch.float64)
     ids = torch.multinomial(popularity.expand(tokens, -1), top_k, generator=gen).flatten()
-    rep_expert = torch.sort(torch.cat([torch.arange(experts), torch.arange(gpus - 1)])).values
-    count = torch.bincount(rep_expert, minlength=experts)[rep_expert]
-    rank = torch.arange(rep_expert.numel()) - torch.searchsorted(rep_expert, rep_expert)
-    end_share = (rank + 1).double() / count
+    rep_expert = torch.cat([torch.arange(experts), torch.arange(gpus - 1)])
     rep_gpu = torch.arange(rep_expert.numel()) % gpus
-    tensors = [t.to(device) for t in (ids, rep_expert, end_share, rep_gpu)]
-    gpu = dispatch_decision(*tensors, experts)
-    assert gpu.numel() == ids.numel() and int(gpu.max()) < gpus
-    seconds = median_seconds(lambda: dispatch_decision(*tensors, experts), device, args.warmup, 5 * args.repeats)
-    return {"experts": experts, "gpus": gpus, "tokens": tokens, "top_k": top_k, "seconds": seconds}
+    table = replica_table(rep_expert.numpy(), rep_gpu.numpy(), experts, gpus)  # host side, off the layer's path
+    ids, table_gpu = ids.to(device), torch.from_numpy(table.gpu).to(device)
+    gpu = dispatch_decision(ids, table_gpu, gpus)
+    assert gpu.numel() == ids.numel() and int(gpu.max()) < gpus and int(gpu.min()) >= 0
+    seconds = median_seconds(lambda: dispatch_decision(ids, table_gpu, gpus), device, args.warmup, 5 * args.repeats)
+    return {"experts": experts, "gpus": gpus, "tokens": tokens, "top_k": top_k, "seconds": seconds,
+            "decision": "device_split"}
 
 
 def fit(gemm: dict[str, dict], copies: dict[str, dict]) -> dict:

@@ -66,13 +66,15 @@ def test_loader_errors_name_the_problem(calibration):
         hardware_from_calibration(broken, base="h200")
 
 
-def test_dispatch_decision_sends_tokens_to_their_experts_replicas_in_equal_parts():
+def test_dispatch_decision_is_moelesss_device_split():
     spec = importlib.util.spec_from_file_location("gpu_calibration", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    ids = torch.tensor([0, 1, 0, 2, 0, 0, 1, 0])  # expert 0: 5 tokens, 1: 2, 2: 1
-    rep_expert = torch.tensor([0, 0, 1, 2])  # expert 0 has two replicas, on GPUs 0 and 1
-    end_share = torch.tensor([0.5, 1.0, 1.0, 1.0], dtype=torch.float64)
-    rep_gpu = torch.tensor([0, 1, 2, 3])
-    gpu = module.dispatch_decision(ids, rep_expert, end_share, rep_gpu, 3)
-    assert gpu.tolist() == [0, 2, 0, 3, 1, 1, 2, 1]  # round(2.5) = 2 tokens to GPU 0, 3 to GPU 1
+    # expert 0: 400 pairs over replicas on GPUs 0 and 1; experts 1 and 2: one replica each, few pairs
+    ids = torch.cat([torch.zeros(400, dtype=torch.int64), torch.tensor([1, 2, 1])])[torch.randperm(403)]
+    table_gpu = torch.tensor([[0, 1], [2, -1], [3, -1]])
+    gpu = module.dispatch_decision(ids, table_gpu, 4)
+    # 400 pairs are two weight reads' worth (143 token-times each): two pieces in whole 64-token tiles,
+    # 192 | 208, in the pairs' order; a small expert stays whole on its replica
+    assert gpu[ids == 0].tolist() == [0] * 192 + [1] * 208
+    assert gpu[ids == 1].tolist() == [2, 2] and gpu[ids == 2].tolist() == [3]
