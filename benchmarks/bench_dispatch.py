@@ -19,8 +19,14 @@ entry = one expert's weight read in token-times, from the preset and hardware na
 max(sum_e cost(n_e) / G, fractional LP over the plan's replicas): an upper bound of its ratio to
 the optimum. With CUDA, the torch twin is also timed there (CUDA events).
 
-  .venv/bin/python benchmarks/bench_dispatch.py            # both tables
+Third (`--fused`, a few minutes: compiles): the kernels torch.compile (inductor) generates for the
+whole decision (scatter-add counts -> quotas -> each pair's replica) per number of refinement passes,
+on this machine's inductor (C++ kernels; Triton on a GPU fuses alike). The simulator charges a
+balanced decision `online/device_dispatch.BALANCED_KERNELS` kernels at `Hardware.kernel_s` each.
+
+  .venv/bin/python benchmarks/bench_dispatch.py            # the first two tables
   .venv/bin/python benchmarks/bench_dispatch.py --device   # the second only
+  .venv/bin/python benchmarks/bench_dispatch.py --fused    # the third only
 """
 
 from __future__ import annotations
@@ -229,7 +235,37 @@ def main() -> None:
           "lognormal(0, 0.4); 'water' is fractional, 'whole' and 'optimum' count whole tokens")
 
 
+def fused_kernels(passes_list: tuple[int, ...] = (0, 1, 2, 4)) -> None:
+    """Kernels inductor generates for the whole device decision, per refinement passes (64 experts x 8 GPUs)."""
+    import torch
+    from torch._inductor import metrics
+
+    from moeless_cli.online.device_dispatch import BALANCED_KERNELS
+    from moeless_cli.planning.device_split import DEFAULT_PASSES
+    from moeless_cli.serving.device_split import device_quotas_torch, pair_replica
+
+    num_experts, num_gpus, width = 64, 8, 3
+    entry, tile = _entry_tokens("mixtral-8x7b", "a6000")
+    table_gpu = torch.from_numpy(np.stack([(np.arange(num_experts) + k) % num_gpus for k in range(width)], 1))
+    flat = torch.from_numpy(np.random.default_rng(0).integers(0, num_experts, 2048))
+    print(f"{'passes':>6s} {'kernels':>7s} {'compile s':>9s}")
+    for passes in passes_list:
+        def decision(pairs: torch.Tensor, gpus: torch.Tensor, passes: int = passes) -> torch.Tensor:
+            counts = torch.zeros(num_experts, dtype=torch.int64).scatter_add_(0, pairs, torch.ones_like(pairs))
+            return pair_replica(pairs, device_quotas_torch(counts, gpus, num_gpus, entry, tile, passes))
+
+        torch._dynamo.reset()
+        metrics.reset()
+        started = time.perf_counter()
+        torch.compile(decision, dynamic=False)(flat, table_gpu)
+        print(f"{passes:>6d} {metrics.generated_kernel_count:>7d} {time.perf_counter() - started:>9.0f}")
+    print(f"charged by the simulator: {BALANCED_KERNELS} kernels at the default {DEFAULT_PASSES} passes")
+
+
 if __name__ == "__main__":
-    if "--device" not in sys.argv:
-        main()
-    device_table()
+    if "--fused" in sys.argv:
+        fused_kernels()
+    else:
+        if "--device" not in sys.argv:
+            main()
+        device_table()

@@ -51,16 +51,18 @@ def test_shares_mode_follows_the_forecast_proportions_without_a_collective():
 def test_adaptive_mode_balances_only_where_it_paid_off_before():
     d = _dispatcher()
     d.prefer(0, EXPERT, GPU, np.array([10.0, 0.0, 10.0]))
-    # Large batches: sharing piles expert 0 onto GPU 0 beside expert 1; balancing saves 100 token units
-    # (100 us) against 25 us + kernels: the first batch balances (no evidence yet), and so do the next.
+    # Large batches: sharing (or the primary replicas) piles expert 0 onto GPU 0 beside expert 1;
+    # balancing saves 1,000 token units (1 ms) for ~0.12 ms of kernels and a collective: it stays balanced.
     for _ in range(3):
-        _, seconds = d.split(0, EXPERT, GPU, np.array([100.0, 100.0]))
-        assert seconds == pytest.approx(d.balanced_s)
+        _, seconds = d.split(0, EXPERT, GPU, np.array([1000.0, 1000.0]))
+        assert seconds == pytest.approx(d.decision_s("balanced"))
     # Tiny batches (another size class): balancing saves 1 unit (1 us), less than it costs: after the
-    # first one (balanced, no evidence), the layer shares.
-    first = d.split(0, EXPERT, GPU, np.array([1.0, 1.0]))[1]
-    later = d.split(0, EXPERT, GPU, np.array([1.0, 1.0]))[1]
-    assert first == pytest.approx(d.balanced_s) and later == pytest.approx(d.shares_s)
+    # first one (balanced, no evidence), the layer takes the primary replicas, the cheapest decision.
+    first = d.split(0, EXPERT, GPU, np.array([1.0, 1.0]))
+    later = d.split(0, EXPERT, GPU, np.array([1.0, 1.0]))
+    assert first[1] == pytest.approx(d.decision_s("balanced")) and later[1] == pytest.approx(d.decision_s("primary"))
+    assert later[0].tolist() == [1, 0, 1]  # each expert on its preferred replica
+    assert d.decision_s("primary") < d.decision_s("shares") < d.decision_s("balanced")
 
 
 def _plan_setting(**kw) -> PolicySetting:

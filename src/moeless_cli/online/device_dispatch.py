@@ -6,18 +6,24 @@ the whole tokens a replica serves in one layer call; *token units* are one token
 (a replica serving t > 0 tokens costs max(entry, tile * ceil(t / tile)) of them: weight streaming
 against whole GEMM row tiles, the physical time model's charge).
 
-Two modes, chosen per layer before the gate runs:
+Three modes, chosen per layer before the gate runs:
+- `primary`: every token goes to its expert's column-0 replica (one gather from a fixed map, as
+  static EP with a placement table): `PRIMARY_KERNELS`;
 - `shares`: every rank splits its own tokens of an expert over the expert's warm replicas in the
   proportions the forecast's split gave them (local counts only, no collective): `SHARE_KERNELS`
   small kernels. The simulator applies the shares to the layer's global counts (each rank's rounding,
-  at most one token per rank and replica, is not modelled).
+  at most one token per rank and replica, is not modelled);
 - `balanced`: one collective of E integers gives every rank the global counts, then
   `device_quotas` (vectorized, a fixed op count; its torch twin is `serving/device_split.py`) gives
   each replica its quota: `BALANCED_KERNELS` kernels plus the collective.
-Which: balanced when the gain it brought the layer's past batches of the same size class (both
-splits evaluated on the true load after the fact, off the critical path) exceeds its extra cost.
+Which: the mode whose layer time (busiest GPU plus its own decision) was lowest on the layer's past
+batches of the same size class; every mode is evaluated on the true load after the fact, off the
+critical path (a GPU would do it on the side stream); the first batch of a class is balanced.
 The preference order (which replica an expert uses first) is set off the critical path, where the
 warm set or the forecast changes: each replica's tokens in the cost-aware split of the forecast.
+Every system is charged the kernels its dispatch adds to the router's top-k at `Hardware.kernel_s`
+each: static EP and Oracle none, EPLB `EPLB_KERNELS` (vLLM's random replica pick), moeless and
+eplb+balanced their mode's.
 """
 
 from __future__ import annotations
@@ -32,15 +38,18 @@ from moeless_cli.planning.dispatch import round_split
 
 # Kernels of each mode as a device runs them: the decision compiled with torch.compile (inductor), as
 # engines compile their model code, fuses elementwise chains. Inductor on this machine generated
-# 5 + 6 x passes kernels for bincount + device_quotas_torch + pair_replica (passes 0, 1, 2: 5, 11, 17;
-# 64 experts x 8 GPUs, `benchmarks/bench_dispatch.py --fused` recounts); eager, the same decision is
-# tests/test_device_split.py's DECISION_KERNELS ops. Triton on a GPU fuses alike but is not measured here.
-BALANCED_KERNELS = 5 + 6 * DEFAULT_PASSES
-SHARE_KERNELS = 6  # shares mode: bincount, quotas = floor(shares x local counts) + largest remainders (a sort),
-# each pair's column by rank (a sort, a searchsorted): counted unfused, an upper bound
-MODES = ("adaptive", "balanced", "shares")
+# 7 + 6 x passes kernels for scatter-add counts + device_quotas_torch + pair_replica (passes 0, 1, 2, 4:
+# 7, 13, 19, 31; 64 experts x 8 GPUs; `benchmarks/bench_dispatch.py --fused` recounts); eager, the same
+# decision is tests/test_device_split.py's DECISION_KERNELS ops. Triton on a GPU fuses alike; not measured here.
+BALANCED_KERNELS = 7 + 6 * DEFAULT_PASSES
+SHARE_KERNELS = 6  # shares mode: counts (a scatter-add), quotas = floor(shares x local counts) + largest
+# remainders (a sort), each pair's column by rank (a sort, a searchsorted): counted unfused, an upper bound
+PRIMARY_KERNELS = 1  # primary mode: one gather of each pair's replica from the column-0 map
+EPLB_KERNELS = 3  # vLLM's EPLB: a random index per pair, modulo its expert's replica count, a gather from
+# the logical-to-physical map (vllm/distributed/eplb; counted unfused)
+MODES = ("adaptive", "balanced", "shares", "primary")
 SIZE_CLASSES = 24  # batches grouped by log2 of their token-expert pairs
-LEARNING_RATE = 0.3  # weight of the newest batch in a size class's running gain
+LEARNING_RATE = 0.3  # weight of the newest batch in a size class's running layer time
 
 
 def shares_split(table: ReplicaTable, expert: np.ndarray, preference: np.ndarray, load: np.ndarray) -> np.ndarray:
@@ -53,6 +62,14 @@ def shares_split(table: ReplicaTable, expert: np.ndarray, preference: np.ndarray
     if not np.array_equal(load, np.rint(load)):  # fractional (a forecast, a test): the proportions themselves
         return share * load[expert]
     return round_split(share * load[expert], expert, load).astype(np.float64)
+
+
+def primary_split(table: ReplicaTable, expert: np.ndarray, load: np.ndarray) -> np.ndarray:
+    """expert: [replicas]; load: [experts]. Every token of an expert on its column-0 replica: [replicas]."""
+    tokens = np.zeros(expert.size)
+    first = table.replica[:, 0]
+    tokens[first[first >= 0]] = load[first >= 0]
+    return tokens
 
 
 @dataclass
@@ -68,21 +85,18 @@ class DeviceDispatcher:
     collective_s: float  # one collective of E integers
     mode: str = "adaptive"  # one of MODES
     preference: list[dict[tuple[int, int], float]] = field(default_factory=list)  # per layer: (expert, gpu) -> forecast tokens
-    gain_s: np.ndarray = field(default_factory=lambda: np.zeros(0))  # [layers, SIZE_CLASSES] running gain of balanced
+    layer_s: np.ndarray = field(default_factory=lambda: np.zeros(0))  # [layers, SIZE_CLASSES, modes] running layer time
     _tables: dict[int, tuple[bytes, ReplicaTable, np.ndarray]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         assert self.mode in MODES
         self.preference = [{} for _ in range(self.num_layers)]
-        self.gain_s = np.full((self.num_layers, SIZE_CLASSES), np.nan)
+        self.layer_s = np.full((self.num_layers, SIZE_CLASSES, len(MODES) - 1), np.nan)
 
-    @property
-    def balanced_s(self) -> float:
-        return BALANCED_KERNELS * self.kernel_s + self.collective_s
-
-    @property
-    def shares_s(self) -> float:
-        return SHARE_KERNELS * self.kernel_s
+    def decision_s(self, mode: str) -> float:
+        """Modelled seconds of one decision in `mode` (MODES but adaptive)."""
+        kernels = {"balanced": BALANCED_KERNELS, "shares": SHARE_KERNELS, "primary": PRIMARY_KERNELS}[mode]
+        return kernels * self.kernel_s + (self.collective_s if mode == "balanced" else 0.0)
 
     def prefer(self, layer: int, expert: np.ndarray, gpu: np.ndarray, forecast_tokens: np.ndarray) -> None:
         """expert, gpu, forecast_tokens: [replicas]: the forecast's split, which orders each expert's replicas."""
@@ -104,29 +118,32 @@ class DeviceDispatcher:
 
     def split(self, layer: int, expert: np.ndarray, gpu: np.ndarray, load: np.ndarray) -> tuple[np.ndarray, float]:
         """expert, gpu: [replicas] warm; load: [experts] whole counts. Tokens per replica [replicas] and the
-        decision's modelled seconds. Learns, after the fact, what balancing would have gained."""
+        decision's modelled seconds. Learns, after the fact, what every mode would have cost."""
         table, preference = self.table(layer, expert, gpu, load.size)
         if not np.array_equal(load, np.rint(load)):  # not a gate's counts: nothing to balance on the device
-            return shares_split(table, expert, preference, load), self.shares_s
+            return shares_split(table, expert, preference, load), self.decision_s("shares")
         counts = np.rint(load).astype(np.int64)
         size = min(int(np.log2(counts.sum() + 1)), SIZE_CLASSES - 1)
-        use_balanced = self._choose(layer, size)
-        balanced = quotas_to_replicas(device_quotas(counts, table, self.entry_tokens, self.tile_tokens), table)
-        shared = shares_split(table, expert, preference, load)
-        self._learn(layer, size, gpu, balanced, shared)
-        if use_balanced:
-            return balanced.astype(np.float64), self.balanced_s
-        return shared, self.shares_s
+        chosen = self._choose(layer, size)
+        splits = {"balanced": quotas_to_replicas(device_quotas(counts, table, self.entry_tokens, self.tile_tokens),
+                                                 table).astype(np.float64),
+                  "shares": shares_split(table, expert, preference, load),
+                  "primary": primary_split(table, expert, load)}
+        self._learn(layer, size, gpu, splits)
+        return splits[chosen], self.decision_s(chosen)
 
-    def _choose(self, layer: int, size: int) -> bool:
+    def _choose(self, layer: int, size: int) -> str:
         if self.mode != "adaptive":
-            return self.mode == "balanced"
-        gain = self.gain_s[layer, size]
-        return bool(np.isnan(gain) or gain >= 0)  # no evidence yet, or a tie: balance
+            return self.mode
+        seen = self.layer_s[layer, size]
+        if np.isnan(seen).any():
+            return "balanced"  # no evidence yet
+        return MODES[1 + int(np.argmin(seen))]  # ties: the earlier mode (balanced, then shares)
 
-    def _learn(self, layer: int, size: int, gpu: np.ndarray, balanced: np.ndarray, shared: np.ndarray) -> None:
-        """Running gain in seconds of balancing over sharing on this batch, net of its extra cost."""
-        cost = [busiest_cost(gpu, tokens, self.num_gpus, self.entry_tokens, self.tile_tokens) for tokens in (shared, balanced)]
-        gain = (cost[0] - cost[1]) * self.token_s - (self.balanced_s - self.shares_s)
-        old = self.gain_s[layer, size]
-        self.gain_s[layer, size] = gain if np.isnan(old) else (1 - LEARNING_RATE) * old + LEARNING_RATE * gain
+    def _learn(self, layer: int, size: int, gpu: np.ndarray, splits: dict[str, np.ndarray]) -> None:
+        """Running layer time of every mode on this size class: busiest GPU plus the mode's decision."""
+        for i, mode in enumerate(MODES[1:]):
+            busiest = busiest_cost(gpu, splits[mode], self.num_gpus, self.entry_tokens, self.tile_tokens)
+            seconds = busiest * self.token_s + self.decision_s(mode)
+            old = self.layer_s[layer, size, i]
+            self.layer_s[layer, size, i] = seconds if np.isnan(old) else (1 - LEARNING_RATE) * old + LEARNING_RATE * seconds

@@ -55,9 +55,10 @@ from typing import ClassVar, Protocol
 import numpy as np
 
 from moeless_cli.errors import MoelessError, require_choice
-from moeless_cli.online.device_dispatch import DeviceDispatcher
+from moeless_cli.online.device_dispatch import EPLB_KERNELS, DeviceDispatcher
 from moeless_cli.online.functions import FunctionPool
 from moeless_cli.planning.cost_split import cost_aware_split
+from moeless_cli.planning.device_split import ReplicaTable
 from moeless_cli.planning.dispatch import (
     balanced_split,
     equal_split,
@@ -268,7 +269,9 @@ class EplbPolicy(OnlinePolicy):
         self._switch_when_ready(layer, now)
         plan = self.plans[layer]
         load = np.asarray(true_load, dtype=np.float64)
-        return self._finish(layer, plan.expert, plan.gpu, self._split(layer, plan, load), now, load)
+        d = self._finish(layer, plan.expert, plan.gpu, self._split(layer, plan, load), now, load)
+        d.decide_s = EPLB_KERNELS * self.setting.kernel_s  # vLLM's per-pair replica pick, on the device
+        return d
 
     def _split(self, layer: int, plan: LayerPlan, load: np.ndarray) -> np.ndarray:
         """load: [experts]. Tokens per replica of the plan: a pseudo-random replica per token, drawn
@@ -316,6 +319,11 @@ class EplbBalancedPolicy(EplbPolicy):
     def start(self, now: float = 0.0) -> None:
         self.dispatcher = device_dispatcher(self.setting)
         super().start(now)
+
+    def device_table(self, layer: int) -> ReplicaTable:
+        """The replica table serve's device split uses for `layer` (its plan, in the preference order)."""
+        plan = self.plans[layer]
+        return self.dispatcher.table(layer, plan.expert, plan.gpu, self.setting.num_experts)[0]
 
     def prepare(self, layer: int, predicted_load: np.ndarray | None, now: float) -> tuple[np.ndarray, np.ndarray]:
         self._switch_when_ready(layer, now)
@@ -381,6 +389,11 @@ class MoelessPolicy(OnlinePolicy):
         if self.setting.pin == "base":
             for layer, plan in enumerate(self.plans):
                 _pin_one_per_expert(self.pool, layer, plan)
+
+    def device_table(self, layer: int) -> ReplicaTable:
+        """The replica table serve's device split uses for `layer`: every live instance, in the preference order."""
+        expert, gpu = self.pool.layer_replicas(layer)
+        return self.dispatcher.table(layer, expert, gpu, self.setting.num_experts)[0]
 
     def initial_plan(self, layer: int) -> LayerPlan:
         s = self.setting
