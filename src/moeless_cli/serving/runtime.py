@@ -240,7 +240,8 @@ class ExpertParallelRuntime:
         flat = top_k_index.reshape(-1)  # [T*k] expert of each (token, slot) pair
         order, token_of = routing.group_pairs(flat, k)
         table = self._device_table(layer, flat.device)
-        split = self._split_on_device(layer, flat, table) if table is not None else self._split_on_host(layer, flat)
+        split = (self._split_on_device(layer, top_k_index, table) if table is not None
+                 else self._split_on_host(layer, top_k_index))
         missing = [(e, g) for e, g in zip(split.expert.tolist(), split.gpu.tolist())
                    if self.is_local(g) and (layer, e) not in self.workers[g].replicas]
         cold = self._load_replicas(layer, missing) if missing else 0.0  # on the critical path
@@ -258,25 +259,25 @@ class ExpertParallelRuntime:
         self._tables[layer] = routing.device_table(table, device, self._tables.get(layer))
         return self._tables[layer]
 
-    def _layer_counts(self, flat: Any) -> Any:
-        """flat: [T*k] experts of the pairs. [E] int64 pairs per expert, on flat's device (dist: global)."""
+    def _layer_counts(self, top_k_index: Any) -> Any:
+        """top_k_index: [T, k]. [E] int64 pairs per expert, on its device (dist: global, one collective)."""
         import torch
 
-        return torch.bincount(flat, minlength=self.loaded.num_experts)
+        return torch.bincount(top_k_index.reshape(-1), minlength=self.loaded.num_experts)
 
-    def _split_on_host(self, layer: int, flat: Any) -> "routing.Split":
-        load = self._layer_counts(flat).cpu().numpy()
+    def _split_on_host(self, layer: int, top_k_index: Any) -> "routing.Split":
+        load = self._layer_counts(top_k_index).cpu().numpy()
         split = routing.host_split(self.policy, layer, load, self.now())
         self.policy.observe(layer, load)
         return split
 
-    def _split_on_device(self, layer: int, flat: Any, table: "routing.DeviceTable") -> "routing.Split":
+    def _split_on_device(self, layer: int, top_k_index: Any, table: "routing.DeviceTable") -> "routing.Split":
         """The device split, then what the policy's `dispatch` would have recorded: the layer's load
         and an invocation of the replicas that run (starting when the last of them is ready)."""
         setting = getattr(self.policy, "setting", None)
         started = time.perf_counter()
-        counts = self._layer_counts(flat)
-        split = routing.device_split(counts, flat, table, float(getattr(setting, "entry_tokens", 0.0)),
+        counts = self._layer_counts(top_k_index)
+        split = routing.device_split(counts, top_k_index.reshape(-1), table, float(getattr(setting, "entry_tokens", 0.0)),
                                      int(getattr(setting, "tile_tokens", DEFAULT_TILE_TOKENS)), started)
         self.policy.observe(layer, split.load)
         pool, now = self.policy.pool, self.now()
