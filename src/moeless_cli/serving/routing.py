@@ -5,7 +5,10 @@ Two ways to decide it, one result (`Split`):
   (`policy.device_table(layer)`): counts [E] = bincount of the gate's experts on the gate's device
   → whole-token quotas per replica column (`serving.device_split.device_quotas_torch`), a fixed
   sequence of torch ops with no host synchronization inside. Only then are the quotas copied to the
-  host, because the workers need run sizes to run (outside the decision, not in `decide_s`);
+  host, because the workers need run sizes to run (outside the decision, not in `decide_s`). When
+  the gate runs on the CPU the host is that device, and the numpy twin
+  (`planning.device_split.device_quotas`, the same integers) decides: a few hundred small torch
+  ops cost several times more dispatcher overhead than the numpy ones;
 - on the host (`host_split`): the policy's `dispatch` on the counts (numpy), rounded to whole tokens.
 
 Either way the pairs, grouped by expert with tokens ascending (the runtime's `order`), fall in
@@ -118,9 +121,13 @@ def device_split(counts: Any, flat: Any, table: DeviceTable, entry_tokens: float
 
     import torch
 
+    from moeless_cli.planning.device_split import device_quotas
     from moeless_cli.serving.device_split import device_quotas_torch, pair_replica
 
-    quotas = device_quotas_torch(counts, table.gpu, table.num_gpus, entry_tokens, tile_tokens)
+    if counts.device.type == "cpu":  # the host is the device: the numpy twin, same integers, cheaper ops
+        quotas = torch.from_numpy(device_quotas(counts.numpy(), table.source, entry_tokens, tile_tokens))
+    else:
+        quotas = device_quotas_torch(counts, table.gpu, table.num_gpus, entry_tokens, tile_tokens)
     if quotas.device.type == "cuda":
         torch.cuda.synchronize(quotas.device)
     decide_s = time.perf_counter() - started
