@@ -4,6 +4,8 @@ expert's tokens over its warm replicas on the workers, runs them, and combines i
 At load time `ExpertParallelRuntime.install()` swaps each MoE layer's fused experts module for an
 `ExpertParallelExperts` with the same call signature `(hidden [T, H], top_k_index [T, k],
 top_k_weights [T, k]) -> [T, H]`; attention, norms and gates stay as they are (replicated).
+How a layer's pairs are split over the replicas (on the device when the policy offers a replica
+table, else by its host `dispatch`) is `serving/routing.py`.
 """
 
 from __future__ import annotations
