@@ -66,6 +66,19 @@ def skewed_plan(num_layers: int, num_experts: int, workers: int):
     return Plan(workers, num_experts, [LayerPlan.from_lists(expert, gpu, share) for _ in range(num_layers)])
 
 
+def with_plan_tables(policy, tile_tokens: int):
+    """The fixed-plan policy offering its plan's replicas as per-layer tables: the runtime then
+    splits on the device (serving/routing.py) instead of calling the policy's host `dispatch`."""
+    from moeless_cli.planning.device_split import replica_table
+
+    s = policy.setting
+    tables = {layer: replica_table(plan.expert, plan.gpu, s.num_experts, s.num_gpus)
+              for layer, plan in enumerate(policy.plans)}
+    policy.device_table = tables.get
+    s.tile_tokens = tile_tokens
+    return policy
+
+
 def throughput(args) -> None:
     from moeless_cli.models import load_moe_model
     from moeless_cli.online.fixed_plan import fixed_plan_policy
@@ -80,49 +93,55 @@ def throughput(args) -> None:
     vocab = int(loaded.model.config.vocab_size)
     work = batches(vocab, args.batches, args.batch_size, args.prompt_len)
     plan = skewed_plan(loaded.num_moe_layers, loaded.num_experts, args.workers)
-    policy = fixed_plan_policy(plan, balanced=True)  # moeless's dispatch over the plan's replicas
-    runtime = ExpertParallelRuntime(loaded, make_local_workers(args.workers, ["cpu"]), policy)
+    host = fixed_plan_policy(plan, balanced=True)  # moeless's dispatch over the plan's replicas, on the host
+    device = with_plan_tables(fixed_plan_policy(plan, balanced=True), args.tile_tokens)
+    runtimes = {"plain": None, **{name: ExpertParallelRuntime(loaded, make_local_workers(args.workers, ["cpu"]), p)
+                                  for name, p in (("host", host), ("device", device))}}
     kwargs = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False, pad_token_id=0)
 
-    def run(expert_parallel: bool):
-        if expert_parallel:
+    def run(runtime):
+        if runtime is not None:
             runtime.install()
         start, outs = time.perf_counter(), []
         with torch.no_grad():
             for ids, mask in work:
                 outs.append(loaded.model.generate(input_ids=ids, attention_mask=mask, **kwargs))
         seconds = time.perf_counter() - start
-        if expert_parallel:
+        if runtime is not None:
             runtime.uninstall()
         return seconds, outs
 
     torch.set_num_threads(args.threads)
-    run(False), run(True)  # warm-up: one-time kernel set-up
-    plain_s, ep_s = [], []
+    for runtime in runtimes.values():
+        run(runtime)  # warm-up: one-time kernel set-up
+    seconds = {name: [] for name in runtimes}
+    names = list(runtimes)
     for r in range(args.rounds):
-        for ep in ((False, True) if r % 2 == 0 else (True, False)):
-            seconds, outs = run(ep)
-            (ep_s if ep else plain_s).append(seconds)
-            if ep:
-                ep_outs = outs
-            else:
-                plain_outs = outs
-        assert all(torch.equal(a, b) for a, b in zip(plain_outs, ep_outs)), "tokens differ from plain generate"
+        outs = {}
+        for name in names[r % 3:] + names[:r % 3]:  # rotate the order each round
+            spent, outs[name] = run(runtimes[name])
+            seconds[name].append(spent)
+        assert all(all(torch.equal(a, b) for a, b in zip(outs["plain"], outs[name])) for name in names[1:]), \
+            "tokens differ from plain generate"
     tokens = args.batches * args.batch_size * args.new_tokens
-    plain_tps, ep_tps = tokens / statistics.median(plain_s), tokens / statistics.median(ep_s)
-    layers = runtime.stats.layers
+    tps = {name: tokens / statistics.median(values) for name, values in seconds.items()}
     print(f"model {loaded.model_id}: {loaded.num_moe_layers} MoE layers x {loaded.num_experts} experts, top-{loaded.top_k}; "
           f"{args.batches} batches x {args.batch_size} prompts x {args.prompt_len} tokens, {args.new_tokens} new tokens; "
           f"{args.workers} CPU workers, {args.threads} torch thread(s), {args.rounds} rounds (median)")
-    print("tokens identical to plain transformers: yes")
-    print(f"plain transformers : {plain_tps:8.1f} tokens/s")
-    print(f"moeless local      : {ep_tps:8.1f} tokens/s")
-    print(f"ratio              : {ep_tps / plain_tps:.3f}x  (target >= 0.85x)")
+    print("tokens identical to plain transformers: yes (host dispatch and device split)")
+    print(f"plain transformers          : {tps['plain']:8.1f} tokens/s")
+    for name, label in (("host", "host dispatch"), ("device", "device split ")):
+        print(f"moeless local, {label}: {tps[name]:8.1f} tokens/s   ratio {tps[name] / tps['plain']:.3f}x  "
+              "(target >= 0.90x)")
+        layer_summary(runtimes[name].stats.layers)
+
+
+def layer_summary(layers) -> None:
     worker = np.array([t.worker_s for t in layers])
-    print(f"per MoE layer (ms, mean): dispatch {np.mean([t.dispatch_s for t in layers]) * 1e3:.3f}, "
-          f"slowest worker {worker.max(axis=1).mean() * 1e3:.3f}, mean worker {worker.mean() * 1e3:.3f}, "
-          f"combine {np.mean([t.combine_s for t in layers]) * 1e3:.3f}, reported layer time "
-          f"{np.mean([t.moe_s for t in layers]) * 1e3:.3f}")
+    print(f"  per MoE layer (ms, mean): decide {np.mean([t.decide_s for t in layers]) * 1e3:.3f}, dispatch "
+          f"{np.mean([t.dispatch_s for t in layers]) * 1e3:.3f}, slowest worker {worker.max(axis=1).mean() * 1e3:.3f}, "
+          f"mean worker {worker.mean() * 1e3:.3f}, combine {np.mean([t.combine_s for t in layers]) * 1e3:.3f}, "
+          f"reported layer time {np.mean([t.moe_s for t in layers]) * 1e3:.3f}")
 
 
 def online_step(args) -> None:
@@ -146,27 +165,55 @@ def online_step(args) -> None:
     policy = make_policy("moeless", setting, FunctionPool(num_gpus=G, expert_bytes=2e6, keep_alive_s=60.0))
     hidden = torch.from_numpy(rng.normal(size=(T, H)).astype(np.float32))
     torch.set_num_threads(1)
-    parts = {"predict": [], "scale+place": [], "dispatch": []}
+    parts = {"predict": [], "scale+place": [], "dispatch": [], "device split": []}
+    table = None
     for i in range(args.steps):
         now = i * 0.01
         t0 = time.perf_counter()
         predicted = predictor.predict_layer_load(hidden, 1, 1, "moeless")
         t1 = time.perf_counter()
         policy.prepare(1, predicted, now)
+        table = warm_table(policy.pool, 1, E, G, table)  # host code, when the warm set changes
         t2 = time.perf_counter()
-        true = rng.multinomial(T * K, zipf / zipf.sum()).astype(np.float64)
+        flat = torch.from_numpy(rng.choice(E, T * K, p=zipf / zipf.sum()))  # the gate's experts
+        true = np.bincount(flat.numpy(), minlength=E)
         t3 = time.perf_counter()
         policy.dispatch(1, true, now)
         policy.observe(1, true)
         t4 = time.perf_counter()
+        device_step(policy, table, flat, E, now)
+        t5 = time.perf_counter()
         policy.end_iteration(now)
-        for key, dt in (("predict", t1 - t0), ("scale+place", t2 - t1), ("dispatch", t4 - t3)):
+        for key, dt in zip(parts, (t1 - t0, t2 - t1, t4 - t3, t5 - t4)):
             parts[key].append(dt * 1e3)
-    total = [a + b + c for a, b, c in zip(*parts.values())]
     print(f"online step, one layer, {E} experts on {G} workers, {T} tokens, hidden {H} (median over {args.steps}):")
     for key, values in parts.items():
         print(f"  {key:12s} {statistics.median(values):.3f} ms")
-    print(f"  total        {statistics.median(total):.3f} ms (p99 {np.percentile(total, 99):.3f} ms; target < 1 ms)")
+    for label, split in (("host dispatch", parts["dispatch"]), ("device split", parts["device split"])):
+        total = [a + b + c for a, b, c in zip(parts["predict"], parts["scale+place"], split)]
+        print(f"  total, {label:13s} {statistics.median(total):.3f} ms (p99 {np.percentile(total, 99):.3f} ms; "
+              f"target < 1 ms; on the critical path: its split, {statistics.median(split):.3f} ms)")
+
+
+def warm_table(pool, layer: int, num_experts: int, num_gpus: int, cached):
+    """The layer's warm replicas as a routing.DeviceTable on the CPU (`cached` while they are unchanged)."""
+    from moeless_cli.planning.device_split import replica_table
+    from moeless_cli.serving import routing
+
+    expert, gpu = pool.layer_replicas(layer)
+    return routing.device_table(replica_table(expert, gpu, num_experts, num_gpus), "cpu", cached)
+
+
+def device_step(policy, table, flat, num_experts: int, now: float) -> None:
+    """What serve's runtime does after the gate on the device path: counts -> quotas (the decision),
+    then the policy's record of it (observe, invoke the used replicas)."""
+    from moeless_cli.serving import routing
+
+    started = time.perf_counter()
+    counts = torch.bincount(flat, minlength=num_experts)
+    split = routing.device_split(counts, flat, table, policy.setting.entry_tokens, 64, started)
+    policy.observe(1, split.load)
+    policy.pool.invoke(1, split.expert, split.gpu, now, now)
 
 
 def main() -> None:
@@ -179,6 +226,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--tile-tokens", type=int, default=64, help="the device split's GEMM tile (rows)")
     parser.add_argument("--hidden", type=int, default=1024)
     parser.add_argument("--tokens", type=int, default=256)
     parser.add_argument("--steps", type=int, default=200)

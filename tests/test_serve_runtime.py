@@ -154,3 +154,109 @@ def test_replicas_copied_on_the_critical_path_are_not_warm_hits():
     runtime.uninstall()
     copied = c.created - created
     assert copied > 0 and c.warm_hits - warm == warm - copied  # the same replicas ran; copied ones were cold
+
+
+def with_device_table(policy, tile_tokens: int):
+    """The fixed-plan policy offering its plan as a per-layer replica table (the device split's input),
+    as the Policy protocol's optional `device_table` does."""
+    from moeless_cli.planning.device_split import replica_table
+
+    setting = policy.setting
+    tables = {layer: replica_table(plan.expert, plan.gpu, setting.num_experts, setting.num_gpus)
+              for layer, plan in enumerate(policy.plans)}
+    policy.device_table = tables.get
+    policy.setting.tile_tokens = tile_tokens  # small tiles: the split spreads the tiny batches
+    return policy
+
+
+@pytest.mark.parametrize("family", ["mixtral", "qwen3_moe"])
+def test_device_split_generate_matches_plain(family):
+    import torch
+
+    from moeless_cli.models import load_moe_model
+
+    loaded = load_moe_model(cached_tiny_checkpoint(family))
+    ids = torch.randint(3, 300, (4, 12), generator=torch.Generator().manual_seed(2))
+    mask = torch.ones_like(ids)
+    mask[1, :5] = 0
+    kwargs = dict(input_ids=ids, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    with single_thread_torch():
+        plain = loaded.model.generate(**kwargs)
+        runtime = build_runtime(loaded, "moeless", 4)
+        with_device_table(runtime.policy, tile_tokens=2)
+        hits = runtime.policy.pool.counters.warm_hits
+        served = loaded.model.generate(**kwargs)
+        runtime.uninstall()
+    assert torch.equal(served, plain)
+    layers = runtime.stats.layers
+    assert len(layers) == 6 * loaded.num_moe_layers
+    assert all(t.decide_s > 0 for t in layers)  # the device decision, timed on its own
+    assert all(t.decide_s <= t.dispatch_s for t in layers)
+    assert all(sum(t.worker_tokens) == t.tokens * loaded.top_k for t in layers)  # every pair ran once
+    assert max(sum(1 for w in t.worker_tokens if w) for t in layers) > 1  # split over workers
+    assert runtime.policy.pool.counters.warm_hits > hits  # the replicas that ran were invoked
+    assert set(runtime._tables) == set(range(loaded.num_moe_layers))  # one cached table per layer
+
+
+def test_device_split_runs_follow_each_pairs_replica():
+    """The runs the workers get (used replicas by expert, their pair counts, over the expert-grouped
+    pairs) put every pair on the worker `pair_replica` names for it."""
+    import torch
+
+    from moeless_cli.planning.device_split import replica_table
+    from moeless_cli.serving import routing
+
+    expert = np.array([0, 1, 2, 3, 0, 0, 2])
+    gpu = np.array([0, 1, 2, 3, 1, 2, 3])
+    table = routing.device_table(replica_table(expert, gpu, 4, 4), "cpu", None)
+    assert routing.device_table(replica_table(expert, gpu, 4, 4), "cpu", table) is table  # unchanged: cached
+    flat = torch.randint(0, 4, (200,), generator=torch.Generator().manual_seed(3))
+    flat[:120] = 0  # a hot expert: spread over its three replicas
+    counts = torch.bincount(flat, minlength=4)
+    split = routing.device_split(counts, flat, table, entry_tokens=4.0, tile_tokens=8, started=0.0)
+    order, _ = routing.group_pairs(flat, 1)
+    by_runs = np.repeat(split.gpu, split.counts)  # worker of each position of `order`
+    assert np.array_equal(by_runs, split.pair_gpu()[order].numpy())
+    assert np.array_equal(np.bincount(split.expert, weights=split.counts, minlength=4), counts.numpy())
+    assert len(set(split.gpu[split.expert == 0].tolist())) > 1
+
+
+@pytest.mark.slow
+def test_dist_device_split_matches_plain(tmp_path):
+    """Two gloo ranks: the global counts from one all_gather per layer, the device split on them, the
+    pairs' rows exchanged all-to-all: plain transformers' greedy tokens."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    import moeless_cli
+    from moeless_cli.models import load_moe_model
+
+    model = cached_tiny_checkpoint("mixtral")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    src = str(Path(moeless_cli.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": src, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    script = str(Path(__file__).with_name("dist_split_rank.py"))
+    ranks = [subprocess.Popen([sys.executable, script, str(model), str(tmp_path)], env={**env, "RANK": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    for rank in ranks:
+        _, err = rank.communicate(timeout=300)
+        assert rank.returncode == 0, err[-2000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    loaded = load_moe_model(model)
+    ids = torch.randint(3, 300, (5, 9), generator=torch.Generator().manual_seed(4))
+    with single_thread_torch():
+        plain = loaded.model.generate(input_ids=ids, max_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert result["tokens"] == plain.tolist()
+    assert len(result["decide_s"]) == 4 * loaded.num_moe_layers and min(result["decide_s"]) > 0
+    counts = np.array(result["rank_counts"])  # the last layer call's [world, E] gathered counts
+    assert counts.shape == (2, loaded.num_experts) and counts.sum() == 5 * loaded.top_k  # one decode step
+    assert result["replicas_here"] < (loaded.num_experts + 3) * loaded.num_moe_layers  # only its share
+    assert result["device_tables"] == loaded.num_moe_layers  # every layer split on the device

@@ -9,6 +9,17 @@ received, sends the outputs back (a second all-to-all), combines its own tokens 
 order, and an all-reduce of the zero-padded result gives every rank the full layer output (exact:
 each row is non-zero on one rank only).
 
+The split of each layer's pairs over the replicas needs the global counts [E]. Every rank counts
+only the pairs of the tokens it owns and ONE collective per layer exchanges them: an all_gather of
+the [E] int64 counts (E integers sent per rank), not an all_reduce, so that every rank also knows
+every other rank's counts: the global counts are their sum (the policy's load, the same on every
+rank, so every rank computes the same quotas, on the device when the policy offers a replica table),
+and because token blocks are contiguous and ascending, rank r's pairs of expert e take places
+sum(counts[:r, e]) + (their local rank) in e's global order, which is what `pair_replica` assigns
+to quotas. (The gates are replicated here, so the exchange plan reads the rank's view of every
+pair's worker directly; a deployment without replicated gates would derive its receive sizes from
+the gathered [world, E] counts and the quotas alone, with no further collective.)
+
 Memory is partitioned: local rank 0 of each node writes every expert to the node's host store file
 (`experts.safetensors`, shared by the node's ranks through the page cache), then every rank frees
 the model's fused expert weights and holds only the replicas its policy places on it, plus the
@@ -84,6 +95,20 @@ class DistRuntime(ExpertParallelRuntime):
     def is_local(self, worker: int) -> bool:
         return worker == self.rank
 
+    def _layer_counts(self, top_k_index: Any) -> Any:
+        """top_k_index: [T, k] the batch's experts (the gates are replicated). The global counts [E]
+        from one all_gather of every rank's counts of its own tokens' pairs (see the module docstring)."""
+        import torch
+        import torch.distributed as dist
+
+        block = -(-top_k_index.shape[0] // self.world)  # tokens per rank (the last block may be short)
+        mine = torch.bincount(top_k_index[self.rank * block:(self.rank + 1) * block].reshape(-1),
+                              minlength=self.loaded.num_experts)
+        every = [torch.empty_like(mine) for _ in range(self.world)]
+        dist.all_gather(every, mine)
+        self.rank_counts = torch.stack(every)  # [world, E]: rank r's pairs of e follow ranks < r's in e's order
+        return self.rank_counts.sum(dim=0)
+
     def moe_forward(self, layer: int, hidden: Any, top_k_index: Any, top_k_weights: Any) -> Any:
         """hidden: [T, H] router input; top_k_index, top_k_weights: [T, k] from the model's gate."""
         import torch
@@ -110,8 +135,8 @@ class DistRuntime(ExpertParallelRuntime):
         self.stats.layers.append(LayerTiming(layer, route.top_k_index.shape[0], dispatched - start - route.cold_s,
                                              worker_s, end - ran + (ran - dispatched - compute_s), route.cold_s,
                                              route.decide_s))
-        self.stats.busy_workers.append(int(np.unique(route.gpu[ex.used]).size))
-        self.policy.pool.bill(layer, len(ex.used), self.stats.layers[-1].moe_s)  # the policy recorded their use
+        self.stats.busy_workers.append(int(np.unique(route.gpu).size))
+        self.policy.pool.bill(layer, len(route.gpu), self.stats.layers[-1].moe_s)  # the policy recorded their use
         return final
 
     def _run_received(self, layer: int, route: Route, ex: Exchange, x_recv: Any) -> tuple[Any, float]:
@@ -120,7 +145,7 @@ class DistRuntime(ExpertParallelRuntime):
         import torch
 
         out_recv = torch.empty_like(x_recv)
-        experts_here = route.expert[ex.replica_of[ex.recv]]  # [received] expert of each received row
+        experts_here = ex.expert_at[ex.recv]  # [received] expert of each received row
         jobs, rows_of = [], []
         for e in np.unique(experts_here):
             rows = torch.from_numpy(np.flatnonzero(experts_here == e))
@@ -138,8 +163,7 @@ class Exchange:
     """Who sends which (token, slot) pair's row where, for one MoE layer call on one rank."""
 
     order: np.ndarray  # [T*k] pair positions grouped by expert, tokens ascending (the route's order)
-    used: np.ndarray  # [u] replicas with pairs, by expert
-    replica_of: np.ndarray  # [T*k] replica serving each position of `order`
+    expert_at: np.ndarray  # [T*k] expert of each position of `order`
     token_of: np.ndarray  # [T*k] token of each position of `order`
     dest: np.ndarray  # [T*k] rank running each position's replica
     mine: np.ndarray  # [m] positions whose token this rank owns, ascending: by expert, then token
@@ -153,15 +177,15 @@ def _plan_exchange(route: Route, rank: int, world: int) -> Exchange:
     """Token ownership is data-parallel: rank r owns a contiguous block of the tokens."""
     num_tokens, k = route.top_k_index.shape
     order = route.order.cpu().numpy()  # [T*k]
-    used = np.flatnonzero(route.counts)
-    used = used[np.argsort(route.expert[used], kind="stable")]
-    replica_of = np.repeat(used, route.counts[used])
     token_of = order // k
     owner = token_of // -(-num_tokens // world)  # [T*k] rank owning each pair's token
-    dest = route.gpu[replica_of]
+    if route.pair_gpu is not None:  # the device split named each pair's worker (its rank in its expert)
+        dest = route.pair_gpu().cpu().numpy()[order]
+    else:  # the host split's runs: each used replica takes the next counts[u] pairs of its expert
+        dest = np.repeat(route.gpu, route.counts)
     mine = np.flatnonzero(owner == rank)
     to_me = np.flatnonzero(dest == rank)
-    return Exchange(order, used, replica_of, token_of, dest, mine,
+    return Exchange(order, np.repeat(route.expert, route.counts), token_of, dest, mine,
                     send=mine[np.argsort(dest[mine], kind="stable")],
                     send_sizes=np.bincount(dest[mine], minlength=world).tolist(),
                     recv=to_me[np.argsort(owner[to_me], kind="stable")],  # same order each sender used

@@ -4,22 +4,27 @@ expert's tokens over its warm replicas on the workers, runs them, and combines i
 At load time `ExpertParallelRuntime.install()` swaps each MoE layer's fused experts module for an
 `ExpertParallelExperts` with the same call signature `(hidden [T, H], top_k_index [T, k],
 top_k_weights [T, k]) -> [T, H]`; attention, norms and gates stay as they are (replicated).
+How a layer's pairs are split over the replicas (on the device when the policy offers a replica
+table, else by its host `dispatch`) is `serving/routing.py`.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from moeless_cli.online.policies import Policy
-from moeless_cli.planning.dispatch import round_split
 from moeless_cli.serving import gather as gather_mod
+from moeless_cli.serving import routing
 from moeless_cli.serving.experts import ExpertMath, HostStore, expert_math_of
 from moeless_cli.serving.lifecycle import FunctionLedger
 from moeless_cli.serving.workers import Worker
+
+
+DEFAULT_TILE_TOKENS = 64  # rows per GEMM tile when the policy's setting names none (device split's cost)
 
 
 @dataclass
@@ -48,12 +53,13 @@ class Route:
     order: Any  # [T*k] (token, slot) pair positions grouped by expert, tokens ascending
     token_of: Any  # [T*k] token of each pair in `order`
     load: np.ndarray  # [E] pairs per expert
-    expert: np.ndarray  # [r] expert of each replica
-    gpu: np.ndarray  # [r] worker of each replica
-    counts: np.ndarray  # [r] pairs each replica serves (sums to load per expert)
+    expert: np.ndarray  # [u] expert of each used replica, by expert then column: runs follow `order`
+    gpu: np.ndarray  # [u] worker of each used replica
+    counts: np.ndarray  # [u] pairs each used replica serves (> 0; sums to load per expert)
     cold_s: float  # replica copies made on the critical path
     copied: int  # replicas copied on the critical path (this process's)
-    decide_s: float = 0.0  # the policy's dispatch decision
+    decide_s: float = 0.0  # the split decision (see serving/routing.py)
+    pair_gpu: Callable[[], Any] | None = None  # device split: () -> [T*k] worker of each pair, flat order
 
 
 @dataclass
@@ -101,6 +107,7 @@ class ExpertParallelRuntime:
         self.started = time.perf_counter()
         self._originals: dict[int, tuple[Any, str, Any]] = {}  # layer -> (parent, attr, module)
         self._restore_blocks: Any = lambda: None  # undoes loaded.standardise_moe_blocks()
+        self._tables: dict[int, routing.DeviceTable] = {}  # layer -> the policy's replica table on the device
         self._predictable = set(predictor.layers(distance)) if self.predictor_method else set()
 
     def now(self) -> float:
@@ -179,25 +186,9 @@ class ExpertParallelRuntime:
         self._prepare_ahead(layer, hidden)  # overlaps this layer's compute in a real deployment
         start = time.perf_counter()
         route = self._route(layer, top_k_index)
-        top_k_index, order, load, expert, gpu, counts = (route.top_k_index, route.order, route.load, route.expert,
-                                                         route.gpu, route.counts)
-        cold = route.cold_s
-        num_tokens, k = top_k_index.shape
-
-        token_of = route.token_of  # [T*k] token of each pair, grouped by expert
-        x_sorted = hidden.index_select(0, token_of)  # [T*k, H] one gather; each replica takes a contiguous run
-        by_expert = np.argsort(expert, kind="stable")
-        used = by_expert[counts[by_expert] > 0]  # replicas with tokens, by expert: runs follow `order`
-        used_expert, used_gpu = expert[used].tolist(), gpu[used].tolist()
-        device = hidden.device
-        moved = {g: self.workers[g].device != device for g in set(used_gpu)}  # worker off hidden's device
-        jobs: dict[int, list[tuple[int, Any]]] = {}
-        slot_of: list[tuple[int, int]] = []  # per used replica: (worker, position in its jobs)
-        for e, g, x in zip(used_expert, used_gpu, x_sorted.split_with_sizes(counts[used].tolist())):
-            job = jobs.setdefault(g, [])
-            slot_of.append((g, len(job)))
-            job.append((e, x.to(self.workers[g].device) if moved[g] else x))
-        self.ledger.ran(len(used_expert), route.copied)
+        x_sorted = hidden.index_select(0, route.token_of)  # [T*k, H] one gather; each replica takes a contiguous run
+        jobs, slot_of, moved = self._jobs(route, x_sorted)
+        self.ledger.ran(len(slot_of), route.copied)
         dispatched = time.perf_counter()
         outputs, worker_s = {}, [0.0] * len(self.workers)
         for g, job in jobs.items():
@@ -205,48 +196,96 @@ class ExpertParallelRuntime:
         ran = time.perf_counter()
 
         parts = [outputs[g][j] for g, j in slot_of]
-        if any(moved.values()):
-            parts = [p.to(device) for p in parts]
+        if moved:
+            parts = [p.to(hidden.device) for p in parts]
         rows = parts[0] if len(parts) == 1 else torch.cat(parts)  # [T*k, H] in `order`
-        final = self.math[layer].combine(rows, order, token_of, load, top_k_weights, hidden)  # the model's sum
+        final = self.math[layer].combine(rows, route.order, route.token_of, route.load, top_k_weights, hidden)
         end = time.perf_counter()
-        busy_gpu, width = gpu[used], len(self.workers)
-        timing = LayerTiming(layer, num_tokens, dispatched - start - cold, worker_s, end - ran, cold, route.decide_s,
-                             np.bincount(busy_gpu, weights=counts[used], minlength=width).astype(int).tolist(),
-                             np.bincount(busy_gpu, minlength=width).tolist())
+        width = len(self.workers)
+        timing = LayerTiming(layer, route.top_k_index.shape[0], dispatched - start - route.cold_s, worker_s, end - ran,
+                             route.cold_s, route.decide_s,
+                             np.bincount(route.gpu, weights=route.counts, minlength=width).astype(int).tolist(),
+                             np.bincount(route.gpu, minlength=width).tolist())
         self.stats.layers.append(timing)
         self.stats.busy_workers.append(len(jobs))
         # per-invocation billing of the replicas that ran (the policy recorded their use)
-        self.policy.pool.bill(layer, len(used), timing.moe_s)
+        self.policy.pool.bill(layer, len(slot_of), timing.moe_s)
         return final
 
+    def _jobs(self, route: "Route", x_sorted: Any) -> tuple[dict[int, list[tuple[int, Any]]], list[tuple[int, int]], bool]:
+        """Each used replica's contiguous run of x_sorted ([T*k, H], in `route.order`) as a job of its
+        worker: (jobs per worker, (worker, position in its jobs) per used replica, whether any
+        worker sits on another device than x_sorted)."""
+        device = x_sorted.device
+        jobs: dict[int, list[tuple[int, Any]]] = {}
+        slot_of: list[tuple[int, int]] = []
+        moved = False
+        for e, g, x in zip(route.expert.tolist(), route.gpu.tolist(), x_sorted.split(route.counts.tolist())):
+            target = self.workers[g].device
+            if target != device:
+                x, moved = x.to(target), True
+            job = jobs.setdefault(g, [])
+            slot_of.append((g, len(job)))
+            job.append((e, x))
+        return jobs, slot_of, moved
+
     def _route(self, layer: int, top_k_index: Any) -> "Route":
-        """Group the (token, slot) pairs by expert and ask the policy how many each replica serves."""
+        """Group the (token, slot) pairs by expert (on the gate's device) and split each expert's
+        pairs over its replicas: on the device when the policy offers a replica table, else by the
+        policy's host `dispatch`. Then copy any chosen replica that is not loaded (critical path)."""
         import torch
 
         num_tokens, k = top_k_index.shape
         if self.policy.perfect_balance:  # oracle: overrides the gate (lossy)
             top_k_index = (torch.arange(num_tokens * k, device=top_k_index.device) % self.loaded.num_experts).view(
                 num_tokens, k)
-        flat = top_k_index.reshape(-1).cpu().numpy()  # [T*k] expert of each (token, slot) pair
-        order = np.argsort(flat, kind="stable")  # [T*k] pairs grouped by expert, tokens ascending
-        order, token_of = torch.from_numpy(order), torch.from_numpy(order // k)
-        if top_k_index.device.type != "cpu":
-            order, token_of = order.to(top_k_index.device), token_of.to(top_k_index.device)
-        load = np.bincount(flat, minlength=self.loaded.num_experts)  # [E]
-        decide = time.perf_counter()
-        plan = self.policy.dispatch(layer, load, self.now())
-        expert, gpu = np.asarray(plan.expert), np.asarray(plan.gpu)
-        counts = round_split(np.asarray(plan.tokens, dtype=np.float64), expert, load)  # [replicas] integers
-        decide_s = time.perf_counter() - decide
-        busy = np.flatnonzero(counts)
-        missing = [(e, g) for e, g in zip(expert[busy].tolist(), gpu[busy].tolist())
+        flat = top_k_index.reshape(-1)  # [T*k] expert of each (token, slot) pair
+        order, token_of = routing.group_pairs(flat, k)
+        table = self._device_table(layer, flat.device)
+        split = (self._split_on_device(layer, top_k_index, table) if table is not None
+                 else self._split_on_host(layer, top_k_index))
+        missing = [(e, g) for e, g in zip(split.expert.tolist(), split.gpu.tolist())
                    if self.is_local(g) and (layer, e) not in self.workers[g].replicas]
         cold = self._load_replicas(layer, missing) if missing else 0.0  # on the critical path
-        self.policy.observe(layer, load)
         if self.predictor is not None:
-            self.predictor.observe_load(layer, load)
-        return Route(top_k_index, order, token_of, load, expert, gpu, counts, cold, len(missing), decide_s)
+            self.predictor.observe_load(layer, split.load)
+        return Route(top_k_index, order, token_of, split.load, split.expert, split.gpu, split.counts, cold,
+                     len(missing), split.decide_s, split.pair_gpu)
+
+    def _device_table(self, layer: int, device: Any) -> "routing.DeviceTable | None":
+        """The policy's replica table for `layer` on `device` when it offers one (cached while unchanged)."""
+        offer = getattr(self.policy, "device_table", None)
+        table = offer(layer) if offer is not None else None
+        if table is None:
+            return None
+        self._tables[layer] = routing.device_table(table, device, self._tables.get(layer))
+        return self._tables[layer]
+
+    def _layer_counts(self, top_k_index: Any) -> Any:
+        """top_k_index: [T, k]. [E] int64 pairs per expert, on its device (dist: global, one collective)."""
+        import torch
+
+        return torch.bincount(top_k_index.reshape(-1), minlength=self.loaded.num_experts)
+
+    def _split_on_host(self, layer: int, top_k_index: Any) -> "routing.Split":
+        load = self._layer_counts(top_k_index).cpu().numpy()
+        split = routing.host_split(self.policy, layer, load, self.now())
+        self.policy.observe(layer, load)
+        return split
+
+    def _split_on_device(self, layer: int, top_k_index: Any, table: "routing.DeviceTable") -> "routing.Split":
+        """The device split, then what the policy's `dispatch` would have recorded: the layer's load
+        and an invocation of the replicas that run (starting when the last of them is ready)."""
+        setting = getattr(self.policy, "setting", None)
+        started = time.perf_counter()
+        counts = self._layer_counts(top_k_index)
+        split = routing.device_split(counts, top_k_index.reshape(-1), table, float(getattr(setting, "entry_tokens", 0.0)),
+                                     int(getattr(setting, "tile_tokens", DEFAULT_TILE_TOKENS)), started)
+        self.policy.observe(layer, split.load)
+        pool, now = self.policy.pool, self.now()
+        ready = [pool.ready_s(layer, e, g) for e, g in zip(split.expert.tolist(), split.gpu.tolist())]
+        pool.invoke(layer, split.expert, split.gpu, now, max([now] + [t for t in ready if t != float("inf")]))
+        return split
 
     def is_local(self, worker: int) -> bool:
         """Whether this process holds worker `worker`'s replicas (all of them in the local backend)."""
