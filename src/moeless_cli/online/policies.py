@@ -17,8 +17,9 @@ and reads these attributes:
   `perfect_balance`   the time model (and serve's gate) spread its work perfectly (oracle)
   `predictor_method`  "paper" / "moeless": the forecasts `prepare` wants; None: no forecast
   `decision_on_host`  its `dispatch` split is computed on the host after the gate (Python per layer:
-                      the simulator charges its time on the critical path); False: what an engine's
-                      dispatch kernel computes on the device anyway (DeepEP's layout), free
+                      the simulator charges its measured time on the critical path); False: it runs
+                      on the device, and `Dispatch.decide_s` carries its modelled kernels (0: the
+                      engine's own layout, free)
   `pool`              its expert function instances (`online/functions.py`): what is live, billing
 
 Registry (`ONLINE_POLICIES`):
@@ -28,19 +29,20 @@ Registry (`ONLINE_POLICIES`):
   copies load in the background and the plan switches when they are in place. It dispatches as
   vLLM does: each token goes to a pseudo-random replica of its expert (equal shares in expectation,
   not the planner's shares), drawn from a generator seeded by (`dispatch_seed`, layer, iteration).
-- eplb+balanced: EPLB's placement and re-plans, with moeless's per-batch whole-token dispatch
-  (`balanced_split` over the plan's replicas): placement and dispatch rule measured apart.
+- eplb+balanced: EPLB's placement and re-plans, with moeless's device split over the plan's replicas
+  (`online/device_dispatch.py`): placement and dispatch rule measured apart.
 - oracle: static placement, but tokens are balanced perfectly over GPUs whatever the gate said
   (lossy: it changes the model's output); its time is the floor under the default time model.
 - moeless-paper: the published Algorithms 1 + 2 on the gate-copy predictor's forecast, every layer
   and iteration, equal split over the planned replicas already warm (falling back to any warm
   instance of an expert; waiting only when an expert has none). One instance per expert (the
   starting static placement) stays pinned, as Algorithm 1 starts from one replica per expert.
-- moeless: starts from the `moeless plan` placement (best with `--spares`), pre-warms replicas
-  where the predictor's forecast says the water-filled dispatch would still straggle, splits whole
-  tokens optimally over the replicas that are already warm (`balanced_split`; never waits for a
-  copy), and lets the extra replicas go after the keep-alive; the plan's own replicas stay pinned
-  (provisioned instances, sized by `plan`).
+- moeless: starts from the `moeless plan` placement (best with `--spares`), pins one instance per
+  expert (`pin`), pre-warms replicas where the predictor's forecast says the water-filled dispatch
+  would still straggle, orders each expert's warm replicas by the forecast's cost-aware split, and
+  splits each batch on the device over the replicas already warm (`online/device_dispatch.py`:
+  primary, shares or balanced per layer; never waits for a copy); unpinned replicas go after the
+  keep-alive.
 The serverless two (moeless-paper, moeless) scale within the GPUs' slots unless `serverless_budget`
 caps them (`bench --equal-budget`: EPLB's budget).
 Outside the registry, `online/fixed_plan.py` follows a given plan exactly (tests, benchmarks).
