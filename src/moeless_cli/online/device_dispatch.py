@@ -18,7 +18,10 @@ Three modes, chosen per layer before the gate runs:
   each replica its quota: `BALANCED_KERNELS` kernels plus the collective.
 Which: the mode whose layer time (busiest GPU plus its own decision) was lowest on the layer's past
 batches of the same size class; every mode is evaluated on the true load after the fact, off the
-critical path (a GPU would do it on the side stream); the first batch of a class is balanced.
+critical path (a GPU would do it on a side stream, from per-step loads reduced in bulk later, as vLLM's
+EPLB records its loads; the simulator learns at once, a small optimism); the first batch of a class
+is balanced. The layer time compared is the busiest GPU's expert work plus the decision (the
+all-to-all, which the split changes less, is left out of the choice).
 The preference order (which replica an expert uses first) is set off the critical path, where the
 warm set or the forecast changes: each replica's tokens in the cost-aware split of the forecast.
 Every system is charged the kernels its dispatch adds to the router's top-k at `Hardware.kernel_s`
