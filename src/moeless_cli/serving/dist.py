@@ -37,6 +37,7 @@ import numpy as np
 
 from moeless_cli.errors import MoelessError
 from moeless_cli.online.policies import Policy
+from moeless_cli.serving import routing
 from moeless_cli.serving.experts import FileHostStore, release_fused, tensor_bytes, write_host_store
 from moeless_cli.serving.runtime import ExpertParallelRuntime, LayerTiming, Route
 
@@ -102,8 +103,8 @@ class DistRuntime(ExpertParallelRuntime):
         import torch.distributed as dist
 
         block = -(-top_k_index.shape[0] // self.world)  # tokens per rank (the last block may be short)
-        mine = torch.bincount(top_k_index[self.rank * block:(self.rank + 1) * block].reshape(-1),
-                              minlength=self.loaded.num_experts)
+        mine = routing.expert_counts(top_k_index[self.rank * block:(self.rank + 1) * block].reshape(-1),
+                                     self.loaded.num_experts)
         every = [torch.empty_like(mine) for _ in range(self.world)]
         dist.all_gather(every, mine)
         self.rank_counts = torch.stack(every)  # [world, E]: rank r's pairs of e follow ranks < r's in e's order

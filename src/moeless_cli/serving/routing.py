@@ -2,7 +2,7 @@
 
 Two ways to decide it, one result (`Split`):
 - on the device (`device_split`), when the policy offers a per-layer replica table
-  (`policy.device_table(layer)`): counts [E] = bincount of the gate's experts on the gate's device
+  (`policy.device_table(layer)`): counts [E] = a scatter-add of the gate's experts on the gate's device
   → whole-token quotas per replica column (`serving.device_split.device_quotas_torch`), a fixed
   sequence of torch ops with no host synchronization inside. Only then are the quotas copied to the
   host, because the workers need run sizes to run (outside the decision, not in `decide_s`). When
@@ -36,7 +36,7 @@ class Split:
     expert: np.ndarray  # [u] expert of each used replica
     gpu: np.ndarray  # [u] worker of each used replica
     counts: np.ndarray  # [u] pairs each serves (> 0; sums to load per expert)
-    decide_s: float  # the decision: counts -> split (device path: bincount, collective, quotas)
+    decide_s: float  # the decision: counts -> split (device path: counts, collective, quotas)
     pair_gpu: Callable[[], Any] | None = None  # device path: () -> [T*k] worker of each pair (flat order)
 
 
@@ -61,6 +61,15 @@ def device_table(table: Any, device: Any, cached: DeviceTable | None) -> DeviceT
         return cached
     gpu = np.ascontiguousarray(table.gpu, dtype=np.int64)
     return DeviceTable(table, torch.as_tensor(gpu, device=device), gpu, int(table.num_gpus))
+
+
+def expert_counts(flat: Any, num_experts: int) -> Any:
+    """flat: [P] expert of each (token, slot) pair (torch). Pairs per expert [E] int64, on flat's device,
+    by a scatter-add: torch.bincount reads its output length back to the host on CUDA."""
+    import torch
+
+    counts = torch.zeros(num_experts, dtype=torch.int64, device=flat.device)
+    return counts.scatter_add_(0, flat.to(torch.int64), torch.ones_like(flat, dtype=torch.int64))
 
 
 def group_pairs(flat: Any, k: int) -> tuple[Any, Any]:

@@ -263,9 +263,7 @@ class ExpertParallelRuntime:
 
     def _layer_counts(self, top_k_index: Any) -> Any:
         """top_k_index: [T, k]. [E] int64 pairs per expert, on its device (dist: global, one collective)."""
-        import torch
-
-        return torch.bincount(top_k_index.reshape(-1), minlength=self.loaded.num_experts)
+        return routing.expert_counts(top_k_index.reshape(-1), self.loaded.num_experts)
 
     def _split_on_host(self, layer: int, top_k_index: Any) -> "routing.Split":
         load = self._layer_counts(top_k_index).cpu().numpy()
