@@ -186,3 +186,14 @@ def test_the_predictors_learn_only_from_the_training_requests():
     assert set(np.unique(train.samples.request_ids).tolist()) == {0, 1}
     assert np.array_equal(train.load + requests_load(profile, (2, 3)), profile.load)
     assert train.load[16:].sum() == 0  # the held-out requests' iterations carry none of their loads
+
+
+def test_free_decisions_are_free_for_the_device_splits_mode_choice_too():
+    cluster = _cluster()
+    routing = build_routing(_fake_profile(), 32, 8, 2)
+    charged = simulator.make_setting(cluster, routing, SimConfig(), None)
+    assert charged.kernel_s == cluster.hardware.kernel_s > 0 and charged.counts_collective_s == cluster.collective_s() > 0
+    free = SimConfig(decision="none")
+    free.validate()
+    setting = simulator.make_setting(cluster, routing, free, None)
+    assert setting.kernel_s == 0.0 and setting.counts_collective_s == 0.0

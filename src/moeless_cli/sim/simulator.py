@@ -104,11 +104,13 @@ def make_setting(cluster: ClusterModel, routing: RecordedRouting, config: SimCon
     slots = cluster.slots_per_gpu()
     budget = config.replicas_per_layer or replica_budget(routing.num_experts, cluster.num_gpus, slots, config.redundant)
     serverless = budget if config.equal_budget or config.replicas_per_layer else None
+    free = config.decision == "none"  # decisions cost nothing: the device split's mode choice sees that too
     return dataclasses.replace(PolicySetting(
         num_layers=routing.num_layers, num_experts=routing.num_experts, num_gpus=cluster.num_gpus,
         slots_per_gpu=slots, history=routing.history, entry_tokens=cluster.entry_tokens,
         tile_tokens=cluster.hardware.gemm_tile_tokens if cluster.time_model == "physical" else 1,
-        token_s=cluster.token_s, kernel_s=cluster.hardware.kernel_s, counts_collective_s=cluster.collective_s(),
+        token_s=cluster.token_s, kernel_s=0.0 if free else cluster.hardware.kernel_s,
+        counts_collective_s=0.0 if free else cluster.collective_s(),
         eplb_window=config.eplb_window, eplb_period=config.eplb_period, plan=plan,
         replica_budget=budget, serverless_budget=serverless,
     ), **dict(config.policy_overrides))
