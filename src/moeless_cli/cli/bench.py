@@ -21,8 +21,8 @@ OPTION_HELP = {
     "mode": "sim (simulated cluster), real (serve's runtime), or auto: real when this machine has --gpus CUDA devices.",
     "time_model": "physical (roofline GEMMs with weight streaming, collective latency), compute (an idealisation: "
                   "no weight streaming), roofline, or paper (comparison only).",
-    "decision": "Per-layer charge of split decisions made on the host (moeless, moeless-paper): measured, none, "
-                "or seconds.",
+    "decision": "Per-layer charge of split decisions: measured (moeless-paper's host code timed; the device "
+                "splits' kernels and EPLB's replica pick modelled), none, or seconds.",
     "in_sample": "Replay the very prompts and trace window the plan, spares and predictors learned from "
                  "(default: held out).",
     "max_requests": "Trace requests replayed (held out: the ones after the first as many; in-sample: the first).",

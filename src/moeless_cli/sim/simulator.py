@@ -11,9 +11,10 @@ host after the gate (`decision_on_host`: moeless-paper) pays the measured second
 `dispatch` call (the thread's CPU time around it, this machine's Python: what the decision costs,
 not the waits a loaded machine's scheduler adds); one that decides on the device (moeless,
 eplb+balanced: `online/device_dispatch.py`) pays its modelled kernels and collective
-(`Dispatch.decide_s`); `SimConfig.decision` replaces either by none or a fixed charge. The charge
-overlaps a copy the layer waits for. Static EP, EPLB and Oracle decide what an engine's dispatch
-kernel computes on the device anyway (DeepEP's layout; vLLM's replica pick) and pay nothing extra. `prepare`
+(`Dispatch.decide_s`), EPLB likewise vLLM's replica pick (3 kernels); `SimConfig.decision` replaces
+any of these by none or a fixed charge. The charge overlaps a copy the layer waits for. Static EP and
+Oracle decide what an engine's dispatch kernel computes on the device anyway (DeepEP's layout) and
+pay nothing extra. `prepare`
 (forecast and pre-warming) runs a layer ahead, overlapped with the layer before, and is not charged.
 """
 
@@ -51,8 +52,8 @@ class SimConfig:
     replicas_per_layer: int | None = None  # every system's replica budget per layer (EPLB's and the
     # serverless cap alike: the latency-memory sweep, `bench/pareto.py`); None: the two rules above
     copy_backlog_s: float = 0.25  # serverless: no new copy into a GPU whose copy link is busy this long
-    decision: str | float = "measured"  # host-decision policies' per-layer charge: "measured" (their dispatch
-    # call, timed here), "none", or fixed seconds (deterministic, for tests)
+    decision: str | float = "measured"  # per-layer decision charge: "measured" (host code's dispatch call timed
+    # here, device splits' modelled kernels), "none", or fixed seconds (deterministic, for tests)
     policy_overrides: tuple[tuple[str, Any], ...] = ()  # (PolicySetting field, value) pairs: ablations, e.g.
     # (("dispatch_mode", "shares"),) or (("static_start", True),)
     request_order: str = "cycle"  # trace request i plays recorded request: "cycle": i mod R; "phases":
