@@ -92,3 +92,20 @@ def test_the_setting_refuses_an_unknown_pin():
 
     with pytest.raises(MoelessError, match="pin"):
         make_policy("moeless", _plan_setting(pin="all"), FunctionPool(num_gpus=2, expert_bytes=1e8, keep_alive_s=1.0))
+
+
+def test_the_preference_spreads_first_replicas_even_where_the_forecast_rounds_to_none():
+    """Small batches pay one weight read per used expert: with nothing forecast, each expert's first
+    replica still lands where it adds the least reads (here: experts 1..7 on their own GPUs, not all on
+    GPU 0 with expert 0), as static EP's one-expert-per-GPU layout would."""
+    from moeless_cli.online.policies import forecast_split
+    from moeless_cli.planning.device_split import replica_table
+
+    experts = 8
+    expert = np.array([0] + [e for e in range(1, experts) for _ in range(2)])  # [replicas]
+    gpu = np.array([0] + [g for e in range(1, experts) for g in (0, e)])  # expert e >= 1 on GPU 0 and GPU e
+    setting = PolicySetting(num_layers=1, num_experts=experts, num_gpus=experts, slots_per_gpu=experts,
+                            history=np.ones((1, experts)), entry_tokens=100.0, tile_tokens=64)
+    preference = forecast_split(expert, gpu, np.full(experts, 0.2), setting)  # rounds to 0 tokens each
+    first = replica_table(expert, gpu, experts, experts, preference).gpu[:, 0]  # [experts] column-0 GPU
+    assert sorted(first.tolist()) == list(range(experts))  # one first replica per GPU

@@ -23,7 +23,8 @@ EPLB records its loads; the simulator learns at once, a small optimism); the fir
 is balanced. The layer time compared is the busiest GPU's expert work plus the decision (the
 all-to-all, which the split changes less, is left out of the choice).
 The preference order (which replica an expert uses first) is set off the critical path, where the
-warm set or the forecast changes: each replica's tokens in the cost-aware split of the forecast.
+warm set or the forecast changes: each replica's tokens in the cost-aware split of the forecast, every
+hosted expert counted at least one token (so first replicas spread weight reads as static EP's layout does).
 Every system is charged the kernels its dispatch adds to the router's top-k at `Hardware.kernel_s`
 each: static EP and Oracle none, EPLB `EPLB_KERNELS` (vLLM's random replica pick), moeless and
 eplb+balanced their mode's.

@@ -309,9 +309,14 @@ def device_split(policy: OnlinePolicy, dispatcher: DeviceDispatcher, layer: int,
 
 def forecast_split(expert: np.ndarray, gpu: np.ndarray, forecast: np.ndarray, setting: PolicySetting) -> np.ndarray:
     """expert, gpu: [replicas]; forecast: [experts]. The cost-aware whole-token split of the rounded forecast
-    over these replicas: [replicas] (the device split's preference order; host code, off the critical path)."""
+    over these replicas: [replicas] (the device split's preference order; host code, off the critical path).
+    Every expert with a replica counts at least one token: a forecast rounded to none still sees traffic in
+    most batches, and its first replica then lands where a weight read costs least, so the column-0 map
+    spreads weight reads over the GPUs as static EP's layout does (small batches pay one read per used expert)."""
     whole = np.rint(np.maximum(forecast, 0.0))
-    whole[np.setdiff1d(np.arange(whole.size), expert)] = 0.0  # an expert without a replica here waits anyway
+    hosted = np.zeros(whole.size, dtype=bool)
+    hosted[expert] = True
+    whole = np.where(hosted, np.maximum(whole, 1.0), 0.0)  # an expert without a replica here waits anyway
     return cost_aware_split(expert, gpu, whole, setting.num_gpus, setting.entry_tokens, setting.tile_tokens)
 
 
