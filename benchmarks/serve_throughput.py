@@ -134,6 +134,9 @@ def throughput(args) -> None:
         print(f"moeless local, {label}: {tps[name]:8.1f} tokens/s   ratio {tps[name] / tps['plain']:.3f}x  "
               "(target >= 0.90x)")
         layer_summary(runtimes[name].stats.layers)
+        if runtimes[name].stats.split_modes:
+            print("  device split calls by mode (chosen by measured layer time): "
+                  + ", ".join(f"{m} {n}" for m, n in sorted(runtimes[name].stats.split_modes.items())))
 
 
 def layer_summary(layers) -> None:

@@ -109,3 +109,18 @@ def test_the_preference_spreads_first_replicas_even_where_the_forecast_rounds_to
     preference = forecast_split(expert, gpu, np.full(experts, 0.2), setting)  # rounds to 0 tokens each
     first = replica_table(expert, gpu, experts, experts, preference).gpu[:, 0]  # [experts] column-0 GPU
     assert sorted(first.tolist()) == list(range(experts))  # one first replica per GPU
+
+
+def test_serve_chooses_the_mode_it_measured_faster_and_retries_the_other():
+    from moeless_cli.online.device_dispatch import SERVE_RETRY_EVERY, MeasuredChoice
+
+    choice = MeasuredChoice(num_layers=1)
+    ran = []
+    for _ in range(3 * SERVE_RETRY_EVERY):
+        mode = choice.mode(0, pairs=16)
+        ran.append(mode)
+        choice.record(0, 16, mode, {"balanced": 2e-3, "primary": 1e-3}[mode])  # primary measures faster
+    assert ran[:2] == ["balanced", "primary"]  # each tried once first
+    assert ran.count("balanced") == 1 + 3  # then only on every SERVE_RETRY_EVERY-th call
+    assert choice.mode(0, pairs=4096) == "balanced"  # another size class starts over
+    assert {MeasuredChoice(num_layers=1, modes=("primary",)).mode(0, p) for p in (1, 100)} == {"primary"}

@@ -196,11 +196,13 @@ def test_device_split_generate_matches_plain(family):
     assert max(sum(1 for w in t.worker_tokens if w) for t in layers) > 1  # split over workers
     assert runtime.policy.pool.counters.warm_hits > hits  # the replicas that ran were invoked
     assert set(runtime._tables) == set(range(loaded.num_moe_layers))  # one cached table per layer
+    assert set(runtime.stats.split_modes) == {"balanced", "primary"}  # both tried (and both exact: same tokens)
 
 
-def test_device_split_runs_follow_each_pairs_replica():
+@pytest.mark.parametrize("mode", ["balanced", "primary"])
+def test_device_split_runs_follow_each_pairs_replica(mode):
     """The runs the workers get (used replicas by expert, their pair counts, over the expert-grouped
-    pairs) put every pair on the worker `pair_replica` names for it."""
+    pairs) put every pair on the worker `pair_replica` names for it; primary keeps each expert whole."""
     import torch
 
     from moeless_cli.planning.device_split import replica_table
@@ -213,12 +215,16 @@ def test_device_split_runs_follow_each_pairs_replica():
     flat = torch.randint(0, 4, (200,), generator=torch.Generator().manual_seed(3))
     flat[:120] = 0  # a hot expert: spread over its three replicas
     counts = torch.bincount(flat, minlength=4)
-    split = routing.device_split(counts, flat, table, entry_tokens=4.0, tile_tokens=8, started=0.0)
+    split = routing.device_split(counts, flat, table, entry_tokens=4.0, tile_tokens=8, started=0.0, mode=mode)
     order, _ = routing.group_pairs(flat, 1)
     by_runs = np.repeat(split.gpu, split.counts)  # worker of each position of `order`
     assert np.array_equal(by_runs, split.pair_gpu()[order].numpy())
     assert np.array_equal(np.bincount(split.expert, weights=split.counts, minlength=4), counts.numpy())
-    assert len(set(split.gpu[split.expert == 0].tolist())) > 1
+    assert split.mode == mode
+    if mode == "balanced":
+        assert len(set(split.gpu[split.expert == 0].tolist())) > 1
+    else:  # every expert on its first replica only
+        assert split.expert.tolist() == [0, 1, 2, 3] and split.gpu.tolist() == table.gpu_host[:, 0].tolist()
 
 
 @pytest.mark.slow

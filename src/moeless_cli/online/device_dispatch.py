@@ -22,6 +22,9 @@ critical path (a GPU would do it on a side stream, from per-step loads reduced i
 EPLB records its loads; the simulator learns at once, a small optimism); the first batch of a class
 is balanced. The layer time compared is the busiest GPU's expert work plus the decision (the
 all-to-all, which the split changes less, is left out of the choice).
+Serve's runtime runs `primary` and `balanced` on the device (`serving/routing.py`) and chooses between
+them by what it measures, not by the model (`MeasuredChoice`: per layer and size class, the mode whose
+measured MoE-layer time was lower, the other re-measured now and then).
 The preference order (which replica an expert uses first) is set off the critical path, where the
 warm set or the forecast changes: each replica's tokens in the cost-aware split of the forecast, every
 hosted expert counted at least one token (so first replicas spread weight reads as static EP's layout does).
@@ -52,8 +55,15 @@ PRIMARY_KERNELS = 1  # primary mode: one gather of each pair's replica from the 
 EPLB_KERNELS = 3  # vLLM's EPLB: a random index per pair, modulo its expert's replica count, a gather from
 # the logical-to-physical map (vllm/distributed/eplb; counted unfused)
 MODES = ("adaptive", "balanced", "shares", "primary")
+SERVE_MODES = ("balanced", "primary")  # what serve's runtime runs on the device (shares: the simulator's only, so far)
 SIZE_CLASSES = 24  # batches grouped by log2 of their token-expert pairs
 LEARNING_RATE = 0.3  # weight of the newest batch in a size class's running layer time
+SERVE_RETRY_EVERY = 16  # serve re-measures the mode it is not using on every 16th call of a size class
+
+
+def size_class(pairs: int) -> int:
+    """A batch's size class: log2 of its token-expert pairs (+1), capped."""
+    return min((int(pairs) + 1).bit_length() - 1, SIZE_CLASSES - 1)  # floor(log2(pairs + 1)), in integers
 
 
 def shares_split(table: ReplicaTable, expert: np.ndarray, preference: np.ndarray, load: np.ndarray) -> np.ndarray:
@@ -126,23 +136,29 @@ class DeviceDispatcher:
         table, preference = self.table(layer, expert, gpu, load.size)
         if not np.array_equal(load, np.rint(load)):  # not a gate's counts: nothing to balance on the device
             return shares_split(table, expert, preference, load), self.decision_s("shares")
-        counts = np.rint(load).astype(np.int64)
-        size = min(int(np.log2(counts.sum() + 1)), SIZE_CLASSES - 1)
-        chosen = self._choose(layer, size)
-        splits = {"balanced": quotas_to_replicas(device_quotas(counts, table, self.entry_tokens, self.tile_tokens),
-                                                 table).astype(np.float64),
-                  "shares": shares_split(table, expert, preference, load),
-                  "primary": primary_split(table, expert, load)}
+        size = size_class(int(np.rint(load).sum()))
+        chosen = self._choose(layer, size, MODES[1:])
+        splits = self._splits(table, expert, preference, load)
         self._learn(layer, size, gpu, splits)
         return splits[chosen], self.decision_s(chosen)
 
-    def _choose(self, layer: int, size: int) -> str:
+    def _splits(self, table: ReplicaTable, expert: np.ndarray, preference: np.ndarray,
+                load: np.ndarray) -> dict[str, np.ndarray]:
+        """load: [experts] whole counts. Every mode's tokens per replica [replicas]."""
+        counts = np.rint(load).astype(np.int64)
+        return {"balanced": quotas_to_replicas(device_quotas(counts, table, self.entry_tokens, self.tile_tokens),
+                                               table).astype(np.float64),
+                "shares": shares_split(table, expert, preference, load),
+                "primary": primary_split(table, expert, load)}
+
+    def _choose(self, layer: int, size: int, allowed: tuple[str, ...]) -> str:
+        """The fixed mode, or (adaptive) the allowed mode with the lowest running layer time on this size class."""
         if self.mode != "adaptive":
             return self.mode
-        seen = self.layer_s[layer, size]
+        seen = self.layer_s[layer, size, [MODES.index(m) - 1 for m in allowed]]
         if np.isnan(seen).any():
             return "balanced"  # no evidence yet
-        return MODES[1 + int(np.argmin(seen))]  # ties: the earlier mode (balanced, then shares)
+        return allowed[int(np.argmin(seen))]  # ties: the earlier mode (balanced, then shares)
 
     def _learn(self, layer: int, size: int, gpu: np.ndarray, splits: dict[str, np.ndarray]) -> None:
         """Running layer time of every mode on this size class: busiest GPU plus the mode's decision."""
@@ -151,3 +167,40 @@ class DeviceDispatcher:
             seconds = busiest * self.token_s + self.decision_s(mode)
             old = self.layer_s[layer, size, i]
             self.layer_s[layer, size, i] = seconds if np.isnan(old) else (1 - LEARNING_RATE) * old + LEARNING_RATE * seconds
+
+
+@dataclass
+class MeasuredChoice:
+    """serve's device-split mode per layer and size class, by measured MoE-layer wall time: a class's first
+    calls try each mode in turn; then the faster mode so far runs, and every SERVE_RETRY_EVERY-th call the other
+    (a deployment's costs, decision included, are what they measure, whatever the model says)."""
+
+    num_layers: int
+    modes: tuple[str, ...] = SERVE_MODES  # the modes chosen among; one mode: always that one
+    seconds: np.ndarray = field(default_factory=lambda: np.zeros(0))  # [layers, SIZE_CLASSES, modes] running time
+    calls: np.ndarray = field(default_factory=lambda: np.zeros(0))  # [layers, SIZE_CLASSES] calls so far
+
+    def __post_init__(self) -> None:
+        assert self.modes and all(m in SERVE_MODES for m in self.modes)
+        self.seconds = np.full((self.num_layers, SIZE_CLASSES, len(self.modes)), np.nan)
+        self.calls = np.zeros((self.num_layers, SIZE_CLASSES), dtype=np.int64)
+
+    def mode(self, layer: int, pairs: int) -> str:
+        """The mode of the next call of `layer` with `pairs` token-expert pairs."""
+        size = size_class(pairs)
+        seen, call = self.seconds[layer, size], int(self.calls[layer, size])
+        untried = np.flatnonzero(np.isnan(seen))
+        if untried.size:
+            return self.modes[int(untried[0])]
+        best = int(np.argmin(seen))
+        if len(self.modes) > 1 and call % SERVE_RETRY_EVERY == SERVE_RETRY_EVERY - 1:
+            return self.modes[(best + 1) % len(self.modes)]
+        return self.modes[best]
+
+    def record(self, layer: int, pairs: int, mode: str, seconds: float) -> None:
+        """A call of `layer` with `pairs` pairs ran in `mode` and took `seconds` (decision, exchange and experts)."""
+        size = size_class(pairs)
+        self.calls[layer, size] += 1
+        i = self.modes.index(mode)
+        old = self.seconds[layer, size, i]
+        self.seconds[layer, size, i] = seconds if np.isnan(old) else (1 - LEARNING_RATE) * old + LEARNING_RATE * seconds

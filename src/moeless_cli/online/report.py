@@ -17,7 +17,7 @@ system, two figures:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -134,6 +134,7 @@ class ServeMeasurements:
     interrupted: bool  # Ctrl-C stopped the run: the report is partial
     errors: list[str]  # failed iterations' errors, in order
     outputs: dict[int, list[int]]  # request id -> generated token ids
+    split_modes: dict[str, int] = field(default_factory=dict)  # device split calls per mode (primary, balanced)
 
 
 def _moe_layer_parts_ms(layers: Sequence[Any]) -> dict[str, dict[str, float | None]]:
@@ -164,6 +165,7 @@ def serve_report(m: ServeMeasurements) -> dict[str, Any]:
         "moe_layer_ms_per_layer": [latency_stats([t.moe_s * 1e3 for t in layers if t.layer == layer], (50, 99))
                                    for layer in range(m.num_layers)],
         "moe_layer_parts_ms": _moe_layer_parts_ms(layers),
+        "device_split_modes": dict(sorted(m.split_modes.items())),  # calls per mode; {} when the split ran on the host
         "online_step_ms": latency_stats(np.array(m.predict_s) * 1e3, (50, 99)),
         "predictor": {"path": options["predictor"], "method": m.predictor_method, "predictions": m.predictions},
         "functions_measured": dict(m.functions_measured),

@@ -64,6 +64,11 @@ class DistRuntime(ExpertParallelRuntime):
         self.iteration_now = 0.0  # rank 0's clock for the current step (same on every rank)
         self.planned_replicas = 0  # replicas the policy placed on this rank at install (its plan's share)
 
+    def split_modes(self) -> tuple[str, ...]:
+        """Balanced only: each rank measures its own layer times, so ranks choosing by them could disagree, and
+        every rank must size the workers' runs from the same quotas."""
+        return ("balanced",)
+
     def install(self) -> None:
         super().install()
         self.planned_replicas = sum(1 for table in self.policy.pool.layers.values() for _, gpu in table

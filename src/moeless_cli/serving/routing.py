@@ -38,6 +38,7 @@ class Split:
     counts: np.ndarray  # [u] pairs each serves (> 0; sums to load per expert)
     decide_s: float  # the decision: counts -> split (device path: counts, collective, quotas)
     pair_gpu: Callable[[], Any] | None = None  # device path: () -> [T*k] worker of each pair (flat order)
+    mode: str | None = None  # device path: "primary" or "balanced"; None: the host's dispatch
 
 
 @dataclass
@@ -68,6 +69,8 @@ def expert_counts(flat: Any, num_experts: int) -> Any:
     by a scatter-add: torch.bincount reads its output length back to the host on CUDA."""
     import torch
 
+    if flat.device.type == "cpu":  # the host is the device: numpy counts the same memory with fewer calls
+        return torch.from_numpy(np.bincount(flat.numpy(), minlength=num_experts).astype(np.int64))
     counts = torch.zeros(num_experts, dtype=torch.int64, device=flat.device)
     return counts.scatter_add_(0, flat.to(torch.int64), torch.ones_like(flat, dtype=torch.int64))
 
@@ -122,10 +125,12 @@ def quota_cells(quotas: np.ndarray, table_gpu: np.ndarray) -> tuple[np.ndarray, 
 
 
 def device_split(counts: Any, flat: Any, table: DeviceTable, entry_tokens: float, tile_tokens: int,
-                 started: float) -> Split:
+                 started: float, mode: str = "balanced") -> Split:
     """counts: [E] int64 on the gate's device (global under dist); flat: [T*k] expert of each pair.
-    The quotas are decided on the device; `started` is when the decision began (perf_counter), and
-    it ends when the quotas are computed (a CUDA device is synchronized only to time it)."""
+    The quotas are decided on the device, in `mode` (online/device_dispatch.py): "balanced" (the
+    cost-aware quotas) or "primary" (every pair on its expert's column-0 replica). `started` is when
+    the decision began (perf_counter), and it ends when the quotas are computed (a CUDA device is
+    synchronized only to time it)."""
     import time
 
     import torch
@@ -133,7 +138,10 @@ def device_split(counts: Any, flat: Any, table: DeviceTable, entry_tokens: float
     from moeless_cli.planning.device_split import device_quotas
     from moeless_cli.serving.device_split import device_quotas_torch, pair_replica
 
-    if counts.device.type == "cpu":  # the host is the device: the numpy twin, same integers, cheaper ops
+    if mode == "primary":
+        quotas = torch.zeros_like(table.gpu)  # [E, K]
+        quotas[:, 0] = counts
+    elif counts.device.type == "cpu":  # the host is the device: the numpy twin, same integers, cheaper ops
         quotas = torch.from_numpy(device_quotas(counts.numpy(), table.source, entry_tokens, tile_tokens))
     else:
         quotas = device_quotas_torch(counts, table.gpu, table.num_gpus, entry_tokens, tile_tokens)
@@ -145,4 +153,4 @@ def device_split(counts: Any, flat: Any, table: DeviceTable, entry_tokens: float
     def pair_gpu() -> Any:
         return table.gpu[flat, pair_replica(flat, quotas)]
 
-    return Split(counts.cpu().numpy(), expert, gpu, pairs, decide_s, pair_gpu)
+    return Split(counts.cpu().numpy(), expert, gpu, pairs, decide_s, pair_gpu, mode)

@@ -217,7 +217,7 @@ def measure(o: ServeOptions, prepared: Prepared, runtime: Any, timings: list[Any
         timings=timings, layers=stats.layers, predict_s=stats.predict_s,
         predictor_method=runtime.predictor_method, predictions=stats.predictions, cost=cost,
         functions=prepared.pool.counters, functions_measured=asdict(runtime.ledger.counters), makespan_s=makespan,
-        interrupted=interrupted, errors=errors, outputs=outputs,
+        interrupted=interrupted, errors=errors, outputs=outputs, split_modes=dict(stats.split_modes),
     )
 
 

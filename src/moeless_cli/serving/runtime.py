@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from moeless_cli.online.device_dispatch import SERVE_MODES, MeasuredChoice
 from moeless_cli.online.policies import Policy
 from moeless_cli.serving import gather as gather_mod
 from moeless_cli.serving import routing
@@ -60,6 +61,7 @@ class Route:
     copied: int  # replicas copied on the critical path (this process's)
     decide_s: float = 0.0  # the split decision (see serving/routing.py)
     pair_gpu: Callable[[], Any] | None = None  # device split: () -> [T*k] worker of each pair, flat order
+    mode: str | None = None  # device split: the mode it ran (online/device_dispatch.py); None: on the host
 
 
 @dataclass
@@ -68,6 +70,7 @@ class RuntimeStats:
     predict_s: list[float] = field(default_factory=list)  # predict + scale + place per call (overlapped)
     busy_workers: list[int] = field(default_factory=list)  # workers with tokens, per MoE layer call
     predictions: int = 0  # forecasts made by the predictor (layers ahead)
+    split_modes: dict[str, int] = field(default_factory=dict)  # device split calls per mode (primary, balanced)
 
 
 def _make_module_class():
@@ -109,6 +112,13 @@ class ExpertParallelRuntime:
         self._restore_blocks: Any = lambda: None  # undoes loaded.standardise_moe_blocks()
         self._tables: dict[int, routing.DeviceTable] = {}  # layer -> the policy's replica table on the device
         self._predictable = set(predictor.layers(distance)) if self.predictor_method else set()
+        self.split_choice = MeasuredChoice(loaded.num_moe_layers, self.split_modes())  # device split: mode by measure
+
+    def split_modes(self) -> tuple[str, ...]:
+        """The device split's modes this runtime chooses among: the policy's `dispatch_mode` where it names one
+        serve runs, else primary and balanced (chosen by measured layer time)."""
+        wanted = getattr(getattr(self.policy, "setting", None), "dispatch_mode", "adaptive")
+        return SERVE_MODES if wanted == "adaptive" else ((wanted,) if wanted in SERVE_MODES else ("balanced",))
 
     def now(self) -> float:
         return time.perf_counter() - self.started
@@ -207,6 +217,8 @@ class ExpertParallelRuntime:
                              np.bincount(route.gpu, weights=route.counts, minlength=width).astype(int).tolist(),
                              np.bincount(route.gpu, minlength=width).tolist())
         self.stats.layers.append(timing)
+        if route.mode is not None:
+            self.split_choice.record(layer, int(route.top_k_index.numel()), route.mode, timing.moe_s)
         self.stats.busy_workers.append(len(jobs))
         # per-invocation billing of the replicas that ran (the policy recorded their use)
         self.policy.pool.bill(layer, len(slot_of), timing.moe_s)
@@ -250,7 +262,7 @@ class ExpertParallelRuntime:
         if self.predictor is not None:
             self.predictor.observe_load(layer, split.load)
         return Route(top_k_index, order, token_of, split.load, split.expert, split.gpu, split.counts, cold,
-                     len(missing), split.decide_s, split.pair_gpu)
+                     len(missing), split.decide_s, split.pair_gpu, split.mode)
 
     def _device_table(self, layer: int, device: Any) -> "routing.DeviceTable | None":
         """The policy's replica table for `layer` on `device` when it offers one (cached while unchanged)."""
@@ -275,10 +287,12 @@ class ExpertParallelRuntime:
         """The device split, then what the policy's `dispatch` would have recorded: the layer's load
         and an invocation of the replicas that run (starting when the last of them is ready)."""
         setting = getattr(self.policy, "setting", None)
+        mode = self.split_choice.mode(layer, int(top_k_index.numel()))  # host-side, before the gate's output is read
         started = time.perf_counter()
         counts = self._layer_counts(top_k_index)
         split = routing.device_split(counts, top_k_index.reshape(-1), table, float(getattr(setting, "entry_tokens", 0.0)),
-                                     int(getattr(setting, "tile_tokens", DEFAULT_TILE_TOKENS)), started)
+                                     int(getattr(setting, "tile_tokens", DEFAULT_TILE_TOKENS)), started, mode)
+        self.stats.split_modes[mode] = self.stats.split_modes.get(mode, 0) + 1
         self.policy.observe(layer, split.load)
         pool, now = self.policy.pool, self.now()
         ready = [pool.ready_s(layer, e, g) for e, g in zip(split.expert.tolist(), split.gpu.tolist())]
