@@ -124,3 +124,18 @@ def test_serve_chooses_the_mode_it_measured_faster_and_retries_the_other():
     assert ran.count("balanced") == 1 + 3  # then only on every SERVE_RETRY_EVERY-th call
     assert choice.mode(0, pairs=4096) == "balanced"  # another size class starts over
     assert {MeasuredChoice(num_layers=1, modes=("primary",)).mode(0, p) for p in (1, 100)} == {"primary"}
+
+
+def test_home_mode_routes_like_static_ep_for_free_where_every_home_is_warm():
+    """Tiny batches pay one weight read per used expert whatever the split: the home mode (no kernel) wins
+    them; an expert whose home is not warm makes the mode unavailable."""
+    from moeless_cli.online.device_dispatch import HOME_KERNELS
+
+    d = _dispatcher(entry=100.0)
+    d.set_home(0, np.array([1, 0]))  # expert 0 at home on GPU 1, expert 1 on GPU 0
+    for _ in range(3):
+        tokens, seconds = d.split(0, EXPERT, GPU, np.array([1.0, 1.0]))
+    assert tokens.tolist() == [0, 1, 1] and seconds == HOME_KERNELS * KERNEL_S == 0.0
+    # expert 0's home (GPU 1) not warm: home is out, the split still serves every token
+    tokens, seconds = d.split(0, EXPERT[[0, 2]], GPU[[0, 2]], np.array([1.0, 1.0]))
+    assert tokens.sum() == 2 and seconds > 0.0

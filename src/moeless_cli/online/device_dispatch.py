@@ -6,9 +6,12 @@ the whole tokens a replica serves in one layer call; *token units* are one token
 (a replica serving t > 0 tokens costs max(entry, tile * ceil(t / tile)) of them: weight streaming
 against whole GEMM row tiles, the physical time model's charge).
 
-Three modes, chosen per layer before the gate runs:
-- `primary`: every token goes to its expert's column-0 replica (one gather from a fixed map, as
-  static EP with a placement table): `PRIMARY_KERNELS`;
+Four modes, chosen per layer before the gate runs:
+- `home`: every token goes to its expert's home replica, where the pinned replicas give every GPU
+  E / G of them (`planning/homes.py`): static EP's routing after a load-time renaming of the
+  experts, no kernel (`HOME_KERNELS`); available when every expert with tokens has its home warm;
+- `primary`: every token goes to its expert's column-0 replica (one gather from a map that follows
+  the forecast): `PRIMARY_KERNELS`;
 - `shares`: every rank splits its own tokens of an expert over the expert's warm replicas in the
   proportions the forecast's split gave them (local counts only, no collective): `SHARE_KERNELS`
   small kernels. The simulator applies the shares to the layer's global counts (each rank's rounding,
@@ -52,9 +55,10 @@ BALANCED_KERNELS = 7 + 6 * DEFAULT_PASSES
 SHARE_KERNELS = 6  # shares mode: counts (a scatter-add), quotas = floor(shares x local counts) + largest
 # remainders (a sort), each pair's column by rank (a sort, a searchsorted): counted unfused, an upper bound
 PRIMARY_KERNELS = 1  # primary mode: one gather of each pair's replica from the column-0 map
+HOME_KERNELS = 0  # home mode: the gate's ids are the homes' names (renamed at load time), as in static EP
 EPLB_KERNELS = 3  # vLLM's EPLB: a random index per pair, modulo its expert's replica count, a gather from
 # the logical-to-physical map (vllm/distributed/eplb; counted unfused)
-MODES = ("adaptive", "balanced", "shares", "primary")
+MODES = ("adaptive", "balanced", "shares", "primary", "home")
 SERVE_MODES = ("balanced", "primary")  # what serve's runtime runs on the device (shares: the simulator's only, so far)
 SIZE_CLASSES = 24  # batches grouped by log2 of their token-expert pairs
 LEARNING_RATE = 0.3  # weight of the newest batch in a size class's running layer time
@@ -86,6 +90,19 @@ def primary_split(table: ReplicaTable, expert: np.ndarray, load: np.ndarray) -> 
     return tokens
 
 
+def home_split(home: np.ndarray | None, expert: np.ndarray, gpu: np.ndarray, load: np.ndarray) -> np.ndarray | None:
+    """home: [experts] home GPUs or None; expert, gpu: [replicas] warm; load: [experts]. Every token of an
+    expert on its home replica [replicas], or None when some expert with tokens has no warm home."""
+    if home is None:
+        return None
+    at_home = np.flatnonzero(gpu == home[expert])  # [experts with a warm home] replica indices
+    tokens = np.zeros(expert.size)
+    tokens[at_home] = load[expert[at_home]]
+    if not np.isclose(tokens.sum(), load.sum()):
+        return None
+    return tokens
+
+
 @dataclass
 class DeviceDispatcher:
     """Per-layer preference tables, mode choice and the modelled cost of each decision."""
@@ -100,6 +117,7 @@ class DeviceDispatcher:
     mode: str = "adaptive"  # one of MODES
     preference: list[dict[tuple[int, int], float]] = field(default_factory=list)  # per layer: (expert, gpu) -> forecast tokens
     layer_s: np.ndarray = field(default_factory=lambda: np.zeros(0))  # [layers, SIZE_CLASSES, modes] running layer time
+    homes: dict[int, np.ndarray] = field(default_factory=dict)  # layer -> home GPU of each expert [experts]
     _tables: dict[int, tuple[bytes, ReplicaTable, np.ndarray]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -109,8 +127,16 @@ class DeviceDispatcher:
 
     def decision_s(self, mode: str) -> float:
         """Modelled seconds of one decision in `mode` (MODES but adaptive)."""
-        kernels = {"balanced": BALANCED_KERNELS, "shares": SHARE_KERNELS, "primary": PRIMARY_KERNELS}[mode]
+        kernels = {"balanced": BALANCED_KERNELS, "shares": SHARE_KERNELS, "primary": PRIMARY_KERNELS,
+                   "home": HOME_KERNELS}[mode]
         return kernels * self.kernel_s + (self.collective_s if mode == "balanced" else 0.0)
+
+    def set_home(self, layer: int, home: np.ndarray | None) -> None:
+        """home: [experts] each expert's home GPU (`planning.homes.balanced_homes`), or None: no home mode."""
+        if home is None:
+            self.homes.pop(layer, None)
+        else:
+            self.homes[layer] = np.asarray(home, dtype=np.int64)
 
     def prefer(self, layer: int, expert: np.ndarray, gpu: np.ndarray, forecast_tokens: np.ndarray) -> None:
         """expert, gpu, forecast_tokens: [replicas]: the forecast's split, which orders each expert's replicas."""
@@ -137,8 +163,11 @@ class DeviceDispatcher:
         if not np.array_equal(load, np.rint(load)):  # not a gate's counts: nothing to balance on the device
             return shares_split(table, expert, preference, load), self.decision_s("shares")
         size = size_class(int(np.rint(load).sum()))
-        chosen = self._choose(layer, size, MODES[1:])
         splits = self._splits(table, expert, preference, load)
+        home = home_split(self.homes.get(layer), expert, gpu, load)
+        if home is not None:
+            splits["home"] = home
+        chosen = self._choose(layer, size, tuple(m for m in MODES[1:] if m in splits))
         self._learn(layer, size, gpu, splits)
         return splits[chosen], self.decision_s(chosen)
 
@@ -154,15 +183,17 @@ class DeviceDispatcher:
     def _choose(self, layer: int, size: int, allowed: tuple[str, ...]) -> str:
         """The fixed mode, or (adaptive) the allowed mode with the lowest running layer time on this size class."""
         if self.mode != "adaptive":
-            return self.mode
+            return self.mode if self.mode in allowed else "primary"  # home without homes: the nearest map
         seen = self.layer_s[layer, size, [MODES.index(m) - 1 for m in allowed]]
         if np.isnan(seen).any():
             return "balanced"  # no evidence yet
-        return allowed[int(np.argmin(seen))]  # ties: the earlier mode (balanced, then shares)
+        return allowed[int(np.argmin(seen))]  # ties: the earlier mode (balanced, shares, primary, home)
 
     def _learn(self, layer: int, size: int, gpu: np.ndarray, splits: dict[str, np.ndarray]) -> None:
         """Running layer time of every mode on this size class: busiest GPU plus the mode's decision."""
         for i, mode in enumerate(MODES[1:]):
+            if mode not in splits:  # not available on this batch
+                continue
             busiest = busiest_cost(gpu, splits[mode], self.num_gpus, self.entry_tokens, self.tile_tokens)
             seconds = busiest * self.token_s + self.decision_s(mode)
             old = self.layer_s[layer, size, i]

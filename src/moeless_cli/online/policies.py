@@ -132,7 +132,17 @@ class EplbBalancedPolicy(EplbPolicy):
 
     def start(self, now: float = 0.0) -> None:
         self.dispatcher = device_dispatcher(self.setting)
+        self._homes_of: dict[int, LayerPlan] = {}  # layer -> the plan its homes were chosen from
         super().start(now)
+
+    def _switch_when_ready(self, layer: int, now: float) -> None:
+        """EPLB's switch to a re-plan, and the homes of the plan in force (renamed at the switch, when the
+        weights move anyway)."""
+        super()._switch_when_ready(layer, now)
+        plan = self.plans[layer]
+        if self._homes_of.get(layer) is not plan:
+            self.dispatcher.set_home(layer, plan_homes(plan, self.setting))
+            self._homes_of[layer] = plan
 
     def device_table(self, layer: int) -> ReplicaTable:
         """The replica table serve's device split uses for `layer` (its plan, in the preference order)."""
@@ -199,10 +209,12 @@ class MoelessPolicy(OnlinePolicy):
     def start(self, now: float = 0.0) -> None:
         require_choice("pin", self.setting.pin, ("base", "plan"))
         self.dispatcher = device_dispatcher(self.setting)
+        self._homes: dict[int, np.ndarray | None] = {}  # layer -> home GPU per expert (set by initial_plan)
         super().start(now)
-        if self.setting.pin == "base":
-            for layer, plan in enumerate(self.plans):
-                _pin_one_per_expert(self.pool, layer, plan)
+        for layer, plan in enumerate(self.plans):
+            self.dispatcher.set_home(layer, self._homes[layer])
+            if self.setting.pin == "base":
+                _pin_one_per_expert(self.pool, layer, plan, self._homes[layer])
 
     def device_table(self, layer: int) -> ReplicaTable:
         """The replica table serve's device split uses for `layer`: every live instance, in the preference order."""
@@ -210,6 +222,23 @@ class MoelessPolicy(OnlinePolicy):
         return self.dispatcher.table(layer, expert, gpu, self.setting.num_experts)[0]
 
     def initial_plan(self, layer: int) -> LayerPlan:
+        """The starting plan (`_starting_plan`) with its home replicas (`planning/homes.py`): new ones added
+        where the plan's own cannot give every GPU E / G homes and memory holds them."""
+        from moeless_cli.planning.homes import homes_for_plan
+
+        s = self.setting
+        plan = self._starting_plan(layer)
+        found = homes_for_plan(plan.expert, plan.gpu, plan.share, np.asarray(s.history[layer], dtype=np.float64),
+                               s.num_gpus, s.slots_per_gpu, s.max_replicas(serverless=True))
+        self._homes[layer] = None if found is None else found[0]
+        if found is None or not found[1].any():
+            return plan
+        home, new = found
+        added = np.flatnonzero(new)  # [new homes] experts
+        return LayerPlan(np.concatenate([plan.expert, added]), np.concatenate([plan.gpu, home[added]]),
+                         np.concatenate([plan.share, np.zeros(added.size)]))  # a new home serves no planned share
+
+    def _starting_plan(self, layer: int) -> LayerPlan:
         s = self.setting
         if s.static_start:
             return static_placement(s.num_experts, s.num_gpus)
@@ -279,13 +308,23 @@ class MoelessPolicy(OnlinePolicy):
         return device_split(self, self.dispatcher, layer, expert[ready], gpu[ready], load, now)
 
 
-def _pin_one_per_expert(pool: FunctionPool, layer: int, plan: LayerPlan) -> None:
-    """Keep pinned only each expert's largest-share replica of `plan`: the rest are serverless (reclaimed
-    after the keep-alive when idle, warmed again when a forecast wants them)."""
-    order = np.lexsort((np.arange(plan.expert.size), -plan.share, plan.expert))
-    first = np.ones(order.size, dtype=bool)
-    first[1:] = plan.expert[order][1:] != plan.expert[order][:-1]
-    keep = {(int(plan.expert[r]), int(plan.gpu[r])) for r in order[first]}
+def plan_homes(plan: LayerPlan, setting: PolicySetting) -> np.ndarray | None:
+    """The home GPU of each expert among `plan`'s replicas, E / G per GPU (`planning/homes.py`), or None."""
+    from moeless_cli.planning.homes import balanced_homes
+
+    return balanced_homes(plan.expert, plan.gpu, plan.share, setting.num_experts, setting.num_gpus)
+
+
+def _pin_one_per_expert(pool: FunctionPool, layer: int, plan: LayerPlan, home: np.ndarray | None) -> None:
+    """Keep pinned only each expert's home replica (`plan_homes`), else its largest-share replica of `plan`:
+    the rest are serverless (reclaimed after the keep-alive when idle, warmed again when a forecast wants them)."""
+    if home is not None:
+        keep = {(e, int(g)) for e, g in enumerate(home.tolist())}
+    else:
+        order = np.lexsort((np.arange(plan.expert.size), -plan.share, plan.expert))
+        first = np.ones(order.size, dtype=bool)
+        first[1:] = plan.expert[order][1:] != plan.expert[order][:-1]
+        keep = {(int(plan.expert[r]), int(plan.gpu[r])) for r in order[first]}
     for e, g in zip(plan.expert.tolist(), plan.gpu.tolist()):
         inst = pool.get(layer, e, g)
         if inst is not None and (e, g) not in keep:
