@@ -18,11 +18,12 @@ Registry (`ONLINE_POLICIES`):
   and iteration, equal split over the planned replicas already warm (falling back to any warm
   instance of an expert; waiting only when an expert has none). One instance per expert (the
   starting static placement) stays pinned, as Algorithm 1 starts from one replica per expert.
-- moeless: starts from the `moeless plan` placement (best with `--spares`), pins one instance per
-  expert (`pin`), pre-warms replicas where the predictor's forecast says the water-filled dispatch
+- moeless: starts from the `moeless plan` placement (best with `--spares`), plus home replicas where it
+  lacks them (`planning/homes.py`: one per expert, E / G per GPU), pins one instance per expert, its
+  home (`pin`), pre-warms replicas where the predictor's forecast says the water-filled dispatch
   would still straggle, orders each expert's warm replicas by the forecast's cost-aware split, and
   splits each batch on the device over the replicas already warm (`online/device_dispatch.py`:
-  primary, shares or balanced per layer; never waits for a copy); unpinned replicas go after the
+  home, primary, shares or balanced per layer; never waits for a copy); unpinned replicas go after the
   keep-alive.
 The serverless two (moeless-paper, moeless) scale within the GPUs' slots unless `serverless_budget`
 caps them (`bench --equal-budget`: EPLB's budget).
