@@ -57,7 +57,8 @@ class Regime:
 
 MODELS = {
     "mixtral": ModelSetting("Mixtral-8x7B, 8x A6000", "mixtral-8x7b", "a6000", 200),
-    "olmoe": ModelSetting("OLMoE-1B-7B, 8x H100", "olmoe-1b-7b", "h100", 100),
+    "olmoe": ModelSetting("OLMoE-1B-7B, 8x H100", "olmoe-1b-7b", "h100", 50),  # 64 experts x top-8 in host Python:
+    # 50 requests take 3-25 min per cell on 2 cores (100: over an hour for the decode-heavy one)
 }
 REGIMES = {
     "decode": Regime("decode-heavy (azure-conv)", "azure-conv"),
@@ -179,7 +180,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                                      epilog="Other options are passed through to `moeless bench`.")
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     parser.add_argument("--regimes", nargs="+", choices=list(REGIMES), default=list(REGIMES))
-    parser.add_argument("--requests", type=int, help="trace requests replayed (default: 200 Mixtral, 100 OLMoE)")
+    parser.add_argument("--requests", type=int, help="trace requests replayed (default: 200 Mixtral, 50 OLMoE)")
     parser.add_argument("--out", type=Path, default=Path("bench-out") / "regimes")
     parser.add_argument("--force", action="store_true", help="run again cells whose result is saved")
     parser.add_argument("--render", action="store_true", help="print the table from saved results only")

@@ -43,3 +43,16 @@ def test_homes_exist_exactly_when_some_choice_balances(seed):
     if home is not None:
         assert all(home[e] in options[e] for e in range(experts))
         assert np.bincount(home, minlength=gpus).tolist() == [experts // gpus] * gpus
+
+
+def test_a_plan_without_homes_gets_new_ones_on_its_least_loaded_gpus_when_memory_holds_them():
+    from moeless_cli.planning.homes import homes_for_plan
+
+    # a load-balancing plan: hot expert 0 alone on GPU 0 (twice), experts 1-3 crowded on GPU 1
+    expert, gpu, share = np.array([0, 0, 1, 2, 3]), np.array([0, 1, 1, 1, 1]), np.array([0.5, 0.5, 1.0, 1.0, 1.0])
+    load = np.array([90.0, 2.0, 2.0, 2.0])
+    assert balanced_homes(expert, gpu, share, 4, 2) is None
+    home, new = homes_for_plan(expert, gpu, share, load, num_gpus=2, slots_per_gpu=4, max_replicas=8)
+    assert np.bincount(home, minlength=2).tolist() == [2, 2]
+    assert new.sum() == 1 and home[new].tolist() == [0]  # one cold expert gets a new home on GPU 0
+    assert homes_for_plan(expert, gpu, share, load, num_gpus=2, slots_per_gpu=4, max_replicas=5) is None  # no room

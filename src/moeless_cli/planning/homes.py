@@ -9,11 +9,12 @@ replica such that every GPU holds E / G homes, sending every pair to its expert'
 decision kernel at all (the device split's `home` mode, `online/device_dispatch.py`), while the
 other replicas stay available to the modes that balance.
 
-`homes_for_plan` adds new home replicas to a plan whose own replicas admit no such choice (a plan that
-balances load puts a hot expert alone where cold ones crowd elsewhere), on the GPUs the plan loads
-least, when memory holds them. `balanced_homes` picks the homes among a placement's replicas, preferring each expert's larger
+`balanced_homes` picks the homes among a placement's replicas, preferring each expert's larger
 shares, by augmenting paths (Kuhn's matching with GPU capacities): a perfect assignment exists iff
 the search finds one, so None means no choice of replicas can give every GPU E / G homes.
+`homes_for_plan` adds new home replicas to a plan whose own replicas admit no such choice (a plan
+that balances load puts a hot expert alone where cold ones crowd elsewhere), on the GPUs the plan
+loads least, when memory holds them.
 """
 
 from __future__ import annotations
