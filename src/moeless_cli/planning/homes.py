@@ -74,12 +74,7 @@ def homes_for_plan(expert: np.ndarray, gpu: np.ndarray, share: np.ndarray, load:
     num_experts = load.size
     home = balanced_homes(expert, gpu, share, num_experts, num_gpus)
     if home is None and num_experts % num_gpus == 0:
-        planned = np.bincount(gpu, weights=share * load[expert], minlength=num_gpus)  # [gpus]
-        every_e = np.repeat(np.arange(num_experts), num_gpus)  # [experts * gpus] any expert on any GPU
-        every_g = np.tile(np.arange(num_gpus), num_experts)
-        below = -1.0 - planned[every_g] / max(float(planned.sum()), 1e-12)  # below every real share: least loaded first
-        home = balanced_homes(np.concatenate([expert, every_e]), np.concatenate([gpu, every_g]),
-                              np.concatenate([share, below]), num_experts, num_gpus)
+        home = lpt_homes(load, num_gpus)
     if home is None:
         return None
     held = set(zip(expert.tolist(), gpu.tolist()))
@@ -88,3 +83,15 @@ def homes_for_plan(expert: np.ndarray, gpu: np.ndarray, share: np.ndarray, load:
     if used.max(initial=0) > slots_per_gpu or expert.size + int(new.sum()) > max_replicas:
         return None
     return home, new
+
+
+def lpt_homes(load: np.ndarray, num_gpus: int) -> np.ndarray:
+    """load: [experts], E a multiple of G. Homes [experts], E / G per GPU, balancing the load the homes
+    carry: heaviest expert first, onto the least-loaded GPU with room."""
+    capacity = load.size // num_gpus
+    home = np.zeros(load.size, dtype=np.int64)
+    carried, housed = np.zeros(num_gpus), np.zeros(num_gpus, dtype=np.int64)
+    for e in np.argsort(-load, kind="stable").tolist():
+        g = int(np.argmin(np.where(housed < capacity, carried, np.inf)))
+        home[e], carried[g], housed[g] = g, carried[g] + load[e], housed[g] + 1
+    return home
