@@ -56,3 +56,13 @@ def test_a_plan_without_homes_gets_new_ones_on_its_least_loaded_gpus_when_memory
     assert np.bincount(home, minlength=2).tolist() == [2, 2]
     assert new.sum() == 1 and home[new].tolist() == [0]  # one cold expert gets a new home on GPU 0
     assert homes_for_plan(expert, gpu, share, load, num_gpus=2, slots_per_gpu=4, max_replicas=5) is None  # no room
+
+
+def test_lpt_homes_balance_the_load_with_e_over_g_experts_per_gpu():
+    from moeless_cli.planning.homes import lpt_homes
+
+    load = np.array([40.0, 30.0, 20.0, 10.0, 9.0, 8.0, 2.0, 1.0])
+    home = lpt_homes(load, 2)
+    assert np.bincount(home, minlength=2).tolist() == [4, 4]
+    carried = np.bincount(home, weights=load, minlength=2)
+    assert abs(carried[0] - carried[1]) <= 10.0  # e mod 2 would carry 79 vs 41

@@ -23,7 +23,7 @@ Which: the mode whose layer time (busiest GPU plus its own decision) was lowest 
 batches of the same size class; every mode is evaluated on the true load after the fact, off the
 critical path (a GPU would do it on a side stream, from per-step loads reduced in bulk later, as vLLM's
 EPLB records its loads; the simulator learns at once, a small optimism); the first batch of a class
-is balanced. The layer time compared is the busiest GPU's expert work plus the decision (the
+takes the cheapest decision available (home, else primary). The layer time compared is the busiest GPU's expert work plus the decision (the
 all-to-all, which the split changes less, is left out of the choice).
 Serve's runtime runs `primary` and `balanced` on the device (`serving/routing.py`) and chooses between
 them by what it measures, not by the model (`MeasuredChoice`: per layer and size class, the mode whose
@@ -185,8 +185,8 @@ class DeviceDispatcher:
         if self.mode != "adaptive":
             return self.mode if self.mode in allowed else "primary"  # home without homes: the nearest map
         seen = self.layer_s[layer, size, [MODES.index(m) - 1 for m in allowed]]
-        if np.isnan(seen).any():
-            return "balanced"  # no evidence yet
+        if np.isnan(seen).any():  # no evidence yet: the cheapest decision (each class's first batch, every run)
+            return min(allowed, key=self.decision_s)
         return allowed[int(np.argmin(seen))]  # ties: the earlier mode (balanced, shares, primary, home)
 
     def _learn(self, layer: int, size: int, gpu: np.ndarray, splits: dict[str, np.ndarray]) -> None:

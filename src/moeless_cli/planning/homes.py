@@ -12,9 +12,9 @@ other replicas stay available to the modes that balance.
 `balanced_homes` picks the homes among a placement's replicas, preferring each expert's larger
 shares, by augmenting paths (Kuhn's matching with GPU capacities): a perfect assignment exists iff
 the search finds one, so None means no choice of replicas can give every GPU E / G homes.
-`homes_for_plan` adds new home replicas to a plan whose own replicas admit no such choice (a plan
-that balances load puts a hot expert alone where cold ones crowd elsewhere), on the GPUs the plan
-loads least, when memory holds them.
+`homes_for_plan` gives a plan whose own replicas admit no such choice (a plan that balances load puts
+a hot expert alone where cold ones crowd elsewhere) homes that balance the planned load E / G
+experts per GPU (`lpt_homes`), adding the home replicas the plan lacks when memory holds them.
 """
 
 from __future__ import annotations
@@ -69,8 +69,8 @@ def homes_for_plan(expert: np.ndarray, gpu: np.ndarray, share: np.ndarray, load:
                    slots_per_gpu: int, max_replicas: int) -> tuple[np.ndarray, np.ndarray] | None:
     """expert, gpu, share: [replicas] a plan; load: [experts] its planned load. Homes [experts] for the plan,
     and which of them are new replicas (not in the plan) [experts] bool: the plan's own replicas where they
-    can be homes, else new ones on the GPUs the plan loads least; None when E is not a multiple of G or the
-    new replicas would not fit in `slots_per_gpu` per GPU and `max_replicas` in all."""
+    can be homes, else `lpt_homes` of the load; None when E is not a multiple of G or the new replicas would
+    not fit in `slots_per_gpu` per GPU and `max_replicas` in all."""
     num_experts = load.size
     home = balanced_homes(expert, gpu, share, num_experts, num_gpus)
     if home is None and num_experts % num_gpus == 0:
