@@ -74,14 +74,14 @@ def test_dist_accounts_for_every_request_when_the_survivors_cannot_hold_the_mode
 def test_dist_ctrl_c_prints_the_partial_report(tmp_path):
     """SIGINT to `moeless serve --backend dist` (as Ctrl-C would): exit 130, every request accounted."""
     node = moeless_subprocess("serve", "--model", cached_tiny_checkpoint("mixtral"), "--backend", "dist", "--workers",
-                              "2", "--max-requests", "12", "--max-output-tokens", "4", "--max-prompt-tokens", "12",
-                              "--json", env={"TMPDIR": str(tmp_path)})  # 12 arrivals at the trace's pace: some remain
+                              "2", "--max-requests", "12", "--max-output-tokens", "48", "--max-prompt-tokens", "12",
+                              "--json", env={"TMPDIR": str(tmp_path)})  # 12 long requests at the trace's pace: some remain
     deadline = time.monotonic() + 300
     while not list(tmp_path.glob("moeless-dist-*/journal.*")) and time.monotonic() < deadline:
         time.sleep(0.2)  # until a request has finished
     node.send_signal(signal.SIGINT)
     out, err = node.communicate(timeout=120)
-    assert node.returncode == 130, err[-2000:]
+    assert node.returncode == 130, (err[-1000:], out[-1000:])
     report = json.loads(out)
     assert report["interrupted"] is True
     assert_accounted(report, 12)
