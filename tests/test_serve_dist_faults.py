@@ -75,7 +75,10 @@ def test_dist_ctrl_c_prints_the_partial_report(tmp_path):
     """SIGINT to `moeless serve --backend dist` (as Ctrl-C would): exit 130, every request accounted."""
     node = moeless_subprocess("serve", "--model", cached_tiny_checkpoint("mixtral"), "--backend", "dist", "--workers",
                               "2", "--max-requests", "12", "--max-output-tokens", "48", "--max-prompt-tokens", "12",
-                              "--json", env={"TMPDIR": str(tmp_path)})  # 12 long requests at the trace's pace: some remain
+                              "--json", env={"TMPDIR": str(tmp_path)},  # 12 long requests at the trace's pace: some remain
+                              # a shell without job control starts background jobs with SIGINT ignored, and
+                              # Python then installs no KeyboardInterrupt handler: give the CLI a terminal's
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     while not list(tmp_path.glob("moeless-dist-*/journal.*")) and time.monotonic() < deadline:
         time.sleep(0.2)  # until a request has finished
