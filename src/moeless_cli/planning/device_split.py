@@ -82,10 +82,9 @@ def replica_cost(tokens: np.ndarray, entry: int, tile: int) -> np.ndarray:
 
 
 def gpu_work(cost: np.ndarray, gpu0: np.ndarray, num_gpus: int) -> np.ndarray:
-    """cost, gpu0: [E, K] (gpu0: GPU ids with -1 clamped to 0; those cells cost 0). Work per GPU: [G]."""
-    work = np.zeros(num_gpus, dtype=np.int64)
-    np.add.at(work, gpu0.reshape(-1), cost.reshape(-1))
-    return work
+    """cost, gpu0: [E, K] (gpu0: GPU ids with -1 clamped to 0; those cells cost 0). Work per GPU: [G].
+    bincount sums in float64, exact for the integers here (far below 2**53)."""
+    return np.bincount(gpu0.reshape(-1), weights=cost.reshape(-1), minlength=num_gpus).astype(np.int64)
 
 
 def initial_split(counts: np.ndarray, valid: np.ndarray, entry: int, tile: int) -> np.ndarray:
@@ -96,66 +95,88 @@ def initial_split(counts: np.ndarray, valid: np.ndarray, entry: int, tile: int) 
     column = np.arange(valid.shape[1])
     cut = np.minimum(counts[:, None], tile * (((column + 1)[None, :] * tiles[:, None]) // used[:, None]))
     cut = np.where(column[None, :] < used[:, None], cut, counts[:, None])  # [E, K] cumulative ends
-    return np.diff(cut, axis=1, prepend=0)
+    cut[:, 1:] -= cut[:, :-1].copy()  # cumulative ends -> pieces (np.diff costs several times more here)
+    return cut
 
 
 def _choose_move(quotas, cost, donor, receiver, top, bottom, entry, tile):
-    """Per expert [E, 1]: (tokens to move from column `donor` to `receiver`, the pair's busier GPU's
+    """Per expert [E]: (tokens to move from column `donor` to `receiver`, the pair's busier GPU's
     work after the move): half the gap in whole tiles (at least one), or the whole donor piece,
-    whichever leaves the pair's busier GPU lower. quotas, cost: [E, K]; the rest [E, 1]."""
-    have = np.take_along_axis(quotas, donor, axis=1)
-    got = np.take_along_axis(quotas, receiver, axis=1)
-    rest_from = top - np.take_along_axis(cost, donor, axis=1)
-    rest_to = bottom - np.take_along_axis(cost, receiver, axis=1)
+    whichever leaves the pair's busier GPU lower. quotas, cost: [E, K]; the rest [E]. (Plain fancy
+    indexing, not take_along_axis: this runs per layer on the host, where each call's overhead counts.)"""
+    rows = np.arange(quotas.shape[0])
+    have = quotas[rows, donor]
+    got = quotas[rows, receiver]
+    rest_from = top - cost[rows, donor]
+    rest_to = bottom - cost[rows, receiver]
     half = np.minimum(have, tile * np.maximum((top - bottom) // (2 * tile * COST_SCALE), 1))
-    after = replica_cost(np.concatenate([have - half, got + half, got + have], axis=1), entry, tile)
-    peak_half = np.maximum(rest_from + after[:, 0:1], rest_to + after[:, 1:2])
-    peak_all = np.maximum(rest_from, rest_to + after[:, 2:3])
+    after = replica_cost(np.stack([have - half, got + half, got + have]), entry, tile)  # [3, E]
+    peak_half = np.maximum(rest_from + after[0], rest_to + after[1])
+    peak_all = np.maximum(rest_from, rest_to + after[2])
     return np.where(peak_all < peak_half, have, half), np.minimum(peak_all, peak_half)
 
 
-def refine_pass(quotas: np.ndarray, gpu0: np.ndarray, closed: np.ndarray, entry: int, tile: int,
-                num_gpus: int) -> np.ndarray:
-    """One refinement pass (step c): new quotas [E, K]. quotas, gpu0: [E, K]; closed: [E, K] the column
-    where a replica is, _BIG + the column where none. No GPU ends above the busiest GPU's work before the pass: a GPU
-    takes at most one move, which leaves both its ends below the donor's work, and other moves only
-    take work away."""
+@dataclass(frozen=True)
+class _Frame:
+    """What every refinement pass of one call shares (computed once: per-call overhead is the host's cost)."""
+
+    gpu0: np.ndarray  # [E, K] GPU of each cell, -1 clamped to 0 (those cells never hold tokens)
+    rows: np.ndarray  # [E] 0..E-1
+    column_rank: np.ndarray  # [1, K] width - 1 - column: ties go to the first column
+    closed: np.ndarray  # [E, K] the column where a replica is, _BIG + the column where none
+    unused_entry: int  # entry * width: an unused receiver's charge in key units
+    num_gpus: int  # G
+
+
+def refine_pass(quotas: np.ndarray, frame: _Frame, entry: int, tile: int) -> np.ndarray:
+    """One refinement pass (step c): new quotas [E, K] (quotas: [E, K]). No GPU ends above the busiest
+    GPU's work before the pass: a GPU takes at most one move, which leaves both its ends below the
+    donor's work, and other moves only take work away."""
     num_experts, width = quotas.shape
+    rows, gpu0 = frame.rows, frame.gpu0
     cost = replica_cost(quotas, entry, tile)
-    work = gpu_work(cost, gpu0, num_gpus)
+    work = gpu_work(cost, gpu0, frame.num_gpus)
     cell_work = work[gpu0] * width  # [E, K] each cell's GPU's work, room for a column tie-break
-    column = np.arange(width)[None, :]
     used = quotas > 0  # `closed` holds the column too: receiver keys stay distinct
     # donor: the used column on the busiest GPU (unused ones keep distinct negative keys); receiver:
     # the valid column on the least busy GPU, an unused one charged half its entry cost (a whole
     # entry would tie it with the used ones it should relieve); ties: the first column
-    donor_key = (width - 1 - column) + np.where(used, cell_work, -width)
-    donor = np.argmax(donor_key, axis=1)[:, None]
-    top = np.take_along_axis(donor_key, donor, axis=1) // width  # [E, 1] the donor GPU's work
-    receiver_key = 2 * cell_work + (entry * width) * ~used + closed
-    receiver = np.argmin(receiver_key, axis=1)[:, None]
-    g_to = np.take_along_axis(gpu0, receiver, axis=1)
-    bottom = work[g_to]
-    amount, peak = _choose_move(quotas, cost, donor, receiver, top, bottom, entry, tile)
+    donor_key = frame.column_rank + np.where(used, cell_work, -width)
+    donor = np.argmax(donor_key, axis=1)  # [E]
+    top = donor_key[rows, donor] // width  # [E] the donor GPU's work
+    receiver = np.argmin(2 * cell_work + frame.unused_entry * ~used + frame.closed, axis=1)  # [E]
+    g_to = gpu0[rows, receiver]  # [E]
+    amount, peak = _choose_move(quotas, cost, donor, receiver, top, work[g_to], entry, tile)
     # one move into each GPU: the one from the busiest donor (ties: the lowest expert)
-    key = np.where(peak < top, top * num_experts + (num_experts - 1 - np.arange(num_experts)[:, None]), -1)
-    best = np.full(num_gpus, -1, dtype=np.int64)
-    np.maximum.at(best, g_to[:, 0], key[:, 0])
+    key = np.where(peak < top, top * num_experts + (num_experts - 1 - rows), -1)
+    best = np.full(frame.num_gpus, -1, dtype=np.int64)
+    np.maximum.at(best, g_to, key)
     amount = amount * ((key == best[g_to]) & (key >= 0))
-    return quotas - amount * (column == donor) + amount * (column == receiver)
+    moved = quotas.copy()
+    moved[rows, donor] -= amount
+    moved[rows, receiver] += amount  # (donor == receiver only where amount is 0)
+    return moved
 
 
 def device_quotas(counts: np.ndarray, table: ReplicaTable, entry_tokens: float, tile_tokens: int,
                   passes: int = DEFAULT_PASSES) -> np.ndarray:
     """The split of one layer: whole tokens per replica column [E, K] int64 (row sums == counts,
     0 where table.gpu == -1). counts: [E] int64 token-expert pairs per expert; every expert with
-    counts > 0 needs a replica in column 0 (the caller's `replica_table` guarantees it)."""
+    counts > 0 needs a replica in column 0 (the caller's `replica_table` guarantees it). A pass that
+    moves nothing is a fixed point (the next pass sees the same quotas), so the host stops there with
+    the same integers as the torch twin's fixed `passes`."""
     counts = np.asarray(counts, dtype=np.int64)
     entry = int(round(entry_tokens * COST_SCALE))
     valid = table.gpu >= 0
-    gpu0 = np.maximum(table.gpu, 0)
-    closed = (~valid) * _BIG + np.arange(valid.shape[1])[None, :]
+    width = valid.shape[1]
+    frame = _Frame(np.maximum(table.gpu, 0), np.arange(valid.shape[0]), width - 1 - np.arange(width)[None, :],
+                   (~valid) * _BIG + np.arange(width)[None, :], entry * width, table.num_gpus)
     quotas = initial_split(counts, valid, entry, tile_tokens)
+    if width == 1:  # one replica per expert: nothing can move
+        return quotas
     for _ in range(passes):
-        quotas = refine_pass(quotas, gpu0, closed, entry, tile_tokens, table.num_gpus)
+        moved = refine_pass(quotas, frame, entry, tile_tokens)
+        if np.array_equal(moved, quotas):
+            break
+        quotas = moved
     return quotas
