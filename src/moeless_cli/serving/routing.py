@@ -138,19 +138,27 @@ def device_split(counts: Any, flat: Any, table: DeviceTable, entry_tokens: float
     from moeless_cli.planning.device_split import device_quotas
     from moeless_cli.serving.device_split import device_quotas_torch, pair_replica
 
-    if mode == "primary":
-        quotas = torch.zeros_like(table.gpu)  # [E, K]
-        quotas[:, 0] = counts
-    elif counts.device.type == "cpu":  # the host is the device: the numpy twin, same integers, cheaper ops
-        quotas = torch.from_numpy(device_quotas(counts.numpy(), table.source, entry_tokens, tile_tokens))
+    if counts.device.type == "cpu":  # the host is the device: numpy decides, the same integers with cheaper ops
+        load = counts.numpy()
+        if mode == "primary":
+            quotas_host = np.zeros(table.gpu_host.shape, dtype=np.int64)  # [E, K]
+            quotas_host[:, 0] = load
+        else:
+            quotas_host = device_quotas(load, table.source, entry_tokens, tile_tokens)
+        quotas = torch.from_numpy(quotas_host)
     else:
-        quotas = device_quotas_torch(counts, table.gpu, table.num_gpus, entry_tokens, tile_tokens)
-    if quotas.device.type == "cuda":
-        torch.cuda.synchronize(quotas.device)
+        if mode == "primary":
+            quotas = torch.zeros_like(table.gpu)  # [E, K]
+            quotas[:, 0] = counts
+        else:
+            quotas = device_quotas_torch(counts, table.gpu, table.num_gpus, entry_tokens, tile_tokens)
+        if quotas.device.type == "cuda":
+            torch.cuda.synchronize(quotas.device)
     decide_s = time.perf_counter() - started
-    expert, gpu, pairs = quota_cells(quotas.cpu().numpy(), table.gpu_host)  # run sizes for the workers
+    load, quotas_host = counts.cpu().numpy(), quotas.cpu().numpy()  # run sizes for the workers
+    expert, gpu, pairs = quota_cells(quotas_host, table.gpu_host)
 
     def pair_gpu() -> Any:
         return table.gpu[flat, pair_replica(flat, quotas)]
 
-    return Split(counts.cpu().numpy(), expert, gpu, pairs, decide_s, pair_gpu, mode)
+    return Split(load, expert, gpu, pairs, decide_s, pair_gpu, mode)
