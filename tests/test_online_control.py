@@ -8,7 +8,7 @@ import pytest
 from moeless_cli.errors import MoelessError
 from moeless_cli.online.batching import Request, RequestTiming
 from moeless_cli.online.functions import FunctionPool
-from moeless_cli.online.policies import ONLINE_POLICIES, PolicySetting, make_policy
+from moeless_cli.online.policies import ONLINE_POLICIES, PolicySetting, forecast_split, make_policy
 from moeless_cli.online.report import CostTotals, build_report, latency_stats
 from moeless_cli.planning.dispatch import (balance_whole, balanced_split, equal_split, gpu_work, lp_min_peak,
                                            round_split, share_split, water_fill)
@@ -248,3 +248,23 @@ def test_a_needed_copy_is_queued_past_a_busy_link():
     assert pool.warm_up(0, [1], [0], 0.0) == [] and pool.get(0, 1, 0) is None  # a pre-warm is refused
     cold = pool.warm_up(0, [1], [0], 0.0, needed=True)  # a layer waits for this one: queued
     assert len(cold) == 1 and cold[0].ready_s == pytest.approx(2.0)
+
+
+def test_moeless_scales_out_only_where_a_replica_pays_its_weight_read():
+    """A replica's first token costs a weight read (entry): a decode-size forecast keeps every expert whole
+    and warms nothing; a prefill-size one with a hot expert warms copies of it that cut the busiest GPU's cost."""
+    from moeless_cli.planning.cost_split import busiest_cost
+
+    setting = _setting(E=8, G=4, L=1, slots=4, static_start=True, entry_tokens=64.0, tile_tokens=16)
+    pool = FunctionPool(num_gpus=4, expert_bytes=1e6, keep_alive_s=10.0)
+    policy = make_policy("moeless", setting, pool)
+    before = pool.live_count()
+    policy.prepare(0, np.array([3.0, 1, 1, 1, 1, 1, 0, 0]), 0.0)
+    assert pool.live_count() == before
+    hot = np.array([1600.0, 100, 100, 100, 100, 100, 100, 100])
+    start_expert, start_gpu = pool.layer_replicas(0)
+    start = busiest_cost(start_gpu, np.array([hot[e] for e in start_expert]), 4, 64.0, 16)
+    expert, gpu = policy.prepare(0, hot, 0.0)
+    assert pool.live_count() > before and set(expert[before:].tolist()) == {0}
+    tokens = forecast_split(expert, gpu, hot, setting)
+    assert busiest_cost(gpu, tokens, 4, 64.0, 16) < start

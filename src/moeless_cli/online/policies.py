@@ -21,7 +21,8 @@ Registry (`ONLINE_POLICIES`):
 - moeless: starts from the `moeless plan` placement (best with `--spares`), plus home replicas where it
   lacks them (`planning/homes.py`: one per expert, E / G per GPU), pins one instance per expert, its
   home (`pin`), pre-warms replicas where the predictor's forecast says the water-filled dispatch
-  would still straggle, orders each expert's warm replicas by the forecast's cost-aware split, and
+  would still straggle, of experts whose forecast fills one more replica with a weight read's worth of
+  tokens, orders each expert's warm replicas by the forecast's cost-aware split, and
   splits each batch on the device over the replicas already warm (`online/device_dispatch.py`:
   home, primary, shares or balanced per layer; never waits for a copy); unpinned replicas go after the
   keep-alive.
@@ -257,6 +258,8 @@ class MoelessPolicy(OnlinePolicy):
                                   s.max_replicas(serverless=True))
 
     def prepare(self, layer: int, predicted_load: np.ndarray | None, now: float) -> tuple[np.ndarray, np.ndarray]:
+        """Pre-warm where the forecast's water-filled dispatch straggles (`_add_replica`), then order each expert's
+        warm replicas by the forecast's cost-aware split."""
         s = self.setting
         forecast = self.forecast(layer, predicted_load)
         expert, gpu = self.pool.layer_replicas(layer)
@@ -264,30 +267,35 @@ class MoelessPolicy(OnlinePolicy):
             tokens = water_fill(expert, gpu, forecast, s.num_gpus, s.entry_tokens)
             work = gpu_work(gpu, tokens, s.num_gpus, s.entry_tokens)
             busiest = int(np.argmax(work))
-            floor = work.sum() / s.num_gpus
-            if work[busiest] <= (1 + s.gain_threshold) * floor:
+            if work[busiest] <= (1 + s.gain_threshold) * work.sum() / s.num_gpus:
                 break
-            added = self._add_replica(layer, expert, gpu, tokens, work, busiest, now)
+            added = self._add_replica(layer, expert, gpu, forecast, tokens, work, busiest, now)
             if added is None:
                 break
             expert, gpu = np.append(expert, added[0]), np.append(gpu, added[1])
         self.dispatcher.prefer(layer, expert, gpu, forecast_split(expert, gpu, forecast, s))
         return expert, gpu
 
-    def _add_replica(self, layer: int, expert: np.ndarray, gpu: np.ndarray, tokens: np.ndarray,
+    def _add_replica(self, layer: int, expert: np.ndarray, gpu: np.ndarray, forecast: np.ndarray, tokens: np.ndarray,
                      work: np.ndarray, busiest: int, now: float) -> tuple[int, int] | None:
-        """A new replica of the busiest GPU's heaviest expert on the least-loaded GPU that can take it."""
-        on_busiest = np.flatnonzero((gpu == busiest) & (tokens > 0))
+        """A new replica of the busiest GPU's heaviest expert on the least-loaded GPU that can take it. Only an
+        expert whose forecast fills one more replica with a weight read's worth of tokens (max(entry, tile) each,
+        the device split's own rule for how many replicas an expert uses) qualifies: a decode-size forecast
+        keeps every expert whole, so copies for it would sit idle until the keep-alive reclaims them."""
+        s = self.setting
+        replicas = np.bincount(expert, minlength=forecast.size)  # [experts]
+        fills = forecast >= (replicas + 1) * max(s.entry_tokens, s.tile_tokens)  # [experts]
+        on_busiest = np.flatnonzero((gpu == busiest) & (tokens > 0) & fills[expert])
         keep = set(zip(expert.tolist(), gpu.tolist()))
         for r in on_busiest[np.argsort(-tokens[on_busiest])].tolist():
             e = int(expert[r])
             holders = set(gpu[expert == e].tolist())
             for g in np.argsort(work, kind="stable").tolist():
-                if g in holders or work[g] + self.setting.entry_tokens >= work[busiest]:
+                if g in holders or work[g] + s.entry_tokens >= work[busiest]:
                     continue
-                if not self.pool.make_room(layer, g, self.setting.slots_per_gpu, keep, now):
+                if not self.pool.make_room(layer, g, s.slots_per_gpu, keep, now):
                     continue
-                if not self.pool.make_room(layer, None, self.setting.max_replicas(serverless=True), keep, now):
+                if not self.pool.make_room(layer, None, s.max_replicas(serverless=True), keep, now):
                     return None
                 self.pool.warm_up(layer, [e], [g], now)
                 return e, g
