@@ -4,9 +4,10 @@ The simulator (through the online policy) and serve's runtime must decide the sa
 runtime must decide it on the device that holds the gate's counts, with no host round trip. So the
 split is written once as a fixed sequence of whole-array operations (no data-dependent control flow,
 no loop over experts, tokens or GPUs) and twice in code: here in numpy, in `serving/device_split.py`
-in torch, operation for operation. Everything is int64 (costs in fixed point, `COST_SCALE` units per
-token), so sums are exact in any order (a GPU's scatter-add is not ordered) and both twins return
-identical integers.
+in torch, step for step. Everything is int64 (costs in fixed point, `COST_SCALE` units per token),
+so sums are exact in any order (a GPU's scatter-add is not ordered) and both twins return identical
+integers. The host twin may stop early (a pass that moves nothing is a fixed point) and indexes rows
+directly, since on a CPU each numpy call's overhead, not the arithmetic, is the cost.
 
 The cost charged is the physical time model's (`sim/timemodel.py`): a replica serving t > 0 tokens
 costs max(entry, tile * ceil(t / tile)) token-times (its weights are streamed once; its GEMM runs

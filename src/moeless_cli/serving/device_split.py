@@ -1,5 +1,5 @@
 """The dispatch split on the device that holds the gate's counts: the torch twin of
-`planning/device_split.py` (read its docstring for the algorithm), operation for operation, so both
+`planning/device_split.py` (read its docstring for the algorithm), step for step, so both
 return identical integers. Every operation has a shape fixed by (E, K, G, passes) and no value is
 read back to the host (no `.item()`, `.tolist()`, `.cpu()`, no Python branch on a tensor), so one
 layer's decision is a fixed sequence of `DECISION_KERNELS` kernel launches that never waits for the
