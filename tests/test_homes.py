@@ -45,24 +45,14 @@ def test_homes_exist_exactly_when_some_choice_balances(seed):
         assert np.bincount(home, minlength=gpus).tolist() == [experts // gpus] * gpus
 
 
-def test_a_plan_without_homes_gets_new_ones_on_its_least_loaded_gpus_when_memory_holds_them():
+def test_a_plan_without_homes_gets_static_eps_layout_when_memory_holds_it():
     from moeless_cli.planning.homes import homes_for_plan
 
-    # a load-balancing plan: hot expert 0 alone on GPU 0 (twice), experts 1-3 crowded on GPU 1
+    # a load-balancing plan: hot expert 0 alone on GPU 0 (and on GPU 1), experts 1-3 crowded on GPU 1
     expert, gpu, share = np.array([0, 0, 1, 2, 3]), np.array([0, 1, 1, 1, 1]), np.array([0.5, 0.5, 1.0, 1.0, 1.0])
-    load = np.array([90.0, 2.0, 2.0, 2.0])
     assert balanced_homes(expert, gpu, share, 4, 2) is None
-    home, new = homes_for_plan(expert, gpu, share, load, num_gpus=2, slots_per_gpu=4, max_replicas=8)
-    assert np.bincount(home, minlength=2).tolist() == [2, 2]
-    assert new.sum() == 1 and home[new].tolist() == [0]  # one cold expert gets a new home on GPU 0
-    assert homes_for_plan(expert, gpu, share, load, num_gpus=2, slots_per_gpu=4, max_replicas=5) is None  # no room
-
-
-def test_lpt_homes_balance_the_load_with_e_over_g_experts_per_gpu():
-    from moeless_cli.planning.homes import lpt_homes
-
-    load = np.array([40.0, 30.0, 20.0, 10.0, 9.0, 8.0, 2.0, 1.0])
-    home = lpt_homes(load, 2)
-    assert np.bincount(home, minlength=2).tolist() == [4, 4]
-    carried = np.bincount(home, weights=load, minlength=2)
-    assert abs(carried[0] - carried[1]) <= 10.0  # e mod 2 would carry 79 vs 41
+    home, new = homes_for_plan(expert, gpu, share, 4, num_gpus=2, slots_per_gpu=4, max_replicas=8)
+    assert home.tolist() == [0, 1, 0, 1]  # e mod G: the home mode is static EP
+    assert new.tolist() == [False, False, True, False]  # only expert 2's home is not in the plan
+    assert homes_for_plan(expert, gpu, share, 4, num_gpus=2, slots_per_gpu=4, max_replicas=5) is None  # no room
+    assert homes_for_plan(expert, gpu, share, 4, num_gpus=3, slots_per_gpu=4, max_replicas=8) is None  # 4 % 3

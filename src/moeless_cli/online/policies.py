@@ -230,8 +230,8 @@ class MoelessPolicy(OnlinePolicy):
 
         s = self.setting
         plan = self._starting_plan(layer)
-        found = homes_for_plan(plan.expert, plan.gpu, plan.share, np.asarray(s.history[layer], dtype=np.float64),
-                               s.num_gpus, s.slots_per_gpu, s.max_replicas(serverless=True))
+        found = homes_for_plan(plan.expert, plan.gpu, plan.share, s.num_experts, s.num_gpus, s.slots_per_gpu,
+                               s.max_replicas(serverless=True))
         self._homes[layer] = None if found is None else found[0]
         if found is None or not found[1].any():
             return plan

@@ -13,8 +13,12 @@ other replicas stay available to the modes that balance.
 shares, by augmenting paths (Kuhn's matching with GPU capacities): a perfect assignment exists iff
 the search finds one, so None means no choice of replicas can give every GPU E / G homes.
 `homes_for_plan` gives a plan whose own replicas admit no such choice (a plan that balances load puts
-a hot expert alone where cold ones crowd elsewhere) homes that balance the planned load E / G
-experts per GPU (`lpt_homes`), adding the home replicas the plan lacks when memory holds them.
+a hot expert alone where cold ones crowd elsewhere) static EP's own layout, expert e on GPU e mod G,
+adding the home replicas the plan lacks when memory holds them: the home mode is then static EP
+itself, and moeless leaves it only where its measured choice finds another mode cheaper. (Homes that
+balanced the plan's load E / G per GPU instead, longest processing time first, were 0.3% slower than
+static EP on held-out OLMoE decode traffic: a layer's cost there is how many distinct experts a GPU
+reads in one batch, which the planned mean load does not predict.)
 """
 
 from __future__ import annotations
@@ -65,16 +69,15 @@ def balanced_homes(expert: np.ndarray, gpu: np.ndarray, share: np.ndarray, num_e
     return home
 
 
-def homes_for_plan(expert: np.ndarray, gpu: np.ndarray, share: np.ndarray, load: np.ndarray, num_gpus: int,
+def homes_for_plan(expert: np.ndarray, gpu: np.ndarray, share: np.ndarray, num_experts: int, num_gpus: int,
                    slots_per_gpu: int, max_replicas: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """expert, gpu, share: [replicas] a plan; load: [experts] its planned load. Homes [experts] for the plan,
-    and which of them are new replicas (not in the plan) [experts] bool: the plan's own replicas where they
-    can be homes, else `lpt_homes` of the load; None when E is not a multiple of G or the new replicas would
-    not fit in `slots_per_gpu` per GPU and `max_replicas` in all."""
-    num_experts = load.size
+    """expert, gpu, share: [replicas] a plan. Homes [experts] for the plan, and which of them are new
+    replicas (not in the plan) [experts] bool: the plan's own replicas where they can be homes, else static
+    EP's layout (e mod G); None when E is not a multiple of G or the new replicas would not fit in
+    `slots_per_gpu` per GPU and `max_replicas` in all."""
     home = balanced_homes(expert, gpu, share, num_experts, num_gpus)
     if home is None and num_experts % num_gpus == 0:
-        home = lpt_homes(load, num_gpus)
+        home = np.arange(num_experts, dtype=np.int64) % num_gpus
     if home is None:
         return None
     held = set(zip(expert.tolist(), gpu.tolist()))
@@ -83,15 +86,3 @@ def homes_for_plan(expert: np.ndarray, gpu: np.ndarray, share: np.ndarray, load:
     if used.max(initial=0) > slots_per_gpu or expert.size + int(new.sum()) > max_replicas:
         return None
     return home, new
-
-
-def lpt_homes(load: np.ndarray, num_gpus: int) -> np.ndarray:
-    """load: [experts], E a multiple of G. Homes [experts], E / G per GPU, balancing the load the homes
-    carry: heaviest expert first, onto the least-loaded GPU with room."""
-    capacity = load.size // num_gpus
-    home = np.zeros(load.size, dtype=np.int64)
-    carried, housed = np.zeros(num_gpus), np.zeros(num_gpus, dtype=np.int64)
-    for e in np.argsort(-load, kind="stable").tolist():
-        g = int(np.argmin(np.where(housed < capacity, carried, np.inf)))
-        home[e], carried[g], housed[g] = g, carried[g] + load[e], housed[g] + 1
-    return home
