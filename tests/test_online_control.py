@@ -263,7 +263,7 @@ def test_moeless_scales_out_only_where_a_replica_pays_its_weight_read():
     assert pool.live_count() == before
     hot = np.array([1600.0, 100, 100, 100, 100, 100, 100, 100])
     start_expert, start_gpu = pool.layer_replicas(0)
-    start = busiest_cost(start_gpu, np.array([hot[e] for e in start_expert]), 4, 64.0, 16)
+    start = busiest_cost(start_gpu, hot[start_expert], 4, 64.0, 16)
     expert, gpu = policy.prepare(0, hot, 0.0)
     assert pool.live_count() > before and set(expert[before:].tolist()) == {0}
     tokens = forecast_split(expert, gpu, hot, setting)

@@ -23,8 +23,9 @@ Which: the mode whose layer time (busiest GPU plus its own decision) was lowest 
 batches of the same size class; every mode is evaluated on the true load after the fact, off the
 critical path (a GPU would do it on a side stream, from per-step loads reduced in bulk later, as vLLM's
 EPLB records its loads; the simulator learns at once, a small optimism); the first batch of a class
-takes the cheapest decision available (home, else primary). The layer time compared is the busiest GPU's expert work plus the decision (the
-all-to-all, which the split changes less, is left out of the choice).
+takes the cheapest decision available (home, else primary). The layer time compared is the busiest
+GPU's expert work plus the decision (the all-to-all, which the split changes less, is left out of
+the choice).
 Serve's runtime runs `primary` and `balanced` on the device (`serving/routing.py`) and chooses between
 them by what it measures, not by the model (`MeasuredChoice`: per layer and size class, the mode whose
 measured MoE-layer time was lower, the other re-measured now and then).

@@ -100,12 +100,12 @@ def initial_split(counts: np.ndarray, valid: np.ndarray, entry: int, tile: int) 
     return cut
 
 
-def _choose_move(quotas, cost, donor, receiver, top, bottom, entry, tile):
+def _choose_move(quotas, cost, rows, donor, receiver, top, bottom, entry, tile):
     """Per expert [E]: (tokens to move from column `donor` to `receiver`, the pair's busier GPU's
     work after the move): half the gap in whole tiles (at least one), or the whole donor piece,
-    whichever leaves the pair's busier GPU lower. quotas, cost: [E, K]; the rest [E]. (Plain fancy
-    indexing, not take_along_axis: this runs per layer on the host, where each call's overhead counts.)"""
-    rows = np.arange(quotas.shape[0])
+    whichever leaves the pair's busier GPU lower. quotas, cost: [E, K]; rows: [E] 0..E-1; the rest [E].
+    (Plain fancy indexing, not take_along_axis: this runs per layer on the host, where each call's
+    overhead counts.)"""
     have = quotas[rows, donor]
     got = quotas[rows, receiver]
     rest_from = top - cost[rows, donor]
@@ -147,7 +147,7 @@ def refine_pass(quotas: np.ndarray, frame: _Frame, entry: int, tile: int) -> np.
     top = donor_key[rows, donor] // width  # [E] the donor GPU's work
     receiver = np.argmin(2 * cell_work + frame.unused_entry * ~used + frame.closed, axis=1)  # [E]
     g_to = gpu0[rows, receiver]  # [E]
-    amount, peak = _choose_move(quotas, cost, donor, receiver, top, work[g_to], entry, tile)
+    amount, peak = _choose_move(quotas, cost, rows, donor, receiver, top, work[g_to], entry, tile)
     # one move into each GPU: the one from the busiest donor (ties: the lowest expert)
     key = np.where(peak < top, top * num_experts + (num_experts - 1 - rows), -1)
     best = np.full(frame.num_gpus, -1, dtype=np.int64)

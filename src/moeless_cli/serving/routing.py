@@ -146,6 +146,7 @@ def device_split(counts: Any, flat: Any, table: DeviceTable, entry_tokens: float
         else:
             quotas_host = device_quotas(load, table.source, entry_tokens, tile_tokens)
         quotas = torch.from_numpy(quotas_host)
+        decide_s = time.perf_counter() - started
     else:
         if mode == "primary":
             quotas = torch.zeros_like(table.gpu)  # [E, K]
@@ -154,8 +155,8 @@ def device_split(counts: Any, flat: Any, table: DeviceTable, entry_tokens: float
             quotas = device_quotas_torch(counts, table.gpu, table.num_gpus, entry_tokens, tile_tokens)
         if quotas.device.type == "cuda":
             torch.cuda.synchronize(quotas.device)
-    decide_s = time.perf_counter() - started
-    load, quotas_host = counts.cpu().numpy(), quotas.cpu().numpy()  # run sizes for the workers
+        decide_s = time.perf_counter() - started
+        load, quotas_host = counts.cpu().numpy(), quotas.cpu().numpy()  # run sizes for the workers
     expert, gpu, pairs = quota_cells(quotas_host, table.gpu_host)
 
     def pair_gpu() -> Any:
