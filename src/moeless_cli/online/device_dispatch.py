@@ -23,9 +23,10 @@ Which: the mode whose layer time (busiest GPU plus its own decision) was lowest 
 batches of the same size class; every mode is evaluated on the true load after the fact, off the
 critical path (a GPU would do it on a side stream, from per-step loads reduced in bulk later, as vLLM's
 EPLB records its loads; the simulator learns at once, a small optimism); the first batch of a class
-takes the cheapest decision available (home, else primary). The layer time compared is the busiest
-GPU's expert work plus the decision (the all-to-all, which the split changes less, is left out of
-the choice).
+balances when the balanced decision's extra cost is under the straggler a static map would likely leave
+(INSURED_SHARE of the batch's mean GPU work: cheap insurance), else takes the cheapest decision (home,
+else primary). The layer time compared is the busiest GPU's expert work plus the decision (the
+all-to-all, which the split changes less, is left out of the choice).
 Serve's runtime runs `primary` and `balanced` on the device (`serving/routing.py`) and chooses between
 them by what it measures, not by the model (`MeasuredChoice`: per layer and size class, the mode whose
 measured MoE-layer time was lower, the other re-measured now and then).
@@ -64,6 +65,10 @@ SERVE_MODES = ("balanced", "primary")  # what serve's runtime runs on the device
 SIZE_CLASSES = 24  # batches grouped by log2 of their token-expert pairs
 LEARNING_RATE = 0.3  # weight of the newest batch in a size class's running layer time
 SERVE_RETRY_EVERY = 16  # serve re-measures the mode it is not using on every 16th call of a size class
+# A class's first batch balances when that costs at most this share of its mean GPU work: the straggler a
+# static map leaves on real routing is larger (busiest GPU over the mean, minus 1, with experts e mod 8 on
+# 8 GPUs: per-layer medians 0.25-0.74 on the bundled OLMoE-1B-7B counts, prose to code).
+INSURED_SHARE = 0.25
 
 
 def size_class(pairs: int) -> int:
@@ -163,12 +168,16 @@ class DeviceDispatcher:
         table, preference = self.table(layer, expert, gpu, load.size)
         if not np.array_equal(load, np.rint(load)):  # not a gate's counts: nothing to balance on the device
             return shares_split(table, expert, preference, load), self.decision_s("shares")
-        size = size_class(int(np.rint(load).sum()))
+        pairs = int(np.rint(load).sum())
+        size = size_class(pairs)
         splits = self._splits(table, expert, preference, load)
         home = home_split(self.homes.get(layer), expert, gpu, load)
         if home is not None:
             splits["home"] = home
-        chosen = self._choose(layer, size, tuple(m for m in MODES[1:] if m in splits))
+        allowed = tuple(m for m in MODES[1:] if m in splits)
+        chosen = self._choose(layer, size, allowed)
+        if chosen is None:  # no evidence on this size class yet
+            chosen = self._first(table, pairs, allowed)
         self._learn(layer, size, gpu, splits)
         return splits[chosen], self.decision_s(chosen)
 
@@ -181,14 +190,26 @@ class DeviceDispatcher:
                 "shares": shares_split(table, expert, preference, load),
                 "primary": primary_split(table, expert, load)}
 
-    def _choose(self, layer: int, size: int, allowed: tuple[str, ...]) -> str:
-        """The fixed mode, or (adaptive) the allowed mode with the lowest running layer time on this size class."""
+    def _choose(self, layer: int, size: int, allowed: tuple[str, ...]) -> str | None:
+        """The fixed mode, or (adaptive) the allowed mode with the lowest running layer time on this size class;
+        None while some allowed mode has no evidence there (each class's first batch, every run)."""
         if self.mode != "adaptive":
             return self.mode if self.mode in allowed else "primary"  # home without homes: the nearest map
         seen = self.layer_s[layer, size, [MODES.index(m) - 1 for m in allowed]]
-        if np.isnan(seen).any():  # no evidence yet: the cheapest decision (each class's first batch, every run)
-            return min(allowed, key=self.decision_s)
+        if np.isnan(seen).any():
+            return None
         return allowed[int(np.argmin(seen))]  # ties: the earlier mode (balanced, shares, primary, home)
+
+    def _first(self, table: ReplicaTable, pairs: int, allowed: tuple[str, ...]) -> str:
+        """No evidence on this size class yet (its first batch, every run): balanced when what its decision costs
+        beyond the cheapest one is at most INSURED_SHARE of the batch's mean GPU work, else the cheapest decision
+        (home, else primary). The work is known before the gate only in bulk: its pairs, or the weight reads of
+        the experts it can touch (at most one per pair), whichever is more, over G GPUs."""
+        cheapest = min(allowed, key=self.decision_s)
+        premium = self.decision_s("balanced") - self.decision_s(cheapest)
+        touched = min(pairs, int((table.replica[:, 0] >= 0).sum()))
+        mean_work_s = max(pairs, touched * self.entry_tokens) * self.token_s / self.num_gpus
+        return "balanced" if "balanced" in allowed and premium <= INSURED_SHARE * mean_work_s else cheapest
 
     def _learn(self, layer: int, size: int, gpu: np.ndarray, splits: dict[str, np.ndarray]) -> None:
         """Running layer time of every mode on this size class: busiest GPU plus the mode's decision."""
