@@ -45,7 +45,7 @@ def test_homes_exist_exactly_when_some_choice_balances(seed):
         assert np.bincount(home, minlength=gpus).tolist() == [experts // gpus] * gpus
 
 
-def test_a_plan_without_homes_gets_static_eps_layout_when_memory_holds_it():
+def test_a_plan_gets_static_eps_layout_as_homes_when_memory_holds_it():
     from moeless_cli.planning.homes import homes_for_plan
 
     # a load-balancing plan: hot expert 0 alone on GPU 0 (and on GPU 1), experts 1-3 crowded on GPU 1
@@ -56,3 +56,11 @@ def test_a_plan_without_homes_gets_static_eps_layout_when_memory_holds_it():
     assert new.tolist() == [False, False, True, False]  # only expert 2's home is not in the plan
     assert homes_for_plan(expert, gpu, share, 4, num_gpus=2, slots_per_gpu=4, max_replicas=5) is None  # no room
     assert homes_for_plan(expert, gpu, share, 4, num_gpus=3, slots_per_gpu=4, max_replicas=8) is None  # 4 % 3
+    # a plan whose own replicas admit other homes still gets static EP's layout where memory holds it,
+    # and its own homes where it does not
+    expert, gpu, share = np.array([0, 1, 2, 3]), np.array([1, 0, 1, 0]), np.ones(4)  # e on GPU (e + 1) mod 2
+    assert balanced_homes(expert, gpu, share, 4, 2).tolist() == [1, 0, 1, 0]
+    home, new = homes_for_plan(expert, gpu, share, 4, num_gpus=2, slots_per_gpu=4, max_replicas=8)
+    assert home.tolist() == [0, 1, 0, 1] and new.all()
+    home, new = homes_for_plan(expert, gpu, share, 4, num_gpus=2, slots_per_gpu=3, max_replicas=8)
+    assert home.tolist() == [1, 0, 1, 0] and not new.any()

@@ -224,8 +224,8 @@ class MoelessPolicy(OnlinePolicy):
         return self.dispatcher.table(layer, expert, gpu, self.setting.num_experts)[0]
 
     def initial_plan(self, layer: int) -> LayerPlan:
-        """The starting plan (`_starting_plan`) with its home replicas (`planning/homes.py`): new ones added
-        where the plan's own cannot give every GPU E / G homes and memory holds them."""
+        """The starting plan (`_starting_plan`) with its home replicas (`planning/homes.py`: static EP's layout,
+        the ones the plan lacks added when memory holds them)."""
         from moeless_cli.planning.homes import homes_for_plan
 
         s = self.setting

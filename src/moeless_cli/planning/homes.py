@@ -9,16 +9,17 @@ replica such that every GPU holds E / G homes, sending every pair to its expert'
 decision kernel at all (the device split's `home` mode, `online/device_dispatch.py`), while the
 other replicas stay available to the modes that balance.
 
-`balanced_homes` picks the homes among a placement's replicas, preferring each expert's larger
-shares, by augmenting paths (Kuhn's matching with GPU capacities): a perfect assignment exists iff
-the search finds one, so None means no choice of replicas can give every GPU E / G homes.
-`homes_for_plan` gives a plan whose own replicas admit no such choice (a plan that balances load puts
-a hot expert alone where cold ones crowd elsewhere) static EP's own layout, expert e on GPU e mod G,
-adding the home replicas the plan lacks when memory holds them: the home mode is then static EP
-itself, and moeless leaves it only where its measured choice finds another mode cheaper. (Homes that
-balanced the plan's load E / G per GPU instead, longest processing time first, were 0.3% slower than
-static EP on held-out OLMoE decode traffic: a layer's cost there is how many distinct experts a GPU
-reads in one batch, which the planned mean load does not predict.)
+`homes_for_plan` gives moeless's plans static EP's own layout, expert e on GPU e mod G, adding the
+home replicas a plan lacks when memory holds them: the home mode is then static EP itself, and
+moeless leaves it only where its measured choice finds another mode cheaper. Other layouts with E / G
+homes per GPU are not better on small batches, whose cost is how many distinct experts a GPU reads,
+which a plan's mean load does not predict: homes balancing the planned load were 0.3% slower than
+static EP on held-out OLMoE decode traffic, homes among a plan's own replicas (larger shares first)
+0.12% slower on shifting domains. Where memory cannot hold the static layout, `balanced_homes` picks
+the homes among the plan's replicas, preferring each expert's larger shares, by augmenting paths
+(Kuhn's matching with GPU capacities): a perfect assignment exists iff the search finds one, so None
+means no choice of replicas can give every GPU E / G homes (no home mode). eplb+balanced, which
+cannot add replicas, takes `balanced_homes` of EPLB's own.
 """
 
 from __future__ import annotations
@@ -72,17 +73,16 @@ def balanced_homes(expert: np.ndarray, gpu: np.ndarray, share: np.ndarray, num_e
 def homes_for_plan(expert: np.ndarray, gpu: np.ndarray, share: np.ndarray, num_experts: int, num_gpus: int,
                    slots_per_gpu: int, max_replicas: int) -> tuple[np.ndarray, np.ndarray] | None:
     """expert, gpu, share: [replicas] a plan. Homes [experts] for the plan, and which of them are new
-    replicas (not in the plan) [experts] bool: the plan's own replicas where they can be homes, else static
-    EP's layout (e mod G); None when E is not a multiple of G or the new replicas would not fit in
-    `slots_per_gpu` per GPU and `max_replicas` in all."""
-    home = balanced_homes(expert, gpu, share, num_experts, num_gpus)
-    if home is None and num_experts % num_gpus == 0:
-        home = np.arange(num_experts, dtype=np.int64) % num_gpus
-    if home is None:
+    replicas (not in the plan) [experts] bool: static EP's layout (e mod G) when the plan holds it or the
+    new replicas fit in `slots_per_gpu` per GPU and `max_replicas` in all, else the plan's own replicas
+    where they can be homes; None when E is not a multiple of G or neither is possible."""
+    if num_experts % num_gpus:
         return None
+    static = np.arange(num_experts, dtype=np.int64) % num_gpus
     held = set(zip(expert.tolist(), gpu.tolist()))
-    new = np.array([(e, int(g)) not in held for e, g in enumerate(home.tolist())], dtype=bool)  # [experts]
-    used = np.bincount(np.concatenate([gpu, home[new]]), minlength=num_gpus)  # [gpus] slots with the new homes
-    if used.max(initial=0) > slots_per_gpu or expert.size + int(new.sum()) > max_replicas:
-        return None
-    return home, new
+    new = np.array([(e, int(g)) not in held for e, g in enumerate(static.tolist())], dtype=bool)  # [experts]
+    used = np.bincount(np.concatenate([gpu, static[new]]), minlength=num_gpus)  # [gpus] slots with the new homes
+    if used.max(initial=0) <= slots_per_gpu and expert.size + int(new.sum()) <= max_replicas:
+        return static, new
+    home = balanced_homes(expert, gpu, share, num_experts, num_gpus)
+    return None if home is None else (home, np.zeros(num_experts, dtype=bool))
