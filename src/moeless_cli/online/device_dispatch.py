@@ -226,34 +226,34 @@ class DeviceDispatcher:
 class MeasuredChoice:
     """serve's device-split mode per layer and size class, by measured MoE-layer wall time: a class's first
     calls try each mode in turn; then the faster mode so far runs, and every SERVE_RETRY_EVERY-th call the other
-    (a deployment's costs, decision included, are what they measure, whatever the model says)."""
+    (a deployment's costs, decision included, are what they measure, whatever the model says). Plain lists:
+    it runs twice on every MoE-layer call, where numpy's per-call overhead on two numbers was most of its cost."""
 
     num_layers: int
     modes: tuple[str, ...] = SERVE_MODES  # the modes chosen among; one mode: always that one
-    seconds: np.ndarray = field(default_factory=lambda: np.zeros(0))  # [layers, SIZE_CLASSES, modes] running time
-    calls: np.ndarray = field(default_factory=lambda: np.zeros(0))  # [layers, SIZE_CLASSES] calls so far
+    seconds: list[list[list[float | None]]] = field(default_factory=list)  # [layers][SIZE_CLASSES][modes] running
+    # time, None until measured
+    calls: list[list[int]] = field(default_factory=list)  # [layers][SIZE_CLASSES] calls so far
 
     def __post_init__(self) -> None:
         assert self.modes and all(m in SERVE_MODES for m in self.modes)
-        self.seconds = np.full((self.num_layers, SIZE_CLASSES, len(self.modes)), np.nan)
-        self.calls = np.zeros((self.num_layers, SIZE_CLASSES), dtype=np.int64)
+        self.seconds = [[[None] * len(self.modes) for _ in range(SIZE_CLASSES)] for _ in range(self.num_layers)]
+        self.calls = [[0] * SIZE_CLASSES for _ in range(self.num_layers)]
 
     def mode(self, layer: int, pairs: int) -> str:
         """The mode of the next call of `layer` with `pairs` token-expert pairs."""
         size = size_class(pairs)
-        seen, call = self.seconds[layer, size], int(self.calls[layer, size])
-        untried = np.flatnonzero(np.isnan(seen))
-        if untried.size:
-            return self.modes[int(untried[0])]
-        best = int(np.argmin(seen))
-        if len(self.modes) > 1 and call % SERVE_RETRY_EVERY == SERVE_RETRY_EVERY - 1:
+        seen = self.seconds[layer][size]
+        if None in seen:
+            return self.modes[seen.index(None)]
+        best = min(range(len(seen)), key=seen.__getitem__)
+        if len(self.modes) > 1 and self.calls[layer][size] % SERVE_RETRY_EVERY == SERVE_RETRY_EVERY - 1:
             return self.modes[(best + 1) % len(self.modes)]
         return self.modes[best]
 
     def record(self, layer: int, pairs: int, mode: str, seconds: float) -> None:
         """A call of `layer` with `pairs` pairs ran in `mode` and took `seconds` (decision, exchange and experts)."""
         size = size_class(pairs)
-        self.calls[layer, size] += 1
-        i = self.modes.index(mode)
-        old = self.seconds[layer, size, i]
-        self.seconds[layer, size, i] = seconds if np.isnan(old) else (1 - LEARNING_RATE) * old + LEARNING_RATE * seconds
+        self.calls[layer][size] += 1
+        seen, i = self.seconds[layer][size], self.modes.index(mode)
+        seen[i] = seconds if seen[i] is None else (1 - LEARNING_RATE) * seen[i] + LEARNING_RATE * seconds
