@@ -9,7 +9,9 @@ Uses the built-in `tiny-mixtral` when shipped, else a Mixtral-shaped model of th
 
 Part 2 times predict (the predictor's gate copy on the layer's router input, 256 tokens) + scale
 and place (`moeless` policy's prepare: water-filling forecast, pre-warm decisions) + dispatch
-(water-filling the true load over the warm replicas) for one layer of 64 experts on 8 workers.
+(water-filling the true load over the warm replicas) for one layer of 64 experts on 8 workers, on a
+new router input every step: every forecast is new, so the policy's memo of forecast splits never
+hits here (the worst case; serve's own `online_step_ms` shows the mix a workload gives).
 
     .venv/bin/python benchmarks/serve_throughput.py [--model M] [--rounds 5] [--batch-size 8] [--workers 4]
 """
@@ -166,12 +168,13 @@ def online_step(args) -> None:
     setting = PolicySetting(num_layers=L, num_experts=E, num_gpus=G, slots_per_gpu=balanced_slots_per_gpu(E, G),
                             history=history)
     policy = make_policy("moeless", setting, FunctionPool(num_gpus=G, expert_bytes=2e6, keep_alive_s=60.0))
-    hidden = torch.from_numpy(rng.normal(size=(T, H)).astype(np.float32))
     torch.set_num_threads(1)
     parts = {"predict": [], "scale+place": [], "dispatch": [], "device split": []}
     table = None
     for i in range(args.steps):
         now = i * 0.01
+        # a new batch every step: a repeated forecast would find its split remembered (the policy's memo)
+        hidden = torch.from_numpy(rng.normal(size=(T, H)).astype(np.float32))
         t0 = time.perf_counter()
         predicted = predictor.predict_layer_load(hidden, 1, 1, "moeless")
         t1 = time.perf_counter()

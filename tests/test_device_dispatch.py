@@ -99,15 +99,13 @@ def test_the_preference_spreads_first_replicas_even_where_the_forecast_rounds_to
     """Small batches pay one weight read per used expert: with nothing forecast, each expert's first
     replica still lands where it adds the least reads (here: experts 1..7 on their own GPUs, not all on
     GPU 0 with expert 0), as static EP's one-expert-per-GPU layout would."""
-    from moeless_cli.online.policies import forecast_split
+    from moeless_cli.online.device_dispatch import forecast_split
     from moeless_cli.planning.device_split import replica_table
 
     experts = 8
     expert = np.array([0] + [e for e in range(1, experts) for _ in range(2)])  # [replicas]
     gpu = np.array([0] + [g for e in range(1, experts) for g in (0, e)])  # expert e >= 1 on GPU 0 and GPU e
-    setting = PolicySetting(num_layers=1, num_experts=experts, num_gpus=experts, slots_per_gpu=experts,
-                            history=np.ones((1, experts)), entry_tokens=100.0, tile_tokens=64)
-    preference = forecast_split(expert, gpu, np.full(experts, 0.2), setting)  # rounds to 0 tokens each
+    preference = forecast_split(expert, gpu, np.full(experts, 0.2), experts, 100.0, 64)  # rounds to 0 tokens each
     first = replica_table(expert, gpu, experts, experts, preference).gpu[:, 0]  # [experts] column-0 GPU
     assert sorted(first.tolist()) == list(range(experts))  # one first replica per GPU
 
@@ -156,3 +154,28 @@ def test_a_size_class_first_batch_balances_only_where_that_is_cheap_insurance():
     heavy = _dispatcher(entry=1000.0)
     heavy.prefer(0, EXPERT, GPU, np.array([10.0, 0.0, 10.0]))
     assert heavy.split(0, EXPERT, GPU, np.array([100.0, 100.0]))[1] == pytest.approx(heavy.decision_s("balanced"))
+
+
+def test_a_repeated_forecast_reuses_its_split_and_the_memo_stays_bounded(monkeypatch):
+    """The forecast's split is a local search (about a millisecond per call on the host): a warm set and
+    rounded forecast seen before give the same preference without searching again; the memo keeps only
+    the FORECAST_MEMO most recent."""
+    import moeless_cli.online.device_dispatch as dd
+
+    searches = []
+    real = dd.cost_aware_split
+    monkeypatch.setattr(dd, "cost_aware_split", lambda *a, **kw: searches.append(1) or real(*a, **kw))
+    d = _dispatcher(entry=4.0, tile=2)
+    d.prefer_forecast(0, EXPERT, GPU, np.array([30.2, 9.9]))
+    first = dict(d.preference[0])
+    d.prefer_forecast(0, EXPERT, GPU, np.array([29.8, 10.1]))  # rounds to the same whole tokens
+    assert len(searches) == 1 and d.preference[0] == first
+    fresh = _dispatcher(entry=4.0, tile=2)
+    fresh.prefer(0, EXPERT, GPU, dd.forecast_split(EXPERT, GPU, np.array([30.0, 10.0]), 2, 4.0, 2))
+    assert fresh.preference[0] == first  # the remembered split is the split
+    d.prefer_forecast(0, EXPERT, GPU, np.array([3.0, 10.0]))
+    assert len(searches) == 3  # another forecast searches (the second was `fresh`'s)
+    monkeypatch.setattr(dd, "FORECAST_MEMO", 2)
+    for load in range(5):
+        d.prefer_forecast(0, EXPERT, GPU, np.array([float(load), 1.0]))
+    assert len(d._forecast_splits) == 2

@@ -8,7 +8,8 @@ import pytest
 from moeless_cli.errors import MoelessError
 from moeless_cli.online.batching import Request, RequestTiming
 from moeless_cli.online.functions import FunctionPool
-from moeless_cli.online.policies import ONLINE_POLICIES, PolicySetting, forecast_split, make_policy
+from moeless_cli.online.device_dispatch import forecast_split
+from moeless_cli.online.policies import ONLINE_POLICIES, PolicySetting, make_policy
 from moeless_cli.online.report import CostTotals, build_report, latency_stats
 from moeless_cli.planning.dispatch import (balance_whole, balanced_split, equal_split, gpu_work, lp_min_peak,
                                            round_split, share_split, water_fill)
@@ -266,5 +267,5 @@ def test_moeless_scales_out_only_where_a_replica_pays_its_weight_read():
     start = busiest_cost(start_gpu, hot[start_expert], 4, 64.0, 16)
     expert, gpu = policy.prepare(0, hot, 0.0)
     assert pool.live_count() > before and set(expert[before:].tolist()) == {0}
-    tokens = forecast_split(expert, gpu, hot, setting)
+    tokens = forecast_split(expert, gpu, hot, 4, 64.0, 16)
     assert busiest_cost(gpu, tokens, 4, 64.0, 16) < start

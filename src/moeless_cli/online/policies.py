@@ -41,7 +41,6 @@ from moeless_cli.errors import MoelessError, require_choice
 from moeless_cli.online.device_dispatch import EPLB_KERNELS, DeviceDispatcher
 from moeless_cli.online.functions import FunctionPool
 from moeless_cli.online.policy_base import Dispatch, OnlinePolicy, Policy, PolicySetting, hold_copies
-from moeless_cli.planning.cost_split import cost_aware_split
 from moeless_cli.planning.device_split import ReplicaTable
 from moeless_cli.planning.dispatch import balanced_split, equal_split, gpu_work, random_split, water_fill
 from moeless_cli.planning.plan import LayerPlan, PlanningProblem
@@ -155,7 +154,7 @@ class EplbBalancedPolicy(EplbPolicy):
         self._switch_when_ready(layer, now)
         plan = self.plans[layer]
         forecast = self.forecast(layer, predicted_load)
-        self.dispatcher.prefer(layer, plan.expert, plan.gpu, forecast_split(plan.expert, plan.gpu, forecast, self.setting))
+        self.dispatcher.prefer_forecast(layer, plan.expert, plan.gpu, forecast)
         return plan.expert, plan.gpu
 
     def dispatch(self, layer: int, true_load: np.ndarray, now: float) -> Dispatch:
@@ -273,7 +272,7 @@ class MoelessPolicy(OnlinePolicy):
             if added is None:
                 break
             expert, gpu = np.append(expert, added[0]), np.append(gpu, added[1])
-        self.dispatcher.prefer(layer, expert, gpu, forecast_split(expert, gpu, forecast, s))
+        self.dispatcher.prefer_forecast(layer, expert, gpu, forecast)
         return expert, gpu
 
     def _add_replica(self, layer: int, expert: np.ndarray, gpu: np.ndarray, forecast: np.ndarray, tokens: np.ndarray,
@@ -353,19 +352,6 @@ def device_split(policy: OnlinePolicy, dispatcher: DeviceDispatcher, layer: int,
     d = policy._finish(layer, expert, gpu, tokens, now, load)
     d.decide_s = decide_s
     return d
-
-
-def forecast_split(expert: np.ndarray, gpu: np.ndarray, forecast: np.ndarray, setting: PolicySetting) -> np.ndarray:
-    """expert, gpu: [replicas]; forecast: [experts]. The cost-aware whole-token split of the rounded forecast
-    over these replicas: [replicas] (the device split's preference order; host code, off the critical path).
-    Every expert with a replica counts at least one token: a forecast rounded to none still sees traffic in
-    most batches, and its first replica then lands where a weight read costs least, so the column-0 map
-    spreads weight reads over the GPUs as static EP's layout does (small batches pay one read per used expert)."""
-    whole = np.rint(np.maximum(forecast, 0.0))
-    hosted = np.zeros(whole.size, dtype=bool)
-    hosted[expert] = True
-    whole = np.where(hosted, np.maximum(whole, 1.0), 0.0)  # an expert without a replica here waits anyway
-    return cost_aware_split(expert, gpu, whole, setting.num_gpus, setting.entry_tokens, setting.tile_tokens)
 
 
 def balanced_over(plan: LayerPlan, load: np.ndarray, setting: PolicySetting) -> np.ndarray:
