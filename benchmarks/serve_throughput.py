@@ -168,13 +168,15 @@ def online_step(args) -> None:
     setting = PolicySetting(num_layers=L, num_experts=E, num_gpus=G, slots_per_gpu=balanced_slots_per_gpu(E, G),
                             history=history)
     policy = make_policy("moeless", setting, FunctionPool(num_gpus=G, expert_bytes=2e6, keep_alive_s=60.0))
+    base = torch.from_numpy(rng.normal(size=(T, H)).astype(np.float32))  # [T, H] router input
+    drift = torch.from_numpy(rng.normal(size=(args.steps, H)).astype(np.float32))  # [steps, H] a topic per batch
     torch.set_num_threads(1)
     parts = {"predict": [], "scale+place": [], "dispatch": [], "device split": []}
     table = None
     for i in range(args.steps):
         now = i * 0.01
-        # a new batch every step: a repeated forecast would find its split remembered (the policy's memo)
-        hidden = torch.from_numpy(rng.normal(size=(T, H)).astype(np.float32))
+        # a new forecast every step (a repeated one would find its split remembered: the policy's memo)
+        hidden = base + drift[i]  # [T, H]
         t0 = time.perf_counter()
         predicted = predictor.predict_layer_load(hidden, 1, 1, "moeless")
         t1 = time.perf_counter()
@@ -192,7 +194,9 @@ def online_step(args) -> None:
         policy.end_iteration(now)
         for key, dt in zip(parts, (t1 - t0, t2 - t1, t4 - t3, t5 - t4)):
             parts[key].append(dt * 1e3)
-    print(f"online step, one layer, {E} experts on {G} workers, {T} tokens, hidden {H} (median over {args.steps}):")
+    searched = len(policy.dispatcher._forecast_splits)
+    print(f"online step, one layer, {E} experts on {G} workers, {T} tokens, hidden {H} (median over {args.steps}; "
+          f"forecast splits searched, not remembered: {searched}):")
     for key, values in parts.items():
         print(f"  {key:12s} {statistics.median(values):.3f} ms")
     for label, split in (("host dispatch", parts["dispatch"]), ("device split", parts["device split"])):

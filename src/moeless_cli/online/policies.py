@@ -285,16 +285,15 @@ class MoelessPolicy(OnlinePolicy):
         replicas = np.bincount(expert, minlength=forecast.size)  # [experts]
         fills = forecast >= (replicas + 1) * max(s.entry_tokens, s.tile_tokens)  # [experts]
         on_busiest = np.flatnonzero((gpu == busiest) & (tokens > 0) & fills[expert])
-        keep = set(zip(expert.tolist(), gpu.tolist()))
+        # Pre-warming retires nothing (every live replica may serve this batch): it takes free slots only.
+        live = np.bincount(self.pool.layer_replicas(layer)[1], minlength=s.num_gpus)  # [gpus]
         for r in on_busiest[np.argsort(-tokens[on_busiest])].tolist():
             e = int(expert[r])
             holders = set(gpu[expert == e].tolist())
             for g in np.argsort(work, kind="stable").tolist():
-                if g in holders or work[g] + s.entry_tokens >= work[busiest]:
+                if g in holders or work[g] + s.entry_tokens >= work[busiest] or live[g] >= s.slots_per_gpu:
                     continue
-                if not self.pool.make_room(layer, g, s.slots_per_gpu, keep, now):
-                    continue
-                if not self.pool.make_room(layer, None, s.max_replicas(serverless=True), keep, now):
+                if live.sum() >= s.max_replicas(serverless=True):
                     return None
                 self.pool.warm_up(layer, [e], [g], now)
                 return e, g
