@@ -287,14 +287,14 @@ class MoelessPolicy(OnlinePolicy):
         on_busiest = np.flatnonzero((gpu == busiest) & (tokens > 0) & fills[expert])
         # Pre-warming retires nothing (every live replica may serve this batch): it takes free slots only.
         live = np.bincount(self.pool.layer_replicas(layer)[1], minlength=s.num_gpus)  # [gpus]
+        if live.sum() >= s.max_replicas(serverless=True) or (live >= s.slots_per_gpu).all():
+            return None
         for r in on_busiest[np.argsort(-tokens[on_busiest])].tolist():
             e = int(expert[r])
             holders = set(gpu[expert == e].tolist())
             for g in np.argsort(work, kind="stable").tolist():
                 if g in holders or work[g] + s.entry_tokens >= work[busiest] or live[g] >= s.slots_per_gpu:
                     continue
-                if live.sum() >= s.max_replicas(serverless=True):
-                    return None
                 self.pool.warm_up(layer, [e], [g], now)
                 return e, g
         return None

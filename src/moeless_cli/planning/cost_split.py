@@ -252,7 +252,9 @@ def cost_aware_split(expert: np.ndarray, gpu: np.ndarray, load: np.ndarray, num_
     expert, gpu: [replicas] (every expert with load > 0 needs a replica); load: [experts] whole counts.
     Returns whole tokens per replica as float64 [replicas], summing to each expert's load.
     """
-    missing = np.setdiff1d(np.flatnonzero(load > 0), expert)
+    hosted = np.zeros(load.size, dtype=bool)
+    hosted[expert] = True
+    missing = np.flatnonzero((load > 0) & ~hosted)
     if missing.size:
         raise ValueError(f"experts {missing[:5].tolist()} have load but no replica")
     starts = (lpt_whole(expert, gpu, load, num_gpus, entry_tokens, tile_tokens), balanced_split(expert, gpu, load, num_gpus, entry_tokens))
