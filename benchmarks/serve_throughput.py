@@ -133,8 +133,10 @@ def throughput(args) -> None:
     print("tokens identical to plain transformers: yes (host dispatch and device split)")
     print(f"plain transformers          : {tps['plain']:8.1f} tokens/s")
     for name, label in (("host", "host dispatch"), ("device", "device split ")):
+        # each round's own ratio: the runs of one round are seconds apart, so the VM's slower drifts cancel
+        paired = sorted(p / m for p, m in zip(seconds["plain"], seconds[name]))
         print(f"moeless local, {label}: {tps[name]:8.1f} tokens/s   ratio {tps[name] / tps['plain']:.3f}x  "
-              "(target >= 0.90x)")
+              f"(per round: median {statistics.median(paired):.3f}x, {paired[0]:.3f}-{paired[-1]:.3f}; target >= 0.90x)")
         layer_summary(runtimes[name].stats.layers)
         if runtimes[name].stats.split_modes:
             print("  device split calls by mode (chosen by measured layer time): "

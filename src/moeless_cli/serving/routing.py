@@ -140,11 +140,12 @@ def device_split(counts: Any, flat: Any, table: DeviceTable, entry_tokens: float
 
     if counts.device.type == "cpu":  # the host is the device: numpy decides, the same integers with cheaper ops
         load = counts.numpy()
-        if mode == "primary":
-            quotas_host = np.zeros(table.gpu_host.shape, dtype=np.int64)  # [E, K]
-            quotas_host[:, 0] = load
-        else:
-            quotas_host = device_quotas(load, table.source, entry_tokens, tile_tokens)
+        if mode == "primary":  # the used cells are column 0 of the experts with pairs: no [E, K] quotas needed
+            expert = np.flatnonzero(load)
+            decide_s = time.perf_counter() - started
+            return Split(load, expert, table.gpu_host[expert, 0], load[expert].astype(np.int64), decide_s,
+                         lambda: table.gpu[flat, 0], mode)
+        quotas_host = device_quotas(load, table.source, entry_tokens, tile_tokens)
         quotas = torch.from_numpy(quotas_host)
         decide_s = time.perf_counter() - started
     else:
