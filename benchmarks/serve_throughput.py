@@ -196,7 +196,7 @@ def online_step(args) -> None:
         policy.end_iteration(now)
         for key, dt in zip(parts, (t1 - t0, t2 - t1, t4 - t3, t5 - t4)):
             parts[key].append(dt * 1e3)
-    searched = len(policy.dispatcher._forecast_splits)
+    searched = policy.dispatcher.forecast_searches
     print(f"online step, one layer, {E} experts on {G} workers, {T} tokens, hidden {H} (median over {args.steps}; "
           f"forecast splits searched, not remembered: {searched}):")
     for key, values in parts.items():

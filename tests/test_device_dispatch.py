@@ -169,7 +169,7 @@ def test_a_repeated_forecast_reuses_its_split_and_the_memo_stays_bounded(monkeyp
     d.prefer_forecast(0, EXPERT, GPU, np.array([30.2, 9.9]))
     first = dict(d.preference[0])
     d.prefer_forecast(0, EXPERT, GPU, np.array([29.8, 10.1]))  # rounds to the same whole tokens
-    assert len(searches) == 1 and d.preference[0] == first
+    assert len(searches) == 1 == d.forecast_searches and d.preference[0] == first
     fresh = _dispatcher(entry=4.0, tile=2)
     fresh.prefer(0, EXPERT, GPU, dd.forecast_split(EXPERT, GPU, np.array([30.0, 10.0]), 2, 4.0, 2))
     assert fresh.preference[0] == first  # the remembered split is the split

@@ -148,6 +148,7 @@ class DeviceDispatcher:
     layer_s: np.ndarray = field(default_factory=lambda: np.zeros(0))  # [layers, SIZE_CLASSES, modes] running layer time
     homes: dict[int, np.ndarray] = field(default_factory=dict)  # layer -> home GPU of each expert [experts]
     _tables: dict[int, tuple[bytes, ReplicaTable, np.ndarray]] = field(default_factory=dict)
+    forecast_searches: int = 0  # forecast splits computed, not found in the memo
     _forecast_splits: OrderedDict[bytes, np.ndarray] = field(default_factory=OrderedDict)  # FORECAST_MEMO
 
     def __post_init__(self) -> None:
@@ -183,6 +184,7 @@ class DeviceDispatcher:
         tokens = self._forecast_splits.get(key)
         if tokens is None:
             tokens = forecast_split(expert, gpu, forecast, self.num_gpus, self.entry_tokens, self.tile_tokens)
+            self.forecast_searches += 1
             self._forecast_splits[key] = tokens
             if len(self._forecast_splits) > FORECAST_MEMO:
                 self._forecast_splits.popitem(last=False)
