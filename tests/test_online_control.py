@@ -269,3 +269,19 @@ def test_moeless_scales_out_only_where_a_replica_pays_its_weight_read():
     assert pool.live_count() > before and set(expert[before:].tolist()) == {0}
     tokens = forecast_split(expert, gpu, hot, 4, 64.0, 16)
     assert busiest_cost(gpu, tokens, 4, 64.0, 16) < start
+
+
+def test_pre_warming_takes_free_slots_only_and_retires_nothing():
+    """With every slot of the layer taken, a forecast that straggles warms nothing and evicts no live
+    replica (each may serve this batch); with free slots it copies the hot expert into them only."""
+    hot = np.array([1600.0, 100, 100, 100, 100, 100, 100, 100])
+    for slots in (2, 3):  # 8 experts on 4 GPUs: full, then one free slot per GPU
+        setting = _setting(E=8, G=4, L=1, slots=slots, static_start=True, entry_tokens=64.0, tile_tokens=16)
+        pool = FunctionPool(num_gpus=4, expert_bytes=1e6, keep_alive_s=10.0)
+        policy = make_policy("moeless", setting, pool)
+        before = set(zip(*(a.tolist() for a in pool.layer_replicas(0))))
+        expert, gpu = policy.prepare(0, hot, 0.0)
+        after = set(zip(expert.tolist(), gpu.tolist()))
+        assert before <= after and np.bincount(gpu, minlength=4).max() <= slots
+        added = after - before
+        assert (not added) if slots == 2 else (added and {e for e, _ in added} == {0})
