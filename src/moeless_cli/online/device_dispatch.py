@@ -275,8 +275,8 @@ class MeasuredChoice:
 
     num_layers: int
     modes: tuple[str, ...] = SERVE_MODES  # the modes chosen among; one mode: always that one
-    seconds: list[list[list[float | None]]] = field(default_factory=list)  # [layers][SIZE_CLASSES][modes] running
-    # time, None until measured
+    # [layers][SIZE_CLASSES][modes] running time, None until measured
+    seconds: list[list[list[float | None]]] = field(default_factory=list)
     calls: list[list[int]] = field(default_factory=list)  # [layers][SIZE_CLASSES] calls so far
 
     def __post_init__(self) -> None:
